@@ -1,0 +1,220 @@
+"""Sandboxes as hardened containers on a Docker Engine (the default driver).
+
+Every container is started locked down: no network, a non-root user, a
+read-only root with tmpfs work and temp dirs, all capabilities dropped,
+no-new-privileges, and pids, memory and CPU limits. Its entry process only
+sleeps; work reaches it as one ``docker exec`` of the in-sandbox agent per
+request, with the request on stdin and the answer on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from sandbox.driver import (
+    LABEL_MANAGED,
+    LABEL_SANDBOX,
+    AgentRequest,
+    AgentResponse,
+    LabelledSandbox,
+    SandboxHandle,
+    SandboxSpec,
+)
+from scheduler.errors import BackendUnavailable, CloudSkillsError, InvalidInput, NotFound, TaskFailed
+
+AGENT_PATH = "/opt/cloudskills/agent.py"
+SANDBOX_USER = "1000:1000"
+WORK_DIR = "/work"
+# The agent's answer is bounded by the request's own limits; this caps what we
+# are willing to buffer from a misbehaving sandbox whatever it sends.
+MAX_RESPONSE_BYTES = 64 << 20
+# Time allowed beyond a command's own timeout for the agent to answer.
+DEADLINE_GRACE_S = 15.0
+
+
+def docker_unavailable(exc: Exception) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"the Docker Engine is not reachable ({type(exc).__name__}); "
+        "start it with `scripts/ensure-docker` (or your system's service manager) and try again."
+    )
+
+
+class DockerDriver:
+    """Talks to one Docker Engine through the `docker` SDK (blocking calls)."""
+
+    def __init__(self, base_url: str | None = None) -> None:
+        try:
+            if base_url:
+                self._client = docker.DockerClient(base_url=base_url, timeout=120)
+            else:
+                self._client = docker.from_env(timeout=120)
+        except docker.errors.DockerException as exc:
+            raise docker_unavailable(exc) from exc
+        self._api = self._client.api
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client
+
+    def version(self) -> str:
+        try:
+            return str(self._api.version()["Version"])
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise docker_unavailable(exc) from exc
+
+    def create(self, spec: SandboxSpec) -> SandboxHandle:
+        limits = spec.limits
+        memory = f"{limits.memory_mib}m"
+        host_config = self._api.create_host_config(
+            network_mode="none",
+            read_only=True,
+            tmpfs={
+                WORK_DIR: f"rw,exec,nosuid,nodev,size={limits.disk_mib}m,uid=1000,gid=1000,mode=0755",
+                "/tmp": "rw,exec,nosuid,nodev,size=64m,mode=1777",
+            },
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            pids_limit=limits.pids,
+            mem_limit=memory,
+            memswap_limit=memory,
+            nano_cpus=int(limits.vcpus * 1e9),
+            init=True,
+            ipc_mode="private",
+            runtime=spec.runtime,
+        )
+        name = f"cloudskills-{spec.labels.get(LABEL_SANDBOX, 'sandbox')}"
+        try:
+            created = self._api.create_container(
+                spec.image,
+                command=["sleep", "infinity"],
+                user=SANDBOX_USER,
+                working_dir=WORK_DIR,
+                hostname="sandbox",
+                environment={"HOME": WORK_DIR, "LANG": "C.UTF-8"},
+                labels={LABEL_MANAGED: "1", **spec.labels},
+                host_config=host_config,
+                name=name,
+                network_disabled=True,
+            )
+        except docker.errors.ImageNotFound as exc:
+            raise BackendUnavailable(
+                f"the sandbox image {spec.image} is not built: run `cloudskills images build` and try again."
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise BackendUnavailable(f"Docker refused to create the sandbox: {exc.explanation}.") from exc
+        except requests.exceptions.RequestException as exc:
+            raise docker_unavailable(exc) from exc
+        container_id = str(created["Id"])
+        try:
+            self._api.start(container_id)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            self.destroy(container_id)
+            raise BackendUnavailable(f"Docker could not start the sandbox: {exc}.") from exc
+        return SandboxHandle(container_id=container_id, name=name)
+
+    def call(self, handle: SandboxHandle, request: AgentRequest, deadline_s: float) -> AgentResponse:
+        payload = json.dumps(request.to_wire()).encode()
+        try:
+            exec_id = self._api.exec_create(
+                handle.container_id, ["python3", AGENT_PATH], stdin=True, user=SANDBOX_USER, workdir=WORK_DIR
+            )["Id"]
+            sock = self._api.exec_start(exec_id, socket=True)
+        except docker.errors.NotFound as exc:
+            raise NotFound("this sandbox no longer exists: create a new one.") from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise NotFound("this sandbox has stopped: destroy it and create a new one.") from exc
+            raise BackendUnavailable(f"Docker refused to run in the sandbox: {exc.explanation}.") from exc
+        except requests.exceptions.RequestException as exc:
+            raise docker_unavailable(exc) from exc
+        raw: socket.socket = getattr(sock, "_sock", sock)
+        try:
+            raw.settimeout(deadline_s + DEADLINE_GRACE_S)
+            raw.sendall(payload)
+            raw.shutdown(socket.SHUT_WR)
+            stdout, stderr = read_frames(raw)
+        except TimeoutError as exc:
+            raise TaskFailed("the sandbox stopped answering: destroy it and create a new one.") from exc
+        except OSError as exc:
+            raise TaskFailed(f"the connection to the sandbox broke ({exc}): try again.") from exc
+        finally:
+            raw.close()
+        return parse_agent_answer(stdout, stderr)
+
+    def destroy(self, container_id: str) -> None:
+        """Kill and remove the container; one that is already gone is fine."""
+        try:
+            self._api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # removal already in progress
+                return
+            raise BackendUnavailable(f"Docker could not remove the sandbox: {exc.explanation}.") from exc
+        except requests.exceptions.RequestException as exc:
+            raise docker_unavailable(exc) from exc
+
+    def list_labelled(self, labels: dict[str, str]) -> list[LabelledSandbox]:
+        filters = [f"{LABEL_MANAGED}=1", *(f"{key}={value}" for key, value in labels.items())]
+        try:
+            found = self._api.containers(all=True, filters={"label": filters})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise docker_unavailable(exc) from exc
+        return [
+            LabelledSandbox(
+                container_id=str(c["Id"]), labels=dict(c.get("Labels") or {}), running=c.get("State") == "running"
+            )
+            for c in found
+        ]
+
+
+def read_frames(raw: socket.socket) -> tuple[bytes, bytes]:
+    """Read Docker's multiplexed stream (8-byte header per frame) to its end."""
+    out = bytearray()
+    err = bytearray()
+    while True:
+        header = read_exactly(raw, 8)
+        if not header:
+            break
+        stream, size = struct.unpack(">BxxxL", header)
+        data = read_exactly(raw, size)
+        (out if stream == 1 else err).extend(data)
+        if len(out) + len(err) > MAX_RESPONSE_BYTES:
+            raise TaskFailed("the sandbox sent more than it may: ask for less output and try again.")
+    return bytes(out), bytes(err)
+
+
+def read_exactly(raw: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = raw.recv(min(size - len(chunks), 1 << 20))
+        if not chunk:
+            break
+        chunks.extend(chunk)
+    return bytes(chunks)
+
+
+def parse_agent_answer(stdout: bytes, stderr: bytes) -> AgentResponse:
+    if not stdout:
+        detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
+        raise TaskFailed(
+            f"the sandbox's agent did not answer ({detail[0][:200]}); "
+            "the sandbox may be out of memory or processes: destroy it and create a new one."
+        )
+    try:
+        wire: dict[str, Any] = json.loads(stdout)
+    except ValueError as exc:
+        raise TaskFailed("the sandbox's agent answered garbage: destroy the sandbox and create a new one.") from exc
+    if not wire.get("ok"):
+        kind = wire.get("kind")
+        message = str(wire.get("error", "the sandbox refused the request"))
+        error: CloudSkillsError = NotFound(message) if kind == "not_found" else InvalidInput(message)
+        raise error
+    return AgentResponse.from_wire(wire)

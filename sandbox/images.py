@@ -1,0 +1,169 @@
+"""Sandbox images, built here from Debian's packages and cached by content.
+
+No container registry is assumed. The base image is a Debian root filesystem
+made by ``debootstrap`` from Debian's package archive and imported into the
+engine; the sandbox image adds the exec agent and the sandbox user on top.
+Each tag carries a hash of everything that went into it, so an image is built
+once and rebuilt only when its recipe changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import docker.errors
+
+from sandbox.docker import AGENT_PATH, DockerDriver
+from scheduler.errors import BackendUnavailable
+
+Progress = Callable[[str], None]
+
+# Bump when the build steps below change in a way the inputs do not show.
+RECIPE_VERSION = "1"
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = os.environ.get("CLOUDSKILLS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+BASE_PACKAGES = ("python3", "ca-certificates", "procps")
+# Trimmed from the root filesystem: documentation and caches no sandbox needs.
+PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt", "var/lib/apt/lists")
+
+
+def stderr_progress(line: str) -> None:
+    print(f"cloudskills: {line}", file=sys.stderr, flush=True)
+
+
+def agent_source() -> bytes:
+    return resources.files("sandbox.agent").joinpath("agent.py").read_bytes()
+
+
+def content_hash(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ImageRecipe:
+    """The two tags that a build produces, derived from the recipe's content."""
+
+    base_tag: str
+    sandbox_tag: str
+
+
+def recipe() -> ImageRecipe:
+    base = content_hash(RECIPE_VERSION, DEBIAN_SUITE, BASE_PACKAGES, PRUNE)
+    sandbox = content_hash(base, hashlib.sha256(agent_source()).hexdigest())
+    return ImageRecipe(base_tag=f"cloudskills/base:{base}", sandbox_tag=f"cloudskills/sandbox:{sandbox}")
+
+
+def sandbox_image() -> str:
+    """The tag of the sandbox image this code expects."""
+    return recipe().sandbox_tag
+
+
+def image_exists(driver: DockerDriver, tag: str) -> bool:
+    try:
+        driver.client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    return True
+
+
+def ensure_images(driver: DockerDriver, progress: Progress = stderr_progress) -> str:
+    """Build whatever of the sandbox image is missing; return its tag."""
+    wanted = recipe()
+    if image_exists(driver, wanted.sandbox_tag):
+        return wanted.sandbox_tag
+    if not image_exists(driver, wanted.base_tag):
+        build_base(driver, wanted.base_tag, progress)
+    build_sandbox(driver, wanted.base_tag, wanted.sandbox_tag, progress)
+    return wanted.sandbox_tag
+
+
+def build_base(driver: DockerDriver, tag: str, progress: Progress) -> None:
+    if shutil.which("debootstrap") is None:
+        raise BackendUnavailable("debootstrap is not installed: run `scripts/ensure-docker` as root, then try again.")
+    if os.geteuid() != 0:
+        raise BackendUnavailable("building the base image needs root (debootstrap): run `sudo cloudskills images build`.")
+    progress(f"building {tag} from Debian {DEBIAN_SUITE} packages ({', '.join(BASE_PACKAGES)}); about a minute...")
+    with tempfile.TemporaryDirectory(prefix="cloudskills-rootfs-") as work:
+        root = Path(work) / "root"
+        command = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            DEBIAN_SUITE,
+            str(root),
+            DEBIAN_MIRROR,
+        ]
+        run_with_progress(command, progress)
+        for relative in PRUNE:
+            shutil.rmtree(root / relative, ignore_errors=True)
+        add_sandbox_user(root)
+        progress(f"importing the root filesystem as {tag}...")
+        archive = Path(work) / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(root), "-cf", str(archive), "."], check=True)
+        repository, version = tag.split(":")
+        driver.client.api.import_image_from_file(str(archive), repository=repository, tag=version)
+    progress(f"built {tag}")
+
+
+def add_sandbox_user(root: Path) -> None:
+    """The unprivileged user every command runs as (uid and gid 1000)."""
+    with open(root / "etc/passwd", "a") as passwd:
+        passwd.write("sandbox:x:1000:1000:cloudskills sandbox:/work:/bin/bash\n")
+    with open(root / "etc/group", "a") as group:
+        group.write("sandbox:x:1000:\n")
+
+
+def run_with_progress(command: list[str], progress: Progress) -> None:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        tail: list[str] = []
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = [*tail[-20:], line]
+            if line.startswith(("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking", "I: Configuring")):
+                continue  # one line per package is noise; the rest shows the phases
+            progress(f"  {line}")
+    if proc.returncode != 0:
+        raise BackendUnavailable(
+            f"{command[0]} failed (exit {proc.returncode}): {' | '.join(tail[-3:])}; "
+            "check that Debian's package archive is reachable and try again."
+        )
+
+
+def build_sandbox(driver: DockerDriver, base_tag: str, tag: str, progress: Progress) -> None:
+    progress(f"building {tag} (exec agent on {base_tag})...")
+    dockerfile = "\n".join(
+        [
+            f"FROM {base_tag}",
+            f"COPY agent.py {AGENT_PATH}",
+            "USER 1000:1000",
+            "WORKDIR /work",
+            'CMD ["sleep", "infinity"]',
+            "",
+        ]
+    ).encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data in (("Dockerfile", dockerfile), ("agent.py", agent_source())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    try:
+        driver.client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, pull=False)
+    except docker.errors.BuildError as exc:
+        raise BackendUnavailable(f"building {tag} failed: {exc.msg}.") from exc
+    progress(f"built {tag}")
