@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from typing import Any
+from typing import Any, cast
 
 import docker
 import docker.errors
@@ -50,18 +50,25 @@ class DockerDriver:
     """Talks to one Docker Engine through the `docker` SDK (blocking calls)."""
 
     def __init__(self, base_url: str | None = None) -> None:
-        try:
-            if base_url:
-                self._client = docker.DockerClient(base_url=base_url, timeout=120)
-            else:
-                self._client = docker.from_env(timeout=120)
-        except docker.errors.DockerException as exc:
-            raise docker_unavailable(exc) from exc
-        self._api = self._client.api
+        self._base_url = base_url
+        self._client: docker.DockerClient | None = None
 
     @property
     def client(self) -> docker.DockerClient:
+        """Connected on first use, so a server starts (and says what is wrong) without an engine."""
+        if self._client is None:
+            try:
+                if self._base_url:
+                    self._client = docker.DockerClient(base_url=self._base_url, timeout=120)
+                else:
+                    self._client = docker.from_env(timeout=120)
+            except docker.errors.DockerException as exc:
+                raise docker_unavailable(exc) from exc
         return self._client
+
+    @property
+    def _api(self) -> docker.APIClient:
+        return self.client.api
 
     def version(self) -> str:
         try:
@@ -134,7 +141,8 @@ class DockerDriver:
             raise BackendUnavailable(f"Docker refused to run in the sandbox: {exc.explanation}.") from exc
         except requests.exceptions.RequestException as exc:
             raise docker_unavailable(exc) from exc
-        raw: socket.socket = getattr(sock, "_sock", sock)
+        # Over a unix socket the SDK hands back a SocketIO; we want the socket itself.
+        raw = cast(socket.socket, getattr(sock, "_sock", sock))
         try:
             raw.settimeout(deadline_s + DEADLINE_GRACE_S)
             raw.sendall(payload)
@@ -169,7 +177,9 @@ class DockerDriver:
             raise docker_unavailable(exc) from exc
         return [
             LabelledSandbox(
-                container_id=str(c["Id"]), labels=dict(c.get("Labels") or {}), running=c.get("State") == "running"
+                container_id=str(c["Id"]),
+                labels=dict(c.get("Labels") or {}),
+                running=c.get("State") == "running",
             )
             for c in found
         ]
@@ -211,7 +221,9 @@ def parse_agent_answer(stdout: bytes, stderr: bytes) -> AgentResponse:
     try:
         wire: dict[str, Any] = json.loads(stdout)
     except ValueError as exc:
-        raise TaskFailed("the sandbox's agent answered garbage: destroy the sandbox and create a new one.") from exc
+        raise TaskFailed(
+            "the sandbox's agent answered garbage: destroy the sandbox and create a new one."
+        ) from exc
     if not wire.get("ok"):
         kind = wire.get("kind")
         message = str(wire.get("error", "the sandbox refused the request"))

@@ -62,7 +62,9 @@ class StreamOutput:
         """The output as text, with a marker where it was cut."""
         text = self.data.decode("utf-8", errors="replace")
         if self.truncated:
-            text += f"\n[cloudskills: output truncated, {self.total_bytes - len(self.data)} more bytes not shown]"
+            text += (
+                f"\n[cloudskills: output truncated, {self.total_bytes - len(self.data)} more bytes not shown]"
+            )
         return text
 
 

@@ -36,7 +36,14 @@ DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("CLOUDSKILLS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = ("python3", "ca-certificates", "procps")
 # Trimmed from the root filesystem: documentation and caches no sandbox needs.
-PRUNE = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt", "var/lib/apt/lists")
+PRUNE = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "var/cache/apt",
+    "var/lib/apt/lists",
+)
 
 
 def stderr_progress(line: str) -> None:
@@ -91,10 +98,16 @@ def ensure_images(driver: DockerDriver, progress: Progress = stderr_progress) ->
 
 def build_base(driver: DockerDriver, tag: str, progress: Progress) -> None:
     if shutil.which("debootstrap") is None:
-        raise BackendUnavailable("debootstrap is not installed: run `scripts/ensure-docker` as root, then try again.")
+        raise BackendUnavailable(
+            "debootstrap is not installed: run `scripts/ensure-docker` as root, then try again."
+        )
     if os.geteuid() != 0:
-        raise BackendUnavailable("building the base image needs root (debootstrap): run `sudo cloudskills images build`.")
-    progress(f"building {tag} from Debian {DEBIAN_SUITE} packages ({', '.join(BASE_PACKAGES)}); about a minute...")
+        raise BackendUnavailable(
+            "building the base image needs root (debootstrap): run `sudo cloudskills images build`."
+        )
+    progress(
+        f"building {tag} from Debian {DEBIAN_SUITE} packages ({', '.join(BASE_PACKAGES)}); about a minute..."
+    )
     with tempfile.TemporaryDirectory(prefix="cloudskills-rootfs-") as work:
         root = Path(work) / "root"
         command = [
@@ -132,7 +145,9 @@ def run_with_progress(command: list[str], progress: Progress) -> None:
         for line in proc.stdout:
             line = line.rstrip()
             tail = [*tail[-20:], line]
-            if line.startswith(("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking", "I: Configuring")):
+            if line.startswith(
+                ("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking", "I: Configuring")
+            ):
                 continue  # one line per package is noise; the rest shows the phases
             progress(f"  {line}")
     if proc.returncode != 0:

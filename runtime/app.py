@@ -1,0 +1,120 @@
+"""The process's wiring: settings → store → scheduler, sandboxes and skills.
+
+Both the MCP server and the CLI run every op through ``App.call``, so a call
+from either is the same durable, billed task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, ValidationError
+
+from runtime.settings import Settings
+from runtime.storage import open_store
+from runtime.tenants import ensure_tenant
+from sandbox.docker import DockerDriver
+from sandbox.driver import SandboxDriver
+from sandbox.images import sandbox_image
+from scheduler.errors import CloudSkillsError, InvalidInput, NotFound
+from scheduler.pricing import PriceCatalog
+from scheduler.sandboxes import SandboxManager
+from scheduler.tasks import Scheduler
+from skills.base import Op, binding
+from skills.registry import Registry, discover
+from skills.services import Services
+
+log = logging.getLogger("cloudskills")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One sentence naming each bad argument, instead of pydantic's multi-line report."""
+    problems = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "is not an argument of this tool"
+        elif error["type"] == "missing":
+            message = "is required"
+        problems.append(
+            f"`{where}` {message[0].lower()}{message[1:]}" if message else f"`{where}` is invalid"
+        )
+    more = f" (and {len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
+    return (
+        f"invalid arguments: {'; '.join(problems)}{more}. "
+        "Fix them and call again; the tool's inputSchema lists them."
+    )
+
+
+class App:
+    def __init__(self, settings: Settings, driver: SandboxDriver | None = None) -> None:
+        self.settings = settings
+        self.store = open_store(settings.db_url)
+        self.catalog = PriceCatalog.load(settings.prices_file)
+        self.driver = driver or DockerDriver(settings.docker_host)
+        self.sandboxes = SandboxManager(self.store, self.driver, self.catalog, sandbox_image())
+        self.scheduler = Scheduler(self.store, self.catalog, concurrency=settings.workers)
+        self.registry: Registry = discover()
+        self.scheduler.services = Services(self.store, self.catalog, self.scheduler, self.sandboxes)
+        for skill in self.registry.skills:
+            for op in skill.ops:
+                self.scheduler.bind(binding(skill.name, op))
+        ensure_tenant(self.store, settings.tenant)
+
+    @asynccontextmanager
+    async def running(self, *, reaper: bool = True) -> AsyncIterator[App]:
+        """Run the workers (and, for a server, recovery and the reaper) while inside."""
+        try:
+            async with anyio.create_task_group() as group:
+                if reaper:
+                    failed = self.scheduler.recover()
+                    if failed:
+                        log.warning("failed %d task(s) a previous process left running", len(failed))
+                    group.start_soon(self._reap_forever)
+                group.start_soon(self.scheduler.serve)
+                try:
+                    yield self
+                finally:
+                    group.cancel_scope.cancel()
+        except BaseExceptionGroup as group_error:
+            # The background loops never raise; an error here is the body's own.
+            if len(group_error.exceptions) == 1:
+                raise group_error.exceptions[0] from None
+            raise
+
+    async def _reap_forever(self) -> None:
+        while True:
+            try:
+                await self.sandboxes.reap()
+            except CloudSkillsError as exc:
+                log.warning("reaper: %s", exc)
+            await anyio.sleep(self.settings.reap_interval_s)
+
+    def op(self, tool_name: str) -> tuple[str, Op[Any, Any]]:
+        found = self.registry.find(tool_name)
+        if found is None:
+            raise NotFound(f"no tool {tool_name!r}: list the tools to see what exists.")
+        skill, op = found
+        return skill.name, op
+
+    async def call(self, tenant_id: str, tool_name: str, arguments: dict[str, Any]) -> BaseModel:
+        """Validate, run as a task, and return the op's typed output (or raise its error)."""
+        skill, op = self.op(tool_name)
+        try:
+            args = op.input.model_validate(arguments)
+        except ValidationError as exc:
+            raise InvalidInput(describe_validation_error(exc)) from exc
+        binding_key = f"{skill}.{op.name}"
+        outcome = await self.scheduler.run(
+            tenant_id, self.scheduler.binding(binding_key), args.model_dump(mode="json")
+        )
+        result: BaseModel = op.output.model_validate(outcome.unwrap())
+        return result
+
+    def close(self) -> None:
+        self.store.close()

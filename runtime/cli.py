@@ -1,0 +1,213 @@
+"""The `cloudskills` command: serve, catalog, doctor, images, and one command per op.
+
+`cloudskills <skill> <op> --arg ...` is generated from the same registry as the
+MCP tools, so the CLI and the tools always agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import types
+import typing
+from typing import Any, Literal
+
+import anyio
+import click
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from runtime.doctor import doctor_checks
+from runtime.settings import load_settings
+from scheduler.errors import CloudSkillsError
+from skills.base import Op
+from skills.registry import discover
+
+
+def fail(message: str) -> typing.NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log what the server does to stderr.")
+def main(verbose: bool) -> None:
+    """cloudskills: an agent cloud of sandboxes, VMs, databases and models, over MCP."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+
+
+@main.command()
+@click.option("--http", "use_http", is_flag=True, help="Serve Streamable HTTP at /mcp instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--tenant", default=None, help="The tenant this server acts for (default: local).")
+def serve(use_http: bool, host: str, port: int, tenant: str | None) -> None:
+    """Serve the MCP server (stdio by default)."""
+    from runtime.app import App
+    from runtime.server import serve_http, serve_stdio
+
+    settings = load_settings(**({"tenant": tenant} if tenant else {}))
+    try:
+        app = App(settings)
+    except CloudSkillsError as exc:
+        fail(exc.message)
+    if use_http:
+        click.echo(
+            f"cloudskills: serving MCP on http://{host}:{port}/mcp (tenant {settings.tenant})", err=True
+        )
+        anyio.run(serve_http, app, settings.tenant, host, port)
+    else:
+        anyio.run(serve_stdio, app, settings.tenant)
+
+
+@main.command("skills")
+@click.option("--json", "as_json", is_flag=True)
+def list_skills(as_json: bool) -> None:
+    """The catalog: every skill and its tools."""
+    registry = discover()
+    if as_json:
+        catalog = [
+            {"name": s.name, "description": s.description, "tools": [f"{s.name}_{op.name}" for op in s.ops]}
+            for s in registry.skills
+        ]
+        click.echo(json.dumps(catalog, indent=2))
+        return
+    for skill in registry.skills:
+        click.echo(f"{skill.name}: {skill.description}")
+        for op in skill.ops:
+            click.echo(f"  {skill.name}_{op.name:<14} {op.description}")
+
+
+@main.command()
+def doctor() -> None:
+    """Check Docker, images, KVM and models; say the one command that fixes each."""
+    ok = True
+    for check in doctor_checks(load_settings()):
+        mark = "ok " if check.ok else ("-- " if not check.required else "XX ")
+        click.echo(f"[{mark}] {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            click.echo(f"       fix: {check.fix}")
+        ok = ok and (check.ok or not check.required)
+    sys.exit(0 if ok else 1)
+
+
+@main.group()
+def images() -> None:
+    """Sandbox images, built locally from Debian's packages."""
+
+
+@images.command("build")
+def images_build() -> None:
+    """Build the sandbox image if it is missing (cached by content)."""
+    from sandbox.docker import DockerDriver
+    from sandbox.images import ensure_images
+
+    settings = load_settings()
+    try:
+        tag = ensure_images(DockerDriver(settings.docker_host))
+    except CloudSkillsError as exc:
+        fail(exc.message)
+    click.echo(tag)
+
+
+# -- one command per op -------------------------------------------------------
+
+
+def click_type(annotation: Any) -> tuple[Any, bool]:
+    """The click type of a field, and whether the value arrives as JSON text."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(inner) == 1:
+            return click_type(inner[0])
+        return str, True
+    if origin is Literal:
+        return click.Choice([str(v) for v in typing.get_args(annotation)]), False
+    if annotation in (str, int, float):
+        return annotation, False
+    if annotation is bool:
+        return bool, False
+    return str, True  # lists, dicts, models and dates: give them as JSON (dates as "..." strings)
+
+
+def op_command(tool_name: str, op: Op[Any, Any]) -> click.Command:
+    json_fields: set[str] = set()
+    params: list[click.Parameter] = []
+    for name, field in op.input.model_fields.items():
+        params.append(field_option(name, field, json_fields))
+    params.append(click.Option(["--json", "as_json"], is_flag=True, help="Print the result as JSON."))
+
+    def callback(as_json: bool, **values: Any) -> None:
+        arguments = {}
+        for name, value in values.items():
+            if value is None:
+                continue
+            if name in json_fields:
+                # Not JSON (a bare date, say): validation judges the text as given.
+                with contextlib.suppress(ValueError):
+                    value = json.loads(value)
+            arguments[name] = value
+        try:
+            result = anyio.run(run_op, tool_name, arguments)
+        except CloudSkillsError as exc:
+            fail(exc.message)
+        print_result(result, as_json)
+
+    return click.Command(op.name, params=params, callback=callback, help=op.description)
+
+
+def field_option(name: str, field: FieldInfo, json_fields: set[str]) -> click.Option:
+    kind, as_json = click_type(field.annotation)
+    if as_json:
+        json_fields.add(name)
+    flag = f"--{name.replace('_', '-')}"
+    help_text = (field.description or "") + (" (JSON)" if as_json else "")
+    if kind is bool:
+        return click.Option([f"{flag}/--no-{name.replace('_', '-')}", name], default=None, help=help_text)
+    return click.Option([flag, name], type=kind, default=None, required=field.is_required(), help=help_text)
+
+
+async def run_op(tool_name: str, arguments: dict[str, Any]) -> BaseModel:
+    from runtime.app import App
+
+    settings = load_settings()
+    app = App(settings)
+    try:
+        async with app.running(reaper=False):
+            return await app.call(settings.tenant, tool_name, arguments)
+    finally:
+        app.close()
+
+
+def print_result(result: BaseModel, as_json: bool) -> None:
+    data = result.model_dump(mode="json")
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    if "stdout" in data and "exit_code" in data:
+        # A command's output reads best as itself; the rest goes to stderr.
+        click.echo(data["stdout"], nl=False)
+        click.echo(data["stderr"], nl=False, err=True)
+        cost = data.get("cost", {}).get("amount", "")
+        click.echo(f"[exit {data['exit_code']} · {data['duration_ms']} ms · {cost}]", err=True)
+        for file in data.get("files", []):
+            click.echo(f"--- {file['path']} ({file['size']} bytes)", err=True)
+            click.echo(file["content"] if not file.get("error") else file["error"])
+        sys.exit(data["exit_code"])
+    for key, value in data.items():
+        if isinstance(value, dict | list):
+            value = json.dumps(value, ensure_ascii=False)
+        click.echo(f"{key}: {value}")
+
+
+def add_skill_commands() -> None:
+    for skill in discover().skills:
+        group = click.Group(skill.name, help=skill.description)
+        for op in skill.ops:
+            group.add_command(op_command(f"{skill.name}_{op.name}", op))
+        main.add_command(group)
+
+
+add_skill_commands()

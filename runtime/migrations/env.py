@@ -1,0 +1,20 @@
+"""Alembic's entry: migrate the connection the caller hands over (see runtime/storage.py)."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from scheduler.models import Base
+
+config = context.config
+connection = config.attributes.get("connection")
+if connection is None:  # the `alembic` command line: connect by URL
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
+    with engine.begin() as connection:
+        context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+        context.run_migrations()
+else:
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()

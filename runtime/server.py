@@ -1,0 +1,105 @@
+"""The MCP server: every op of every skill as a tool ``<skill>_<op>``, every SKILL.md as a resource.
+
+Tools are listed and called from the skills registry rather than from Python
+signatures, so the input schema is exactly the op's pydantic model and the
+errors are ours: one sentence that says what to do, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.context import Context
+from mcp.server.mcpserver.resources import TextResource
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import Tool as MCPTool
+
+from runtime.app import App
+from scheduler.errors import CloudSkillsError
+
+log = logging.getLogger("cloudskills.server")
+
+INSTRUCTIONS = (
+    "cloudskills runs cloud operations as tools. Read a skill's guide as the resource "
+    "skill://<name>/SKILL.md before its first use. Every call is a task billed by the task "
+    "and by what it used; billing_usage shows the charges."
+)
+
+
+def tool_error(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+class CloudSkillsServer(MCPServer[Any]):
+    def __init__(self, app: App, tenant_id: str) -> None:
+        super().__init__(name="cloudskills", instructions=INSTRUCTIONS, version="0.1.0")
+        self.app = app
+        self.tenant_id = tenant_id
+        self._tools = self._describe_tools()
+        for skill in app.registry.skills:
+            self.add_resource(
+                TextResource(
+                    uri=f"skill://{skill.name}/SKILL.md",
+                    name=f"{skill.name} skill",
+                    description=skill.description,
+                    mime_type="text/markdown",
+                    text=skill.doc,
+                )
+            )
+
+    def _describe_tools(self) -> list[MCPTool]:
+        tools = []
+        for name, _skill, op in self.app.registry.tools():
+            tools.append(
+                MCPTool(
+                    name=name,
+                    description=op.description,
+                    input_schema=op.input.model_json_schema(),
+                    output_schema=op.output.model_json_schema(),
+                    annotations=ToolAnnotations(
+                        read_only_hint=op.read_only,
+                        destructive_hint=op.destructive,
+                        idempotent_hint=op.idempotent,
+                        open_world_hint=op.open_world,
+                    ),
+                )
+            )
+        return tools
+
+    async def list_tools(self) -> list[MCPTool]:
+        return self._tools
+
+    def tenant_for(self, context: Context[Any, Any] | None) -> str:
+        """The tenant a call acts for (one per server over stdio)."""
+        return self.tenant_id
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult:
+        try:
+            result = await self.app.call(self.tenant_for(context), name, arguments)
+        except CloudSkillsError as exc:
+            return tool_error(exc.message)
+        except Exception:
+            log.exception("tool %s crashed", name)
+            return tool_error(f"{name} failed with an internal error, which was logged; try again later.")
+        data = result.model_dump(mode="json")
+        return CallToolResult(
+            content=[TextContent(type="text", text=json.dumps(data, ensure_ascii=False))],
+            structured_content=data,
+        )
+
+
+async def serve_stdio(app: App, tenant_id: str) -> None:
+    server = CloudSkillsServer(app, tenant_id)
+    async with app.running():
+        await server.run_stdio_async()
+
+
+async def serve_http(app: App, tenant_id: str, host: str, port: int) -> None:
+    server = CloudSkillsServer(app, tenant_id)
+    async with app.running():
+        await server.run_streamable_http_async(host=host, port=port, streamable_http_path="/mcp")

@@ -1,0 +1,53 @@
+"""Settings: CLOUDSKILLS_* environment variables, then ``config.toml`` in the data dir, then defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    explicit = os.environ.get("CLOUDSKILLS_HOME")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "cloudskills"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLOUDSKILLS_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home, description="The data dir.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite in the data dir."
+    )
+    docker_host: str | None = Field(
+        default=None, description="Docker Engine URL; default: DOCKER_HOST or the local socket."
+    )
+    tenant: str = Field(default="local", description="The tenant a stdio server and the CLI act for.")
+    workers: int = Field(default=16, ge=1, le=1024, description="Tasks run at once by this process.")
+    reap_interval_s: float = Field(default=10.0, gt=0, description="Seconds between reaper passes.")
+    prices_file: Path | None = Field(default=None, description="A price catalog overriding the built-in one.")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'cloudskills.db'}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Environment first, then the data dir's config.toml for what the environment left unset."""
+    settings = Settings()
+    config = settings.home / "config.toml"
+    if config.is_file():
+        from_file = tomllib.loads(config.read_text())
+        unset = {k: v for k, v in from_file.items() if k not in settings.model_fields_set}
+        settings = Settings(**{**settings.model_dump(exclude_unset=True), **unset})
+    if overrides:
+        settings = Settings(**{**settings.model_dump(exclude_unset=True), **overrides})
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return settings

@@ -1,0 +1,28 @@
+"""Sandbox templates: what an agent names when it asks for a sandbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sandbox.driver import Limits
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    language: str  # the language `run_code` uses by default
+    description: str
+    limits: Limits = field(default_factory=Limits)
+    runtime: str | None = None  # the Docker runtime; None is the engine's default (runc)
+
+
+# The most any sandbox may ask for, whatever the template.
+MAX_LIMITS = Limits(vcpus=2.0, memory_mib=4096, pids=1024, disk_mib=4096)
+
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template("python", "python", "Debian 12 with Python 3.11 and bash."),
+        Template("bash", "bash", "Debian 12 with bash, coreutils and Python 3.11."),
+    )
+}

@@ -1,0 +1,257 @@
+"""Sandbox placement and bookkeeping: records in the store, containers on the driver.
+
+A sandbox's record is written before its container is created, and marked
+destroyed only after the container is gone. So every container carrying this
+store's label either has a live record or is a stray, and the reaper can
+remove strays without ever racing a sandbox that is being born.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import anyio
+from sqlalchemy import select
+
+from sandbox.driver import (
+    LABEL_SANDBOX,
+    LABEL_STORE,
+    LABEL_TENANT,
+    AgentRequest,
+    AgentResponse,
+    Limits,
+    SandboxDriver,
+    SandboxHandle,
+    SandboxSpec,
+)
+from sandbox.templates import MAX_LIMITS, TEMPLATES, Template
+from scheduler import ledger
+from scheduler.errors import CloudSkillsError, InvalidInput, NotFound
+from scheduler.models import Sandbox, Task, utcnow
+from scheduler.pricing import PriceCatalog, Usage
+from scheduler.store import Store
+
+log = logging.getLogger("cloudskills.sandboxes")
+
+LIVE_STATES = ("starting", "running")
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """A snapshot of a sandbox's row, safe to use outside its transaction."""
+
+    id: str
+    tenant_id: str
+    task_id: str | None
+    template: str
+    container_id: str | None
+    state: str
+    vcpus: float
+    memory_mib: int
+    ttl_s: int
+
+    @classmethod
+    def of(cls, row: Sandbox) -> SandboxRecord:
+        return cls(
+            row.id,
+            row.tenant_id,
+            row.task_id,
+            row.template,
+            row.container_id,
+            row.state,
+            row.vcpus,
+            row.memory_mib,
+            row.ttl_s,
+        )
+
+    @property
+    def handle(self) -> SandboxHandle:
+        assert self.container_id is not None
+        return SandboxHandle(container_id=self.container_id, name=f"cloudskills-{self.id}")
+
+
+def lifetime_usage(row: Sandbox) -> Usage:
+    end = row.destroyed_at or utcnow()
+    ms = max(int((end - row.created_at) / timedelta(milliseconds=1)), 0)
+    return Usage(vcpu_ms=round(row.vcpus * ms), mib_ms=row.memory_mib * ms)
+
+
+def resolve_template(name: str) -> Template:
+    template = TEMPLATES.get(name)
+    if template is None:
+        raise InvalidInput(f"unknown template {name!r}: use one of {', '.join(sorted(TEMPLATES))}.")
+    return template
+
+
+def check_limits(limits: Limits) -> Limits:
+    for field in ("vcpus", "memory_mib", "pids", "disk_mib"):
+        value, most = getattr(limits, field), getattr(MAX_LIMITS, field)
+        if not 0 < value <= most:
+            raise InvalidInput(f"{field} must be above 0 and at most {most:g}; you asked for {value:g}.")
+    return limits
+
+
+class SandboxManager:
+    def __init__(self, store: Store, driver: SandboxDriver, catalog: PriceCatalog, image: str) -> None:
+        self.store = store
+        self.driver = driver
+        self.catalog = catalog
+        self.image = image
+
+    async def create(
+        self,
+        tenant_id: str,
+        template: Template,
+        limits: Limits,
+        ttl_s: int,
+        task_id: str | None,
+        sandbox_id: str,
+    ) -> SandboxRecord:
+        check_limits(limits)
+        with self.store.transaction() as session:
+            session.add(
+                Sandbox(
+                    id=sandbox_id,
+                    tenant_id=tenant_id,
+                    task_id=task_id,
+                    template=template.name,
+                    image=self.image,
+                    vcpus=limits.vcpus,
+                    memory_mib=limits.memory_mib,
+                    ttl_s=ttl_s,
+                )
+            )
+        spec = SandboxSpec(
+            image=self.image,
+            limits=limits,
+            runtime=template.runtime,
+            labels={LABEL_STORE: self.store.store_id, LABEL_SANDBOX: sandbox_id, LABEL_TENANT: tenant_id},
+        )
+        try:
+            handle = await anyio.to_thread.run_sync(self.driver.create, spec)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._mark_destroyed(sandbox_id, "failed_to_start", bill=False)
+            raise
+        with self.store.transaction() as session:
+            row = session.get(Sandbox, sandbox_id)
+            assert row is not None
+            row.container_id = handle.container_id
+            row.state = "running"
+            return SandboxRecord.of(row)
+
+    def get(self, tenant_id: str, sandbox_id: str) -> SandboxRecord:
+        """A live sandbox of this tenant; another tenant's looks exactly like a missing one."""
+        with self.store.transaction() as session:
+            row = session.get(Sandbox, sandbox_id)
+            if row is None or row.tenant_id != tenant_id or row.task_id is not None:
+                raise NotFound(
+                    f"no sandbox {sandbox_id!r}: call sandbox_list to see yours, or sandbox_create."
+                )
+            if row.state not in LIVE_STATES:
+                raise NotFound(
+                    f"sandbox {sandbox_id!r} was destroyed ({row.destroy_reason}): "
+                    "create a new one with sandbox_create."
+                )
+            row.last_used_at = utcnow()
+            return SandboxRecord.of(row)
+
+    def row(self, sandbox_id: str) -> Sandbox:
+        with self.store.transaction() as session:
+            row = session.get(Sandbox, sandbox_id)
+            assert row is not None
+            return row
+
+    def owns(self, tenant_id: str, sandbox_id: str) -> bool:
+        """Whether this tenant has (or had) this session sandbox."""
+        with self.store.transaction() as session:
+            row = session.get(Sandbox, sandbox_id)
+            return row is not None and row.tenant_id == tenant_id and row.task_id is None
+
+    def list_live(self, tenant_id: str) -> list[Sandbox]:
+        with self.store.transaction() as session:
+            rows = session.scalars(
+                select(Sandbox)
+                .where(
+                    Sandbox.tenant_id == tenant_id, Sandbox.task_id.is_(None), Sandbox.state.in_(LIVE_STATES)
+                )
+                .order_by(Sandbox.created_at)
+            )
+            return list(rows)
+
+    async def call(self, record: SandboxRecord, request: AgentRequest, deadline_s: float) -> AgentResponse:
+        # abandon_on_cancel: on a deadline or cancel the caller moves on at once;
+        # destroying the container then breaks the blocked call's socket.
+        return await anyio.to_thread.run_sync(
+            self.driver.call, record.handle, request, deadline_s, abandon_on_cancel=True
+        )
+
+    async def destroy(self, sandbox_id: str, reason: str, bill: bool) -> Usage:
+        """Remove the container, then mark the record; return the sandbox's lifetime usage.
+
+        ``bill`` charges a session sandbox's lifetime to its tenant in the ledger
+        (once: the entry's key is the sandbox's id). A one-task sandbox's
+        lifetime is billed by its task instead, from the usage returned."""
+        with self.store.transaction() as session:
+            row = session.get(Sandbox, sandbox_id)
+            if row is None or row.state not in LIVE_STATES:
+                return Usage()
+            container_id = row.container_id
+        if container_id is not None:
+            await anyio.to_thread.run_sync(self.driver.destroy, container_id)
+        return await self._mark_destroyed(sandbox_id, reason, bill)
+
+    async def _mark_destroyed(self, sandbox_id: str, reason: str, bill: bool) -> Usage:
+        with self.store.transaction() as session:
+            row = session.get(Sandbox, sandbox_id)
+            if row is None or row.state not in LIVE_STATES:
+                return Usage()
+            row.state = "destroyed"
+            row.destroyed_at = utcnow()
+            row.destroy_reason = reason
+            usage = lifetime_usage(row)
+            if bill:
+                posting = ledger.Posting(
+                    f"sandbox:{row.id}:lifetime", row.tenant_id, None, "sandbox", "lifetime"
+                )
+                ledger.post(session, self.catalog, posting, self.catalog.usage_charges(usage))
+            return usage
+
+    async def reap(self) -> list[str]:
+        """Destroy expired session sandboxes, orphaned one-task sandboxes, and stray containers."""
+        now = utcnow()
+        with self.store.transaction() as session:
+            live = session.execute(
+                select(Sandbox.id, Sandbox.task_id, Sandbox.last_used_at, Sandbox.ttl_s, Task.state)
+                .outerjoin(Task, Task.id == Sandbox.task_id)
+                .where(Sandbox.state.in_(LIVE_STATES))
+            ).all()
+        reaped: list[str] = []
+        for sandbox_id, task_id, last_used_at, ttl_s, task_state in live:
+            if task_id is None and last_used_at + timedelta(seconds=ttl_s) < now:
+                await self._reap_one(sandbox_id, "idle_ttl", bill=True, reaped=reaped)
+            elif task_id is not None and task_state != "running":
+                # Its task ended (or died with a previous process) without cleaning up.
+                await self._reap_one(sandbox_id, "task_ended", bill=False, reaped=reaped)
+        # List the containers before reading the live records: a container listed
+        # here already had its record written, so it cannot be mistaken for a stray.
+        containers = await anyio.to_thread.run_sync(
+            self.driver.list_labelled, {LABEL_STORE: self.store.store_id}
+        )
+        with self.store.transaction() as session:
+            live_ids = set(session.scalars(select(Sandbox.id).where(Sandbox.state.in_(LIVE_STATES))))
+        for container in containers:
+            if container.labels.get(LABEL_SANDBOX) not in live_ids:
+                log.info("removing stray container %s", container.container_id[:12])
+                await anyio.to_thread.run_sync(self.driver.destroy, container.container_id)
+                reaped.append(container.container_id)
+        return reaped
+
+    async def _reap_one(self, sandbox_id: str, reason: str, bill: bool, reaped: list[str]) -> None:
+        try:
+            await self.destroy(sandbox_id, reason, bill=bill)
+            reaped.append(sandbox_id)
+        except CloudSkillsError as exc:
+            log.warning("could not reap sandbox %s: %s", sandbox_id, exc)

@@ -1,0 +1,326 @@
+"""Tasks: every call of every op is one durable row that a worker runs.
+
+    submit ──▶ admission (hold the worst case) + row "queued", one transaction
+           ──▶ queue ──▶ worker claims it ("running"), runs the handler under
+               its deadline and a cancel scope
+           ──▶ settle: final state + ledger + release of the hold, one transaction
+
+On start, ``recover`` resolves what a previous process left behind: tasks
+that were running are failed with a clear reason (or queued again when their
+op is idempotent), and queued tasks are queued again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from sqlalchemy import select, update
+
+from scheduler import ledger
+from scheduler.errors import (
+    BackendUnavailable,
+    BudgetExceeded,
+    Cancelled,
+    CloudSkillsError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+    TaskFailed,
+    Timeout,
+    error_from_code,
+)
+from scheduler.models import Task, utcnow
+from scheduler.pricing import PriceCatalog, Usage
+from scheduler.store import Store
+
+log = logging.getLogger("cloudskills.scheduler")
+
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+# Errors that mean the task did no billable work when it used nothing: the
+# caller's mistake caught in the handler, or the platform's own failure.
+FREE_WHEN_UNUSED = (InvalidInput, NotFound, Forbidden, BackendUnavailable, BudgetExceeded, QuotaExceeded)
+# Time a task may take beyond its own timeout_s (starting a sandbox, moving files).
+DEADLINE_OVERHEAD_S = 30.0
+
+
+@dataclass
+class TaskContext:
+    """What a handler gets besides its arguments."""
+
+    task_id: str
+    tenant_id: str
+    services: Any
+    usage: Usage = field(default_factory=Usage)
+
+    def add_usage(self, usage: Usage) -> None:
+        self.usage = self.usage + usage
+
+
+Handler = Callable[[TaskContext, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class OpBinding:
+    """How the scheduler runs one op: its handler, deadline and worst-case usage."""
+
+    skill: str
+    op: str
+    handler: Handler
+    idempotent: bool = False
+    timeout_s: Callable[[dict[str, Any]], float] = lambda args: 60.0
+    worst_case: Callable[[dict[str, Any]], Usage] = lambda args: Usage()
+
+    @property
+    def key(self) -> str:
+        return f"{self.skill}.{self.op}"
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    task_id: str
+    state: str
+    result: dict[str, Any] | None
+    error: CloudSkillsError | None
+    cost_micros: int
+
+    def unwrap(self) -> dict[str, Any]:
+        """The result, or the task's error raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def outcome_of(task: Task) -> TaskOutcome:
+    error = error_from_code(task.error_code, task.error_message or "") if task.error_code else None
+    return TaskOutcome(task.id, task.state, task.result, error, task.cost_micros)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+class Scheduler:
+    def __init__(
+        self, store: Store, catalog: PriceCatalog, services: Any = None, concurrency: int = 16
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.services = services
+        self.concurrency = concurrency
+        self._bindings: dict[str, OpBinding] = {}
+        self._done: dict[str, anyio.Event] = {}
+        self._running: dict[str, anyio.CancelScope] = {}
+        self._send: MemoryObjectSendStream[str]
+        self._receive: MemoryObjectReceiveStream[str]
+        self._send, self._receive = anyio.create_memory_object_stream[str](max_buffer_size=math.inf)
+
+    def bind(self, binding: OpBinding) -> None:
+        self._bindings[binding.key] = binding
+
+    def binding(self, key: str) -> OpBinding:
+        return self._bindings[key]
+
+    # -- the caller's side -------------------------------------------------
+
+    def submit(self, tenant_id: str, binding: OpBinding, args: dict[str, Any]) -> str:
+        """Admit and store a task, then queue it; raise before any work if it is refused."""
+        task_id = new_id("t")
+        hold = self.catalog.worst_case(binding.key, binding.worst_case(args))
+        with self.store.transaction() as session:
+            ledger.hold(session, self.catalog, tenant_id, hold)
+            session.add(
+                Task(
+                    id=task_id,
+                    tenant_id=tenant_id,
+                    skill=binding.skill,
+                    op=binding.op,
+                    args=args,
+                    state="queued",
+                    idempotent=binding.idempotent,
+                    timeout_s=binding.timeout_s(args),
+                    max_attempts=2 if binding.idempotent else 1,
+                    hold_micros=hold,
+                )
+            )
+        self._done[task_id] = anyio.Event()
+        self._send.send_nowait(task_id)
+        return task_id
+
+    async def wait(self, task_id: str) -> TaskOutcome:
+        event = self._done.get(task_id)
+        if event is not None:
+            await event.wait()
+        with self.store.transaction() as session:
+            task = session.get(Task, task_id)
+            assert task is not None
+            return outcome_of(task)
+
+    async def run(self, tenant_id: str, binding: OpBinding, args: dict[str, Any]) -> TaskOutcome:
+        task_id = self.submit(tenant_id, binding, args)
+        try:
+            return await self.wait(task_id)
+        except anyio.get_cancelled_exc_class():
+            # The caller went away (client disconnected, request cancelled):
+            # the task must not run on unobserved.
+            with anyio.CancelScope(shield=True):
+                await self.cancel(tenant_id, task_id)
+            raise
+
+    def get(self, tenant_id: str, task_id: str) -> Task:
+        with self.store.transaction() as session:
+            task = session.get(Task, task_id)
+            if task is None or task.tenant_id != tenant_id:
+                raise NotFound(f"no task {task_id!r}: list your tasks to see their ids.")
+            return task
+
+    async def cancel(self, tenant_id: str, task_id: str) -> str:
+        """Cancel a queued or running task; return its state afterwards."""
+        task = self.get(tenant_id, task_id)
+        if task.state in FINAL_STATES:
+            return task.state
+        scope = self._running.get(task_id)
+        if scope is not None:
+            scope.cancel()
+            await self.wait(task_id)
+        else:
+            self._finish(
+                task_id, "cancelled", None, Cancelled("the task was cancelled before it started."), Usage()
+            )
+        return self.get(tenant_id, task_id).state
+
+    # -- the workers' side -------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run the workers until cancelled."""
+        async with anyio.create_task_group() as workers:
+            for _ in range(self.concurrency):
+                workers.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        async for task_id in self._receive:
+            await self._execute(task_id)
+
+    def _claim(self, task_id: str) -> Task | None:
+        with self.store.transaction() as session:
+            claimed = session.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.state == "queued")
+                .values(state="running", started_at=utcnow(), attempts=Task.attempts + 1)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return session.get(Task, task_id)
+
+    async def _execute(self, task_id: str) -> None:
+        task = self._claim(task_id)
+        if task is None:
+            return
+        binding = self._bindings.get(f"{task.skill}.{task.op}")
+        ctx = TaskContext(task_id=task.id, tenant_id=task.tenant_id, services=self.services)
+        result: dict[str, Any] | None = None
+        error: CloudSkillsError | None = None
+        state = "failed"
+        scope = anyio.CancelScope()
+        self._running[task_id] = scope
+        try:
+            with scope, anyio.move_on_after(task.timeout_s + DEADLINE_OVERHEAD_S) as deadline:
+                if binding is None:
+                    raise TaskFailed(f"this server does not know the op {task.skill}_{task.op}; upgrade it.")
+                try:
+                    result = await binding.handler(ctx, task.args)
+                    state = "succeeded"
+                except Timeout as exc:
+                    state, error = "timed_out", exc
+                except Cancelled as exc:
+                    state, error = "cancelled", exc
+                except CloudSkillsError as exc:
+                    state, error = "failed", exc
+                except Exception:
+                    log.exception("task %s (%s.%s) crashed", task.id, task.skill, task.op)
+                    error = TaskFailed(
+                        f"task {task.id} failed with an internal error, which was logged; try again, "
+                        "and report it if it happens again."
+                    )
+            if deadline.cancelled_caught:
+                state = "timed_out"
+                error = Timeout(f"the task ran past its deadline of {task.timeout_s:g} s and was stopped.")
+            elif scope.cancelled_caught:
+                state, error = (
+                    "cancelled",
+                    Cancelled("the task was cancelled; what it used so far was billed."),
+                )
+        finally:
+            self._running.pop(task_id, None)
+            self._finish(task_id, state, result, error, ctx.usage)
+
+    def _finish(
+        self,
+        task_id: str,
+        state: str,
+        result: dict[str, Any] | None,
+        error: CloudSkillsError | None,
+        usage: Usage,
+    ) -> None:
+        """Record the final state and settle the task's money, in one transaction."""
+        with self.store.transaction() as session:
+            task = session.get(Task, task_id)
+            assert task is not None
+            if task.state in FINAL_STATES:
+                return
+            free = isinstance(error, FREE_WHEN_UNUSED) and usage == Usage()
+            charges = [] if free else self.catalog.task_charges(f"{task.skill}.{task.op}", usage)
+            posting = ledger.Posting(f"task:{task.id}", task.tenant_id, task.id, task.skill, task.op)
+            # Posting nothing still releases the hold.
+            cost = ledger.post(session, self.catalog, posting, charges, release=task.hold_micros)
+            if result is not None and "cost" in result:
+                result = {**result, "cost": self.money(cost)}
+            task.state = state
+            task.finished_at = utcnow()
+            task.result = result
+            task.error_code = error.code if error else None
+            task.error_message = error.message if error else None
+            task.cost_micros = cost
+        event = self._done.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    def money(self, micros: int) -> dict[str, Any]:
+        return {"micros": micros, "amount": self.catalog.format(micros)}
+
+    # -- restart -----------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Resolve what a previous process left: running tasks fail or retry, queued ones run."""
+        requeue: list[str] = []
+        with self.store.transaction() as session:
+            orphans = session.scalars(select(Task).where(Task.state == "running")).all()
+            failed = []
+            for task in orphans:
+                if task.idempotent and task.attempts < task.max_attempts:
+                    task.state = "queued"
+                else:
+                    failed.append(task.id)
+            queued = session.scalars(select(Task.id).where(Task.state == "queued").order_by(Task.created_at))
+            requeue = list(queued)
+        for task_id in failed:
+            self._finish(
+                task_id,
+                "failed",
+                None,
+                BackendUnavailable(
+                    "the server stopped while this task ran; nothing was charged: run it again."
+                ),
+                Usage(),
+            )
+        for task_id in requeue:
+            self._send.send_nowait(task_id)
+        return failed

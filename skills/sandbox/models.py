@@ -1,0 +1,181 @@
+"""What crosses the wire for the sandbox skill: the ops' arguments and results."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from skills.base import Money, OpInput, unsettled
+
+Language = Literal["python", "bash"]
+Encoding = Literal["utf-8", "base64"]
+
+SANDBOX_ID = Field(description="The id sandbox_create returned, e.g. 'sb_0123abcd4567ef89'.")
+TIMEOUT = Field(default=60.0, gt=0, le=3600, description="Seconds the command may run before it is killed.")
+MAX_OUTPUT = Field(
+    default=65536,
+    ge=1,
+    le=1 << 20,
+    description="Bytes of stdout and of stderr kept; the rest is cut with a marker.",
+)
+
+
+class FileIn(BaseModel):
+    path: str = Field(min_length=1, description="Where to write it; relative paths are under /work.")
+    content: str = Field(description="The file's content, as text or base64 (see encoding).")
+    encoding: Encoding = "utf-8"
+
+
+class FileOut(BaseModel):
+    path: str
+    size: int = Field(description="The file's size in bytes.")
+    content: str = Field(
+        description="The content read (at most max_bytes), as text or base64 (see encoding)."
+    )
+    encoding: Encoding
+    truncated: bool = False
+    error: str | None = Field(default=None, description="Why the file could not be read, if it could not.")
+
+
+class ExecOutput(BaseModel):
+    exit_code: int = Field(description="The command's exit status; 128+N when killed by signal N.")
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+    task_id: str
+    cost: Money = Field(default_factory=unsettled)
+
+
+class RunInput(OpInput):
+    language: Language = Field(default="python", description="The language of `code`.")
+    code: str | None = Field(default=None, description="Code to run. Give this or `command`.")
+    command: str | None = Field(
+        default=None, description="A shell command line to run with bash. Or give `code`."
+    )
+    files: list[FileIn] = Field(
+        default_factory=list, max_length=100, description="Files to write before running."
+    )
+    outputs: list[str] = Field(
+        default_factory=list, max_length=100, description="Paths to read back after running."
+    )
+    timeout_s: float = TIMEOUT
+    max_output: int = MAX_OUTPUT
+    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the command.")
+    template: str = Field(default="python", description="The sandbox template (see sandbox_create).")
+
+
+class RunOutput(ExecOutput):
+    files: list[FileOut] = Field(default_factory=list, description="The files named in `outputs`.")
+
+
+class CreateInput(OpInput):
+    template: str = Field(default="python", description="'python' or 'bash'.")
+    ttl_s: int = Field(
+        default=900, ge=10, le=86400, description="Idle seconds before the sandbox is destroyed."
+    )
+    vcpus: float = Field(default=1.0, gt=0, le=2, description="CPUs the sandbox may use.")
+    memory_mib: int = Field(default=512, ge=64, le=4096, description="Memory limit in MiB.")
+
+
+class SandboxInfo(BaseModel):
+    sandbox_id: str
+    template: str
+    state: str
+    vcpus: float
+    memory_mib: int
+    ttl_s: int
+    created_at: str
+    last_used_at: str
+
+
+class CreateOutput(SandboxInfo):
+    task_id: str
+    cost: Money = Field(default_factory=unsettled)
+
+
+class ExecInput(OpInput):
+    sandbox_id: str = SANDBOX_ID
+    command: str = Field(min_length=1, description="A shell command line, run with bash in /work.")
+    timeout_s: float = TIMEOUT
+    max_output: int = MAX_OUTPUT
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = Field(default=None, description="Working directory; default /work.")
+
+
+class RunCodeInput(OpInput):
+    sandbox_id: str = SANDBOX_ID
+    code: str = Field(description="The code to run.")
+    language: Language | None = Field(default=None, description="Default: the template's language.")
+    timeout_s: float = TIMEOUT
+    max_output: int = MAX_OUTPUT
+
+
+class WriteFileInput(OpInput):
+    sandbox_id: str = SANDBOX_ID
+    path: str = Field(min_length=1, description="Relative paths are under /work.")
+    content: str
+    encoding: Encoding = "utf-8"
+
+
+class WriteFileOutput(BaseModel):
+    path: str
+    size: int
+    task_id: str
+    cost: Money = Field(default_factory=unsettled)
+
+
+class ReadFileInput(OpInput):
+    sandbox_id: str = SANDBOX_ID
+    path: str = Field(min_length=1)
+    encoding: Encoding | None = Field(
+        default=None, description="Default: utf-8 when the file is text, else base64."
+    )
+    max_bytes: int = Field(default=1 << 20, ge=1, le=10 << 20)
+
+
+class ReadFileOutput(FileOut):
+    task_id: str
+    cost: Money = Field(default_factory=unsettled)
+
+
+class ListFilesInput(OpInput):
+    sandbox_id: str = SANDBOX_ID
+    path: str = Field(default="/work")
+
+
+class FileEntry(BaseModel):
+    name: str
+    path: str
+    type: Literal["file", "dir", "link"]
+    size: int
+
+
+class ListFilesOutput(BaseModel):
+    path: str
+    entries: list[FileEntry]
+    task_id: str
+    cost: Money = Field(default_factory=unsettled)
+
+
+class ListInput(OpInput):
+    pass
+
+
+class ListOutput(BaseModel):
+    sandboxes: list[SandboxInfo]
+    task_id: str
+    cost: Money = Field(default_factory=unsettled)
+
+
+class DestroyInput(OpInput):
+    sandbox_id: str = SANDBOX_ID
+
+
+class DestroyOutput(BaseModel):
+    sandbox_id: str
+    destroyed: bool = Field(description="False when it was already gone (destroy is idempotent).")
+    task_id: str
+    cost: Money = Field(default_factory=unsettled)

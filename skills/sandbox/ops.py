@@ -1,0 +1,249 @@
+"""The sandbox skill's handlers: one-call runs and session sandboxes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import anyio
+
+from sandbox.driver import AgentRequest, Command, ExecResult, FileContent, FileRead, FileWrite, Limits
+from scheduler.errors import InvalidInput, NotFound, Timeout
+from scheduler.models import Sandbox
+from scheduler.pricing import Usage
+from scheduler.sandboxes import SandboxRecord, resolve_template
+from scheduler.tasks import TaskContext, new_id
+from skills.sandbox.models import (
+    CreateInput,
+    CreateOutput,
+    DestroyInput,
+    DestroyOutput,
+    Encoding,
+    ExecInput,
+    ExecOutput,
+    FileEntry,
+    FileIn,
+    FileOut,
+    ListFilesInput,
+    ListFilesOutput,
+    ListInput,
+    ListOutput,
+    ReadFileInput,
+    ReadFileOutput,
+    RunCodeInput,
+    RunInput,
+    RunOutput,
+    SandboxInfo,
+    WriteFileInput,
+    WriteFileOutput,
+)
+from skills.services import services
+
+# A one-call sandbox lives a little longer than its command: start, files, teardown.
+RUN_OVERHEAD_S = 30
+
+
+def decode(content: str, encoding: Encoding, path: str) -> bytes:
+    if encoding == "utf-8":
+        return content.encode()
+    try:
+        return base64.b64decode(content, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(
+            f"the content for {path!r} is not valid base64: fix it or use encoding 'utf-8'."
+        ) from exc
+
+
+def encode(data: bytes, wanted: Encoding | None) -> tuple[str, Encoding]:
+    if wanted != "base64":
+        try:
+            return data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            if wanted == "utf-8":
+                raise InvalidInput("the file is not UTF-8 text: read it with encoding 'base64'.") from None
+    return base64.b64encode(data).decode(), "base64"
+
+
+def file_write(spec: FileIn) -> FileWrite:
+    return FileWrite(path=spec.path, data=decode(spec.content, spec.encoding, spec.path))
+
+
+def file_out(content: FileContent, wanted: Encoding | None = None) -> FileOut:
+    if content.error is not None:
+        return FileOut(path=content.path, size=0, content="", encoding="utf-8", error=content.error)
+    text, encoding = encode(content.data, wanted)
+    return FileOut(
+        path=content.path, size=content.size, content=text, encoding=encoding, truncated=content.truncated
+    )
+
+
+def exec_output(ctx: TaskContext, result: ExecResult, timeout_s: float) -> ExecOutput:
+    if result.timed_out:
+        tail = result.stdout.text()[-400:] + result.stderr.text()[-400:]
+        raise Timeout(
+            f"the command ran past its timeout_s of {timeout_s:g} s and was killed; "
+            f"give it a longer timeout_s or make it finish sooner. Output before it was killed: {tail!r}"
+        )
+    return ExecOutput(
+        exit_code=result.exit_code,
+        stdout=result.stdout.text(),
+        stderr=result.stderr.text(),
+        stdout_truncated=result.stdout.truncated,
+        stderr_truncated=result.stderr.truncated,
+        duration_ms=result.duration_ms,
+        task_id=ctx.task_id,
+    )
+
+
+def run_command(args: RunInput) -> Command:
+    if (args.code is None) == (args.command is None):
+        raise InvalidInput("give exactly one of `code` (with `language`) or `command`.")
+    if args.command is not None:
+        return Command(
+            argv=("bash", "-c", args.command),
+            timeout_s=args.timeout_s,
+            max_output=args.max_output,
+            env=args.env,
+        )
+    return Command(
+        code=args.code,
+        language=args.language,
+        timeout_s=args.timeout_s,
+        max_output=args.max_output,
+        env=args.env,
+    )
+
+
+def run_limits(template: str) -> Limits:
+    return resolve_template(template).limits
+
+
+async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
+    """Run code or a command in a fresh sandbox, destroyed afterwards whatever happens."""
+    command = run_command(args)
+    writes = tuple(file_write(spec) for spec in args.files)
+    template = resolve_template(args.template)
+    sandboxes = services(ctx).sandboxes
+    sandbox_id = new_id("sb")
+    try:
+        record = await sandboxes.create(
+            ctx.tenant_id,
+            template,
+            template.limits,
+            int(args.timeout_s + RUN_OVERHEAD_S),
+            ctx.task_id,
+            sandbox_id,
+        )
+        request = AgentRequest(writes=writes, command=command, reads=tuple(FileRead(p) for p in args.outputs))
+        response = await sandboxes.call(record, request, args.timeout_s)
+    finally:
+        with anyio.CancelScope(shield=True):
+            ctx.add_usage(await sandboxes.destroy(sandbox_id, "task_done", bill=False))
+    assert response.exec is not None
+    output = exec_output(ctx, response.exec, args.timeout_s)
+    return RunOutput(**output.model_dump(), files=[file_out(f) for f in response.reads])
+
+
+def run_worst_case(args: RunInput) -> Usage:
+    limits = run_limits(args.template) if args.template in ("python", "bash") else Limits()
+    ms = int((args.timeout_s + RUN_OVERHEAD_S) * 1000)
+    return Usage(vcpu_ms=round(limits.vcpus * ms), mib_ms=limits.memory_mib * ms)
+
+
+def row_info(row: Sandbox) -> SandboxInfo:
+    return SandboxInfo(
+        sandbox_id=row.id,
+        template=row.template,
+        state=row.state,
+        vcpus=row.vcpus,
+        memory_mib=row.memory_mib,
+        ttl_s=row.ttl_s,
+        created_at=row.created_at.isoformat(),
+        last_used_at=row.last_used_at.isoformat(),
+    )
+
+
+async def create(ctx: TaskContext, args: CreateInput) -> CreateOutput:
+    """Start a session sandbox that lives until destroyed or idle for ttl_s."""
+    template = resolve_template(args.template)
+    limits = Limits(vcpus=args.vcpus, memory_mib=args.memory_mib)
+    sandboxes = services(ctx).sandboxes
+    record = await sandboxes.create(ctx.tenant_id, template, limits, args.ttl_s, None, new_id("sb"))
+    return CreateOutput(**row_info(sandboxes.row(record.id)).model_dump(), task_id=ctx.task_id)
+
+
+async def session_call(
+    ctx: TaskContext, sandbox_id: str, request: AgentRequest, deadline_s: float = 60.0
+) -> tuple[SandboxRecord, ExecResult | None, tuple[FileContent, ...], tuple[FileEntry, ...]]:
+    sandboxes = services(ctx).sandboxes
+    record = sandboxes.get(ctx.tenant_id, sandbox_id)
+    response = await sandboxes.call(record, request, deadline_s)
+    entries = tuple(FileEntry(name=e.name, path=e.path, type=e.type, size=e.size) for e in response.listing)
+    return record, response.exec, response.reads, entries
+
+
+async def exec_(ctx: TaskContext, args: ExecInput) -> ExecOutput:
+    """Run a shell command in a session sandbox."""
+    command = Command(
+        argv=("bash", "-c", args.command),
+        timeout_s=args.timeout_s,
+        max_output=args.max_output,
+        env=args.env,
+        cwd=args.cwd,
+    )
+    _, result, _, _ = await session_call(ctx, args.sandbox_id, AgentRequest(command=command), args.timeout_s)
+    assert result is not None
+    return exec_output(ctx, result, args.timeout_s)
+
+
+async def run_code(ctx: TaskContext, args: RunCodeInput) -> ExecOutput:
+    """Run code in a session sandbox, in the template's language unless told otherwise."""
+    record = services(ctx).sandboxes.get(ctx.tenant_id, args.sandbox_id)
+    language = args.language or resolve_template(record.template).language
+    command = Command(code=args.code, language=language, timeout_s=args.timeout_s, max_output=args.max_output)
+    _, result, _, _ = await session_call(ctx, args.sandbox_id, AgentRequest(command=command), args.timeout_s)
+    assert result is not None
+    return exec_output(ctx, result, args.timeout_s)
+
+
+async def write_file(ctx: TaskContext, args: WriteFileInput) -> WriteFileOutput:
+    """Write a file into a session sandbox."""
+    data = decode(args.content, args.encoding, args.path)
+    request = AgentRequest(writes=(FileWrite(path=args.path, data=data),), list_path=None)
+    await session_call(ctx, args.sandbox_id, request)
+    path = args.path if args.path.startswith("/") else f"/work/{args.path}"
+    return WriteFileOutput(path=path, size=len(data), task_id=ctx.task_id)
+
+
+async def read_file(ctx: TaskContext, args: ReadFileInput) -> ReadFileOutput:
+    """Read a file from a session sandbox."""
+    request = AgentRequest(reads=(FileRead(args.path, args.max_bytes),))
+    _, _, reads, _ = await session_call(ctx, args.sandbox_id, request)
+    out = file_out(reads[0], args.encoding)
+    return ReadFileOutput(**out.model_dump(), task_id=ctx.task_id)
+
+
+async def list_files(ctx: TaskContext, args: ListFilesInput) -> ListFilesOutput:
+    """List a directory of a session sandbox."""
+    _, _, _, entries = await session_call(ctx, args.sandbox_id, AgentRequest(list_path=args.path))
+    return ListFilesOutput(path=args.path, entries=list(entries), task_id=ctx.task_id)
+
+
+async def list_(ctx: TaskContext, args: ListInput) -> ListOutput:
+    """The caller's live session sandboxes."""
+    rows = services(ctx).sandboxes.list_live(ctx.tenant_id)
+    return ListOutput(sandboxes=[row_info(r) for r in rows], task_id=ctx.task_id)
+
+
+async def destroy(ctx: TaskContext, args: DestroyInput) -> DestroyOutput:
+    """Destroy a session sandbox and bill its lifetime; destroying it again is fine."""
+    sandboxes = services(ctx).sandboxes
+    try:
+        record = sandboxes.get(ctx.tenant_id, args.sandbox_id)
+    except NotFound:
+        if not sandboxes.owns(ctx.tenant_id, args.sandbox_id):
+            raise
+        return DestroyOutput(sandbox_id=args.sandbox_id, destroyed=False, task_id=ctx.task_id)
+    with anyio.CancelScope(shield=True):
+        await sandboxes.destroy(record.id, "destroyed_by_owner", bill=True)
+    return DestroyOutput(sandbox_id=args.sandbox_id, destroyed=True, task_id=ctx.task_id)
