@@ -155,7 +155,7 @@ def op_command(tool_name: str, op: Op[Any, Any]) -> click.Command:
             fail(exc.message)
         print_result(result, as_json)
 
-    return click.Command(op.name, params=params, callback=callback, help=op.description)
+    return click.Command(op.name.replace("_", "-"), params=params, callback=callback, help=op.description)
 
 
 def field_option(name: str, field: FieldInfo, json_fields: set[str]) -> click.Option:
@@ -202,9 +202,16 @@ def print_result(result: BaseModel, as_json: bool) -> None:
         click.echo(f"{key}: {value}")
 
 
+class SkillGroup(click.Group):
+    """A skill's ops as commands; `write_file` (the tool's spelling) works as well as `write-file`."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name.replace("_", "-"))
+
+
 def add_skill_commands() -> None:
     for skill in discover().skills:
-        group = click.Group(skill.name, help=skill.description)
+        group = SkillGroup(skill.name, help=skill.description)
         for op in skill.ops:
             group.add_command(op_command(f"{skill.name}_{op.name}", op))
         main.add_command(group)

@@ -116,6 +116,7 @@ class Scheduler:
         self.catalog = catalog
         self.services = services
         self.concurrency = concurrency
+        self.deadline_overhead_s = DEADLINE_OVERHEAD_S
         self._bindings: dict[str, OpBinding] = {}
         self._done: dict[str, anyio.Event] = {}
         self._running: dict[str, anyio.CancelScope] = {}
@@ -232,7 +233,7 @@ class Scheduler:
         scope = anyio.CancelScope()
         self._running[task_id] = scope
         try:
-            with scope, anyio.move_on_after(task.timeout_s + DEADLINE_OVERHEAD_S) as deadline:
+            with scope, anyio.move_on_after(task.timeout_s + self.deadline_overhead_s) as deadline:
                 if binding is None:
                     raise TaskFailed(f"this server does not know the op {task.skill}_{task.op}; upgrade it.")
                 try:
@@ -322,5 +323,6 @@ class Scheduler:
                 Usage(),
             )
         for task_id in requeue:
+            self._done[task_id] = anyio.Event()
             self._send.send_nowait(task_id)
         return failed

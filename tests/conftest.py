@@ -1,0 +1,60 @@
+"""Shared fixtures. Docker tests use the real engine and fail (never skip) without one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.app import App
+from runtime.settings import Settings, load_settings
+from sandbox.docker import DockerDriver
+from sandbox.driver import LABEL_STORE
+from sandbox.images import ensure_images
+from scheduler.errors import CloudSkillsError
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.setenv("CLOUDSKILLS_HOME", str(tmp_path / "home"))
+    return load_settings(reap_interval_s=0.2)
+
+
+@pytest.fixture(scope="session")
+def docker_driver() -> DockerDriver:
+    """The real engine with the sandbox image built; a missing engine fails the test."""
+    driver = DockerDriver()
+    try:
+        driver.version()
+        ensure_images(driver)
+    except CloudSkillsError as exc:
+        pytest.fail(f"Docker tests need a running Docker Engine: {exc.message}")
+    return driver
+
+
+def containers_of(driver: DockerDriver, app: App) -> list[str]:
+    return [c.container_id for c in driver.list_labelled({LABEL_STORE: app.store.store_id})]
+
+
+@pytest.fixture
+async def app(settings: Settings, docker_driver: DockerDriver) -> AsyncIterator[App]:
+    """A running app on a fresh store; after the test, none of its containers may be left."""
+    application = App(settings, docker_driver)
+    async with application.running():
+        yield application
+    leftovers = containers_of(docker_driver, application)
+    for container_id in leftovers:
+        docker_driver.destroy(container_id)
+    application.close()
+    assert not leftovers, f"the test left {len(leftovers)} container(s) behind"
+
+
+@pytest.fixture
+def home(settings: Settings) -> Iterator[Path]:
+    yield settings.home

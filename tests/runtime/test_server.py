@@ -1,0 +1,53 @@
+"""The MCP surface, through the SDK's in-memory client (no Docker needed to list)."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.app import App
+from runtime.settings import Settings
+from sandbox.docker import DockerDriver
+from tests.mcp_helpers import call, mcp_client
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def offline_app(settings: Settings) -> App:
+    # Listing needs no engine; the driver connects on first use only.
+    return App(settings, DockerDriver("unix:///nonexistent/docker.sock"))
+
+
+async def test_every_op_is_a_tool_with_schemas_and_honest_annotations(offline_app: App) -> None:
+    async with mcp_client(offline_app) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert {"sandbox_run", "sandbox_create", "sandbox_destroy", "billing_usage"} <= set(tools)
+    for name, tool in tools.items():
+        assert name.replace("_", "").isalnum()
+        assert tool.output_schema is not None and tool.output_schema["type"] == "object"
+        assert tool.input_schema["type"] == "object"
+        assert tool.description
+    assert tools["sandbox_destroy"].annotations.destructive_hint is True
+    assert tools["sandbox_destroy"].annotations.idempotent_hint is True
+    assert tools["sandbox_read_file"].annotations.read_only_hint is True
+    assert tools["sandbox_run"].annotations.read_only_hint is False
+    assert tools["sandbox_run"].input_schema.get("required", []) == []  # `{}`-style defaults
+    assert tools["sandbox_create"].input_schema.get("required", []) == []
+
+
+async def test_skill_guides_are_resources(offline_app: App) -> None:
+    async with mcp_client(offline_app) as client:
+        resources = {str(r.uri) for r in (await client.list_resources()).resources}
+        guide = await client.read_resource("skill://sandbox/SKILL.md")
+    assert {"skill://sandbox/SKILL.md", "skill://billing/SKILL.md"} <= resources
+    assert "sandbox_run" in guide.contents[0].text  # type: ignore[union-attr]
+
+
+async def test_no_docker_gives_a_clear_error_and_no_charge(offline_app: App) -> None:
+    async with offline_app.running(reaper=False), mcp_client(offline_app) as client:
+        result = await client.call_tool("sandbox_run", {"code": "print(1)"})
+        usage = await call(client, "billing_usage")
+    assert result.is_error
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert "Docker Engine is not reachable" in text and "ensure-docker" in text
+    assert usage["total"]["micros"] == 0

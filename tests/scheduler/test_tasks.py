@@ -1,0 +1,204 @@
+"""The scheduler's lifecycle, deadlines, cancellation, recovery and money, on a real SQLite store.
+
+Handlers here are plain functions: this tier needs no Docker. The same paths run
+with real sandboxes in tests/skills and tests/e2e.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import func, select
+
+from runtime.storage import open_store
+from runtime.tenants import ensure_tenant
+from scheduler.errors import BudgetExceeded, InvalidInput
+from scheduler.models import LedgerEntry, Task, Tenant
+from scheduler.pricing import PriceCatalog, Usage
+from scheduler.store import Store
+from scheduler.tasks import OpBinding, Scheduler, TaskContext
+
+pytestmark = pytest.mark.anyio
+
+CATALOG = PriceCatalog(version="test-1", currency="USD", task_fees={"default": 10}, vcpu_hour=3_600_000)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    ensure_tenant(store, "acme")
+    return store
+
+
+def scheduler_on(store: Store) -> Scheduler:
+    scheduler = Scheduler(store, CATALOG, concurrency=4)
+    scheduler.deadline_overhead_s = 0.0
+    return scheduler
+
+
+async def ok_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.add_usage(Usage(vcpu_ms=args.get("vcpu_ms", 0)))
+    return {"echo": args.get("value"), "cost": None}
+
+
+async def sleepy_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.add_usage(Usage(vcpu_ms=5))
+    await anyio.sleep(60)
+    return {}
+
+
+async def bad_input_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+    raise InvalidInput("no good: fix it.")
+
+
+async def crashing_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+    raise RuntimeError("secret internals")
+
+
+OK = OpBinding("t", "ok", ok_handler, worst_case=lambda a: Usage(vcpu_ms=1000))
+SLEEPY = OpBinding("t", "sleepy", sleepy_handler, timeout_s=lambda a: float(a.get("timeout_s", 60)))
+BAD = OpBinding("t", "bad", bad_input_handler)
+CRASH = OpBinding("t", "crash", crashing_handler)
+
+
+def tenant(store: Store) -> Tenant:
+    with store.transaction() as session:
+        row = session.get(Tenant, "acme")
+        assert row is not None
+        return row
+
+
+def ledger_total(store: Store) -> int:
+    with store.transaction() as session:
+        return int(session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount_micros), 0))) or 0)
+
+
+async def run_with(store: Store, binding: OpBinding, args: dict[str, Any]) -> Any:
+    scheduler = scheduler_on(store)
+    for b in (OK, SLEEPY, BAD, CRASH):
+        scheduler.bind(b)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        outcome = await scheduler.run("acme", binding, args)
+        group.cancel_scope.cancel()
+    return outcome
+
+
+async def test_a_task_succeeds_and_is_billed_fee_plus_usage(store: Store) -> None:
+    outcome = await run_with(store, OK, {"value": 42, "vcpu_ms": 2000})
+    assert outcome.state == "succeeded"
+    assert outcome.result["echo"] == 42
+    assert outcome.cost_micros == 10 + 2000
+    assert outcome.result["cost"] == {"micros": 2010, "amount": "0.002010 USD"}
+    assert ledger_total(store) == 2010
+    assert tenant(store).spent_micros == 2010
+    assert tenant(store).held_micros == 0
+    with store.transaction() as session:
+        task = session.get(Task, outcome.task_id)
+        assert task is not None and task.attempts == 1 and task.finished_at is not None
+
+
+async def test_a_caller_error_with_no_usage_is_free_and_releases_the_hold(store: Store) -> None:
+    outcome = await run_with(store, BAD, {})
+    assert outcome.state == "failed"
+    assert outcome.error.message == "no good: fix it."
+    assert outcome.cost_micros == 0 and ledger_total(store) == 0
+    assert tenant(store).held_micros == 0
+
+
+async def test_a_crash_hides_internals_and_names_the_task(store: Store) -> None:
+    outcome = await run_with(store, CRASH, {})
+    assert outcome.state == "failed"
+    assert "secret" not in outcome.error.message
+    assert outcome.task_id in outcome.error.message
+
+
+async def test_the_deadline_stops_the_task_and_bills_what_ran(store: Store) -> None:
+    with anyio.fail_after(10):
+        outcome = await run_with(store, SLEEPY, {"timeout_s": 0.2})
+    assert outcome.state == "timed_out"
+    assert "deadline" in outcome.error.message
+    assert outcome.cost_micros == 10 + 5
+    assert tenant(store).held_micros == 0
+
+
+async def test_cancel_stops_a_running_task(store: Store) -> None:
+    started = anyio.Event()
+
+    async def announcing(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+        started.set()
+        return await sleepy_handler(ctx, args)
+
+    binding = OpBinding("t", "sleepy", announcing)
+    scheduler = scheduler_on(store)
+    scheduler.bind(binding)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        task_id = scheduler.submit("acme", binding, {})
+        with anyio.fail_after(5):
+            await started.wait()
+            assert await scheduler.cancel("acme", task_id) == "cancelled"
+        group.cancel_scope.cancel()
+    assert ledger_total(store) == 15
+    assert tenant(store).held_micros == 0
+
+
+async def test_cancel_of_another_tenants_task_is_not_found(store: Store) -> None:
+    ensure_tenant(store, "other")
+    scheduler = scheduler_on(store)
+    task_id = scheduler.submit("acme", OK, {})
+    with pytest.raises(Exception, match="no task"):
+        await scheduler.cancel("other", task_id)
+
+
+async def test_budget_admits_only_what_it_covers(store: Store) -> None:
+    worst = CATALOG.worst_case("t.ok", Usage(vcpu_ms=1000))
+    with store.transaction() as session:
+        row = session.get(Tenant, "acme")
+        assert row is not None
+        row.budget_micros = worst * 3
+    scheduler = scheduler_on(store)
+    for _ in range(3):
+        scheduler.submit("acme", OK, {})
+    with pytest.raises(BudgetExceeded, match="left"):
+        scheduler.submit("acme", OK, {})
+    assert tenant(store).held_micros == worst * 3
+
+
+async def test_settling_twice_charges_once(store: Store) -> None:
+    scheduler = scheduler_on(store)
+    task_id = scheduler.submit("acme", OK, {})
+    scheduler._finish(task_id, "succeeded", {}, None, Usage(vcpu_ms=100))
+    scheduler._finish(task_id, "succeeded", {}, None, Usage(vcpu_ms=100))
+    assert ledger_total(store) == 110
+    with store.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 2
+
+
+async def test_recovery_fails_orphans_and_reruns_idempotent_ones(store: Store) -> None:
+    first = scheduler_on(store)
+    plain = first.submit("acme", OK, {"value": 1})
+    retry = first.submit("acme", OpBinding("t", "ok", ok_handler, idempotent=True), {"value": 2})
+    with store.transaction() as session:  # as if a worker had claimed both, then the process died
+        for task_id in (plain, retry):
+            task = session.get(Task, task_id)
+            assert task is not None
+            task.state, task.attempts = "running", 1
+
+    second = scheduler_on(store)
+    second.bind(OK)
+    assert second.recover() == [plain]
+    async with anyio.create_task_group() as group:
+        group.start_soon(second.serve)
+        with anyio.fail_after(5):
+            outcome = await second.wait(retry)
+        group.cancel_scope.cancel()
+    assert outcome.state == "succeeded"
+    failed = await second.wait(plain)
+    assert failed.state == "failed" and "server stopped" in failed.error.message
+    assert outcome.result["echo"] == 2
+    assert tenant(store).held_micros == 0
+    assert ledger_total(store) == 10  # only the retried task ran and was charged
