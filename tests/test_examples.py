@@ -1,0 +1,33 @@
+"""examples/ must keep running against the code as it is."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandbox.docker import DockerDriver
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.docker
+def test_quickstart_runs(tmp_path: Path, docker_driver: DockerDriver) -> None:
+    env = {**os.environ, "CLOUDSKILLS_HOME": str(tmp_path / "home")}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "'stdout': '42\\n'" in out.stdout
+    assert "sum of data.csv: 6" in out.stdout
+    assert "spent so far: 0.0" in out.stdout
+
+
+def test_the_mcp_config_is_valid_json() -> None:
+    import json
+
+    config = json.loads((ROOT / "examples" / "mcp-config.json").read_text())
+    assert config["mcpServers"]["cloudskills"]["command"].endswith("scripts/serve")
