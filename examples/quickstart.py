@@ -44,7 +44,10 @@ async def main() -> None:
         )
         ran = await client.call_tool(
             "sandbox_run_code",
-            {"sandbox_id": sandbox_id, "code": "print(sum(int(l) for l in open('data.csv').read().split()[1:]))"},
+            {
+                "sandbox_id": sandbox_id,
+                "code": "print(sum(int(l) for l in open('data.csv').read().split()[1:]))",
+            },
         )
         print("sum of data.csv:", ran.structured_content["stdout"].strip())  # type: ignore[index]
         await client.call_tool("sandbox_destroy", {"sandbox_id": sandbox_id})

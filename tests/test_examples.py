@@ -18,7 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quickstart_runs(tmp_path: Path, docker_driver: DockerDriver) -> None:
     env = {**os.environ, "CLOUDSKILLS_HOME": str(tmp_path / "home")}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "'stdout': '42\\n'" in out.stdout
