@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from runtime.settings import Settings
 from runtime.storage import open_store
-from runtime.tenants import ensure_tenant
+from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
 from sandbox.driver import SandboxDriver
 from sandbox.images import sandbox_image
@@ -41,13 +41,10 @@ def describe_validation_error(exc: ValidationError) -> str:
             message = "is not an argument of this tool"
         elif error["type"] == "missing":
             message = "is required"
-        problems.append(
-            f"`{where}` {message[0].lower()}{message[1:]}" if message else f"`{where}` is invalid"
-        )
+        problems.append(f"`{where}` {message[0].lower()}{message[1:]}" if message else f"`{where}` is invalid")
     more = f" (and {len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
     return (
-        f"invalid arguments: {'; '.join(problems)}{more}. "
-        "Fix them and call again; the tool's inputSchema lists them."
+        f"invalid arguments: {'; '.join(problems)}{more}. Fix them and call again; the tool's inputSchema lists them."
     )
 
 
@@ -64,7 +61,8 @@ class App:
         for skill in self.registry.skills:
             for op in skill.ops:
                 self.scheduler.bind(binding(skill.name, op))
-        ensure_tenant(self.store, settings.tenant)
+        # Shown once by whoever starts the process; None once any tenant exists.
+        self.first_key = bootstrap(self.store)
 
     @asynccontextmanager
     async def running(self, *, reaper: bool = True) -> AsyncIterator[App]:
@@ -110,9 +108,7 @@ class App:
         except ValidationError as exc:
             raise InvalidInput(describe_validation_error(exc)) from exc
         binding_key = f"{skill}.{op.name}"
-        outcome = await self.scheduler.run(
-            tenant_id, self.scheduler.binding(binding_key), args.model_dump(mode="json")
-        )
+        outcome = await self.scheduler.run(tenant_id, self.scheduler.binding(binding_key), args.model_dump(mode="json"))
         result: BaseModel = op.output.model_validate(outcome.unwrap())
         return result
 

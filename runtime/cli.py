@@ -19,8 +19,10 @@ import click
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from runtime.admin import register_admin_commands
 from runtime.doctor import doctor_checks
 from runtime.settings import load_settings
+from runtime.tenants import list_tenants
 from scheduler.errors import CloudSkillsError
 from skills.base import Op
 from skills.registry import discover
@@ -53,12 +55,18 @@ def serve(use_http: bool, host: str, port: int, tenant: str | None) -> None:
         app = App(settings)
     except CloudSkillsError as exc:
         fail(exc.message)
-    if use_http:
+    if app.first_key is not None:
         click.echo(
-            f"cloudskills: serving MCP on http://{host}:{port}/mcp (tenant {settings.tenant})", err=True
+            f"cloudskills: created tenant {app.first_key.tenant_id!r} and its API key (shown only now): "
+            f"{app.first_key.key}",
+            err=True,
         )
-        anyio.run(serve_http, app, settings.tenant, host, port)
+    if use_http:
+        click.echo(f"cloudskills: serving MCP on http://{host}:{port}/mcp (Authorization: Bearer <key>)", err=True)
+        anyio.run(serve_http, app, host, port)
     else:
+        if settings.tenant not in {t.id for t in list_tenants(app.store)}:
+            fail(f"no tenant {settings.tenant!r}: create it with `cloudskills tenants create {settings.tenant}`.")
         anyio.run(serve_stdio, app, settings.tenant)
 
 
@@ -218,3 +226,4 @@ def add_skill_commands() -> None:
 
 
 add_skill_commands()
+register_admin_commands(main)

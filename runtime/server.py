@@ -11,14 +11,19 @@ import json
 import logging
 from typing import Any
 
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.context import Context
 from mcp.server.mcpserver.resources import TextResource
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from mcp_types import Tool as MCPTool
+from pydantic import AnyHttpUrl
 
 from runtime.app import App
-from scheduler.errors import CloudSkillsError
+from runtime.tenants import tenant_of_key
+from scheduler.errors import CloudSkillsError, Forbidden
 
 log = logging.getLogger("cloudskills.server")
 
@@ -33,9 +38,43 @@ def tool_error(message: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
 
+class KeyVerifier(TokenVerifier):
+    """Bearer tokens are our API keys: a live key stands for its tenant."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        tenant = tenant_of_key(self.app.store, token)
+        if tenant is None:
+            return None
+        return AccessToken(token=token, client_id=tenant, scopes=[], subject=tenant)
+
+
+def http_auth(base_url: str) -> AuthSettings:
+    # We are the resource server only; keys are issued by `cloudskills keys create`.
+    return AuthSettings(
+        issuer_url=AnyHttpUrl(base_url),
+        resource_server_url=AnyHttpUrl(f"{base_url}/mcp"),
+        validate_token_resource=False,
+    )
+
+
 class CloudSkillsServer(MCPServer[Any]):
-    def __init__(self, app: App, tenant_id: str) -> None:
-        super().__init__(name="cloudskills", instructions=INSTRUCTIONS, version="0.1.0")
+    """``tenant_id`` set: every call acts for that tenant (stdio). None: the bearer key decides (HTTP)."""
+
+    def __init__(self, app: App, tenant_id: str | None, base_url: str | None = None) -> None:
+        if tenant_id is None:
+            assert base_url is not None, "an HTTP server needs its base URL for its auth metadata"
+            super().__init__(
+                name="cloudskills",
+                instructions=INSTRUCTIONS,
+                version="0.1.0",
+                token_verifier=KeyVerifier(app),
+                auth=http_auth(base_url),
+            )
+        else:
+            super().__init__(name="cloudskills", instructions=INSTRUCTIONS, version="0.1.0")
         self.app = app
         self.tenant_id = tenant_id
         self._tools = self._describe_tools()
@@ -73,8 +112,13 @@ class CloudSkillsServer(MCPServer[Any]):
         return self._tools
 
     def tenant_for(self, context: Context[Any, Any] | None) -> str:
-        """The tenant a call acts for (one per server over stdio)."""
-        return self.tenant_id
+        """The tenant a call acts for: the server's own over stdio, the key's over HTTP."""
+        if self.tenant_id is not None:
+            return self.tenant_id
+        token = get_access_token()
+        if token is None:
+            raise Forbidden("this call carries no valid API key: send `Authorization: Bearer <key>`.")
+        return token.client_id
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
@@ -99,7 +143,7 @@ async def serve_stdio(app: App, tenant_id: str) -> None:
         await server.run_stdio_async()
 
 
-async def serve_http(app: App, tenant_id: str, host: str, port: int) -> None:
-    server = CloudSkillsServer(app, tenant_id)
+async def serve_http(app: App, host: str, port: int) -> None:
+    server = CloudSkillsServer(app, None, base_url=f"http://{host}:{port}")
     async with app.running():
         await server.run_streamable_http_async(host=host, port=port, streamable_http_path="/mcp")

@@ -23,9 +23,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLOUDSKILLS_", extra="ignore")
 
     home: Path = Field(default_factory=default_home, description="The data dir.")
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; default: SQLite in the data dir."
-    )
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite in the data dir.")
     docker_host: str | None = Field(
         default=None, description="Docker Engine URL; default: DOCKER_HOST or the local socket."
     )

@@ -1,9 +1,35 @@
-"""Tenants: who owns tasks, sandboxes and charges."""
+"""Tenants and their API keys: who owns tasks, sandboxes and charges, and who may call.
+
+A key is shown once, when it is made; only its SHA-256 is stored, so a stolen
+database gives no working key. Keys never reach logs.
+"""
 
 from __future__ import annotations
 
-from scheduler.models import Tenant
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from scheduler.errors import InvalidInput, NotFound
+from scheduler.models import ApiKey, Tenant, utcnow
 from scheduler.store import Store
+from scheduler.tasks import new_id
+
+KEY_PREFIX = "csk_"
+DEFAULT_TENANT = "local"
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: str
+    tenant_id: str
+    key: str  # the secret itself: shown once, never stored
 
 
 def ensure_tenant(store: Store, name: str) -> Tenant:
@@ -14,3 +40,80 @@ def ensure_tenant(store: Store, name: str) -> Tenant:
             tenant = Tenant(id=name, name=name)
             session.add(tenant)
         return tenant
+
+
+def create_tenant(store: Store, name: str, budget_micros: int | None = None) -> Tenant:
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+        raise InvalidInput("a tenant name is 1-64 letters, digits, '-' or '_': choose another.")
+    with store.transaction() as session:
+        if session.get(Tenant, name) is not None:
+            raise InvalidInput(f"a tenant {name!r} exists already: choose another name, or use it.")
+        tenant = Tenant(id=name, name=name, budget_micros=budget_micros)
+        session.add(tenant)
+        return tenant
+
+
+def update_tenant(store: Store, name: str, **fields: int | None) -> Tenant:
+    """Set a tenant's budget, alert threshold or quotas (the fields given)."""
+    with store.transaction() as session:
+        tenant = session.get(Tenant, name)
+        if tenant is None:
+            raise NotFound(f"no tenant {name!r}: `cloudskills tenants list` shows them.")
+        for field, value in fields.items():
+            setattr(tenant, field, value)
+        return tenant
+
+
+def list_tenants(store: Store) -> list[Tenant]:
+    with store.transaction() as session:
+        return list(session.scalars(select(Tenant).order_by(Tenant.created_at)))
+
+
+def create_key(store: Store, tenant_id: str) -> NewKey:
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = new_id("key")
+    with store.transaction() as session:
+        if session.get(Tenant, tenant_id) is None:
+            raise NotFound(f"no tenant {tenant_id!r}: create it with `cloudskills tenants create {tenant_id}`.")
+        session.add(ApiKey(id=key_id, tenant_id=tenant_id, key_hash=key_hash(key)))
+    return NewKey(key_id, tenant_id, key)
+
+
+def revoke_key(store: Store, key_id: str) -> bool:
+    """Revoke a key; False when it was revoked already."""
+    with store.transaction() as session:
+        row = session.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"no key {key_id!r}: `cloudskills keys list` shows the ids.")
+        if row.revoked_at is not None:
+            return False
+        row.revoked_at = utcnow()
+        return True
+
+
+def list_keys(store: Store, tenant_id: str | None = None) -> list[ApiKey]:
+    with store.transaction() as session:
+        query = select(ApiKey).order_by(ApiKey.created_at)
+        if tenant_id is not None:
+            query = query.where(ApiKey.tenant_id == tenant_id)
+        return list(session.scalars(query))
+
+
+def tenant_of_key(store: Store, key: str) -> str | None:
+    """The tenant a live key belongs to, or None for an unknown or revoked key."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    with store.transaction() as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash(key)))
+        if row is None or row.revoked_at is not None:
+            return None
+        return row.tenant_id
+
+
+def bootstrap(store: Store) -> NewKey | None:
+    """On a store with no tenants, make the default one and a key for it (returned once)."""
+    with store.transaction() as session:
+        if session.scalar(select(func.count()).select_from(Tenant)):
+            return None
+    ensure_tenant(store, DEFAULT_TENANT)
+    return create_key(store, DEFAULT_TENANT)

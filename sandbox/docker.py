@@ -221,9 +221,7 @@ def parse_agent_answer(stdout: bytes, stderr: bytes) -> AgentResponse:
     try:
         wire: dict[str, Any] = json.loads(stdout)
     except ValueError as exc:
-        raise TaskFailed(
-            "the sandbox's agent answered garbage: destroy the sandbox and create a new one."
-        ) from exc
+        raise TaskFailed("the sandbox's agent answered garbage: destroy the sandbox and create a new one.") from exc
     if not wire.get("ok"):
         kind = wire.get("kind")
         message = str(wire.get("error", "the sandbox refused the request"))

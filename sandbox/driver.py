@@ -62,9 +62,7 @@ class StreamOutput:
         """The output as text, with a marker where it was cut."""
         text = self.data.decode("utf-8", errors="replace")
         if self.truncated:
-            text += (
-                f"\n[cloudskills: output truncated, {self.total_bytes - len(self.data)} more bytes not shown]"
-            )
+            text += f"\n[cloudskills: output truncated, {self.total_bytes - len(self.data)} more bytes not shown]"
         return text
 
 
@@ -133,8 +131,7 @@ class AgentRequest:
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
             "writes": [
-                {"path": w.path, "data_b64": base64.b64encode(w.data).decode(), "mode": w.mode}
-                for w in self.writes
+                {"path": w.path, "data_b64": base64.b64encode(w.data).decode(), "mode": w.mode} for w in self.writes
             ],
             "reads": [{"path": r.path, "max_bytes": r.max_bytes} for r in self.reads],
         }
@@ -185,8 +182,7 @@ class AgentResponse:
             for r in wire.get("reads", [])
         )
         listing = tuple(
-            DirEntry(name=d["name"], path=d["path"], type=d["type"], size=int(d["size"]))
-            for d in wire.get("list", [])
+            DirEntry(name=d["name"], path=d["path"], type=d["type"], size=int(d["size"])) for d in wire.get("list", [])
         )
         return cls(exec=exec_result, reads=reads, listing=listing)
 

@@ -98,16 +98,12 @@ def ensure_images(driver: DockerDriver, progress: Progress = stderr_progress) ->
 
 def build_base(driver: DockerDriver, tag: str, progress: Progress) -> None:
     if shutil.which("debootstrap") is None:
-        raise BackendUnavailable(
-            "debootstrap is not installed: run `scripts/ensure-docker` as root, then try again."
-        )
+        raise BackendUnavailable("debootstrap is not installed: run `scripts/ensure-docker` as root, then try again.")
     if os.geteuid() != 0:
         raise BackendUnavailable(
             "building the base image needs root (debootstrap): run `sudo cloudskills images build`."
         )
-    progress(
-        f"building {tag} from Debian {DEBIAN_SUITE} packages ({', '.join(BASE_PACKAGES)}); about a minute..."
-    )
+    progress(f"building {tag} from Debian {DEBIAN_SUITE} packages ({', '.join(BASE_PACKAGES)}); about a minute...")
     with tempfile.TemporaryDirectory(prefix="cloudskills-rootfs-") as work:
         root = Path(work) / "root"
         command = [
@@ -145,9 +141,7 @@ def run_with_progress(command: list[str], progress: Progress) -> None:
         for line in proc.stdout:
             line = line.rstrip()
             tail = [*tail[-20:], line]
-            if line.startswith(
-                ("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking", "I: Configuring")
-            ):
+            if line.startswith(("I: Retrieving", "I: Validating", "I: Extracting", "I: Unpacking", "I: Configuring")):
                 continue  # one line per package is noise; the rest shows the phases
             progress(f"  {line}")
     if proc.returncode != 0:

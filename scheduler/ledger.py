@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from scheduler.errors import BudgetExceeded, NotFound
-from scheduler.models import LedgerEntry, Tenant
+from scheduler.models import LedgerEntry, Tenant, utcnow
 from scheduler.pricing import Charge, PriceCatalog
 
 
@@ -29,9 +29,8 @@ def locked_tenant(session: Session, tenant_id: str) -> Tenant:
     return tenant
 
 
-def hold(session: Session, catalog: PriceCatalog, tenant_id: str, amount: int) -> None:
-    """Reserve ``amount`` on the tenant, or refuse before any work starts."""
-    tenant = locked_tenant(session, tenant_id)
+def hold(session: Session, catalog: PriceCatalog, tenant: Tenant, amount: int) -> None:
+    """Reserve ``amount`` on the (locked) tenant, or refuse before any work starts."""
     if tenant.budget_micros is not None:
         left = tenant.budget_micros - tenant.spent_micros - tenant.held_micros
         if amount > left:
@@ -53,21 +52,18 @@ class Posting:
     op: str
 
 
-def post(
-    session: Session, catalog: PriceCatalog, posting: Posting, charges: Sequence[Charge], release: int = 0
-) -> int:
+def post(session: Session, catalog: PriceCatalog, posting: Posting, charges: Sequence[Charge], release: int = 0) -> int:
     """Append the charges and release ``release`` of the tenant's hold; return the total charged.
 
     A posting whose key is already in the ledger was settled before: nothing
     is written and 0 is returned, so calling this twice is harmless."""
     already = session.scalar(
-        select(func.count())
-        .select_from(LedgerEntry)
-        .where(LedgerEntry.idempotency_key.startswith(f"{posting.key}:"))
+        select(func.count()).select_from(LedgerEntry).where(LedgerEntry.idempotency_key.startswith(f"{posting.key}:"))
     )
     if already:
         return 0
     tenant = locked_tenant(session, posting.tenant_id)
+    now = utcnow()
     total = 0
     for charge in charges:
         session.add(
@@ -78,6 +74,9 @@ def post(
                 skill=posting.skill,
                 op=posting.op,
                 item=charge.item,
+                model=charge.model,
+                created_at=now,
+                day=now.strftime("%Y-%m-%d"),
                 quantity=charge.quantity,
                 amount_micros=charge.amount_micros,
                 catalog_version=catalog.version,

@@ -46,8 +46,27 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # None: no hard budget. Amounts are integer micro-units of the currency.
     budget_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Past this much spent, billing_balance raises its alert (a soft limit).
+    alert_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     held_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Quotas; a task or resource past one is refused with when to retry.
+    max_concurrent_tasks: Mapped[int] = mapped_column(Integer, default=64)
+    max_live_sandboxes: Mapped[int] = mapped_column(Integer, default=32)
+    tasks_per_minute: Mapped[int] = mapped_column(Integer, default=1200)
+    tokens_per_minute: Mapped[int] = mapped_column(Integer, default=200_000)
+
+
+class ApiKey(Base):
+    """A tenant's API key. Only the key's SHA-256 is stored; the key is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Task(Base):
@@ -74,7 +93,11 @@ class Task(Base):
     hold_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
 
-    __table_args__ = (Index("ix_tasks_state", "state"),)
+    __table_args__ = (
+        Index("ix_tasks_state", "state"),
+        Index("ix_tasks_tenant_state", "tenant_id", "state"),
+        Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
+    )
 
 
 class Sandbox(Base):
@@ -117,8 +140,13 @@ class LedgerEntry(Base):
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     skill: Mapped[str] = mapped_column(String(64))
     op: Mapped[str] = mapped_column(String(64))
-    item: Mapped[str] = mapped_column(String(32))  # task_fee | vcpu_ms | mib_ms
+    item: Mapped[str] = mapped_column(String(160))  # task_fee, or a meter: sandbox.vcpu_ms, tokens.output:<model>
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     quantity: Mapped[int] = mapped_column(BigInteger)
     amount_micros: Mapped[int] = mapped_column(BigInteger)
     catalog_version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The UTC day (YYYY-MM-DD), stored so usage groups by day the same way on every backend.
+    day: Mapped[str] = mapped_column(String(10), default=lambda: utcnow().strftime("%Y-%m-%d"))
+
+    __table_args__ = (Index("ix_ledger_tenant_day", "tenant_id", "day"),)

@@ -27,7 +27,7 @@ from sandbox.driver import (
     SandboxSpec,
 )
 from sandbox.templates import MAX_LIMITS, TEMPLATES, Template
-from scheduler import ledger
+from scheduler import ledger, quotas
 from scheduler.errors import CloudSkillsError, InvalidInput, NotFound
 from scheduler.models import Sandbox, Task, utcnow
 from scheduler.pricing import PriceCatalog, Usage
@@ -75,7 +75,7 @@ class SandboxRecord:
 def lifetime_usage(row: Sandbox) -> Usage:
     end = row.destroyed_at or utcnow()
     ms = max(int((end - row.created_at) / timedelta(milliseconds=1)), 0)
-    return Usage(vcpu_ms=round(row.vcpus * ms), mib_ms=row.memory_mib * ms)
+    return Usage.sandbox(vcpu_ms=round(row.vcpus * ms), mib_ms=row.memory_mib * ms)
 
 
 def resolve_template(name: str) -> Template:
@@ -111,6 +111,7 @@ class SandboxManager:
     ) -> SandboxRecord:
         check_limits(limits)
         with self.store.transaction() as session:
+            quotas.check_sandboxes(session, ledger.locked_tenant(session, tenant_id))
             session.add(
                 Sandbox(
                     id=sandbox_id,
@@ -147,9 +148,7 @@ class SandboxManager:
         with self.store.transaction() as session:
             row = session.get(Sandbox, sandbox_id)
             if row is None or row.tenant_id != tenant_id or row.task_id is not None:
-                raise NotFound(
-                    f"no sandbox {sandbox_id!r}: call sandbox_list to see yours, or sandbox_create."
-                )
+                raise NotFound(f"no sandbox {sandbox_id!r}: call sandbox_list to see yours, or sandbox_create.")
             if row.state not in LIVE_STATES:
                 raise NotFound(
                     f"sandbox {sandbox_id!r} was destroyed ({row.destroy_reason}): "
@@ -174,9 +173,7 @@ class SandboxManager:
         with self.store.transaction() as session:
             rows = session.scalars(
                 select(Sandbox)
-                .where(
-                    Sandbox.tenant_id == tenant_id, Sandbox.task_id.is_(None), Sandbox.state.in_(LIVE_STATES)
-                )
+                .where(Sandbox.tenant_id == tenant_id, Sandbox.task_id.is_(None), Sandbox.state.in_(LIVE_STATES))
                 .order_by(Sandbox.created_at)
             )
             return list(rows)
@@ -213,9 +210,7 @@ class SandboxManager:
             row.destroy_reason = reason
             usage = lifetime_usage(row)
             if bill:
-                posting = ledger.Posting(
-                    f"sandbox:{row.id}:lifetime", row.tenant_id, None, "sandbox", "lifetime"
-                )
+                posting = ledger.Posting(f"sandbox:{row.id}:lifetime", row.tenant_id, None, "sandbox", "lifetime")
                 ledger.post(session, self.catalog, posting, self.catalog.usage_charges(usage))
             return usage
 
@@ -237,9 +232,7 @@ class SandboxManager:
                 await self._reap_one(sandbox_id, "task_ended", bill=False, reaped=reaped)
         # List the containers before reading the live records: a container listed
         # here already had its record written, so it cannot be mistaken for a stray.
-        containers = await anyio.to_thread.run_sync(
-            self.driver.list_labelled, {LABEL_STORE: self.store.store_id}
-        )
+        containers = await anyio.to_thread.run_sync(self.driver.list_labelled, {LABEL_STORE: self.store.store_id})
         with self.store.transaction() as session:
             live_ids = set(session.scalars(select(Sandbox.id).where(Sandbox.state.in_(LIVE_STATES))))
         for container in containers:

@@ -23,7 +23,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sqlalchemy import select, update
 
-from scheduler import ledger
+from scheduler import ledger, quotas
 from scheduler.errors import (
     BackendUnavailable,
     BudgetExceeded,
@@ -109,9 +109,7 @@ def new_id(prefix: str) -> str:
 
 
 class Scheduler:
-    def __init__(
-        self, store: Store, catalog: PriceCatalog, services: Any = None, concurrency: int = 16
-    ) -> None:
+    def __init__(self, store: Store, catalog: PriceCatalog, services: Any = None, concurrency: int = 16) -> None:
         self.store = store
         self.catalog = catalog
         self.services = services
@@ -135,9 +133,12 @@ class Scheduler:
     def submit(self, tenant_id: str, binding: OpBinding, args: dict[str, Any]) -> str:
         """Admit and store a task, then queue it; raise before any work if it is refused."""
         task_id = new_id("t")
-        hold = self.catalog.worst_case(binding.key, binding.worst_case(args))
+        worst = binding.worst_case(args)
+        hold = self.catalog.worst_case(binding.key, worst)
         with self.store.transaction() as session:
-            ledger.hold(session, self.catalog, tenant_id, hold)
+            tenant = ledger.locked_tenant(session, tenant_id)
+            quotas.check_tasks(session, tenant, worst)
+            ledger.hold(session, self.catalog, tenant, hold)
             session.add(
                 Task(
                     id=task_id,
@@ -193,9 +194,7 @@ class Scheduler:
             scope.cancel()
             await self.wait(task_id)
         else:
-            self._finish(
-                task_id, "cancelled", None, Cancelled("the task was cancelled before it started."), Usage()
-            )
+            self._finish(task_id, "cancelled", None, Cancelled("the task was cancelled before it started."), Usage())
         return self.get(tenant_id, task_id).state
 
     # -- the workers' side -------------------------------------------------
@@ -317,9 +316,7 @@ class Scheduler:
                 task_id,
                 "failed",
                 None,
-                BackendUnavailable(
-                    "the server stopped while this task ran; nothing was charged: run it again."
-                ),
+                BackendUnavailable("the server stopped while this task ran; nothing was charged: run it again."),
                 Usage(),
             )
         for task_id in requeue:

@@ -6,7 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx2
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from runtime.app import App
 from runtime.server import CloudSkillsServer
@@ -20,6 +22,12 @@ class ToolFailed(AssertionError):
 async def mcp_client(app: App, tenant: str | None = None) -> AsyncIterator[Client]:
     async with Client(CloudSkillsServer(app, tenant or app.settings.tenant)) as client:
         yield client
+
+
+def http_client(url: str, key: str | None) -> Client:
+    """An MCP client over Streamable HTTP that sends ``key`` as its bearer token."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return Client(streamable_http_client(url, http_client=httpx2.AsyncClient(headers=headers, timeout=300)))
 
 
 async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:

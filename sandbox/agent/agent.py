@@ -43,9 +43,7 @@ class AgentError(Exception):
 def resolve(path: str) -> str:
     """An absolute path; relative paths are taken from the work dir."""
     if not path:
-        raise AgentError(
-            "invalid_input", "path is empty: give a file path such as 'data.txt' or '/work/data.txt'."
-        )
+        raise AgentError("invalid_input", "path is empty: give a file path such as 'data.txt' or '/work/data.txt'.")
     return os.path.normpath(path if path.startswith("/") else os.path.join(WORK_DIR, path))
 
 
@@ -59,9 +57,7 @@ def write_file(spec: dict) -> dict:
         if spec.get("mode") is not None:
             os.chmod(path, int(spec["mode"]))
     except OSError as exc:
-        raise AgentError(
-            "invalid_input", f"cannot write {path}: {exc.strerror}; write under {WORK_DIR} or /tmp."
-        )
+        raise AgentError("invalid_input", f"cannot write {path}: {exc.strerror}; write under {WORK_DIR} or /tmp.")
     return {"path": path, "size": len(data)}
 
 
@@ -73,9 +69,7 @@ def read_file(spec: dict) -> dict:
             data = handle.read(max_bytes + 1)
             size = os.fstat(handle.fileno()).st_size
     except FileNotFoundError:
-        raise AgentError(
-            "not_found", f"no file {path} in the sandbox: list the directory to see what is there."
-        )
+        raise AgentError("not_found", f"no file {path} in the sandbox: list the directory to see what is there.")
     except IsADirectoryError:
         raise AgentError("invalid_input", f"{path} is a directory: list it, or read a file inside it.")
     except OSError as exc:
@@ -90,9 +84,7 @@ def list_dir(spec: dict) -> list[dict]:
     try:
         names = sorted(os.listdir(path))
     except FileNotFoundError:
-        raise AgentError(
-            "not_found", f"no directory {path} in the sandbox: list {WORK_DIR} to see what is there."
-        )
+        raise AgentError("not_found", f"no directory {path} in the sandbox: list {WORK_DIR} to see what is there.")
     except NotADirectoryError:
         raise AgentError("invalid_input", f"{path} is a file, not a directory: read it instead.")
     except OSError as exc:
@@ -114,9 +106,7 @@ def command_argv(spec: dict) -> tuple[list[str], str | None]:
         return [str(part) for part in spec["argv"]], None
     language = spec.get("language", "python")
     if language not in INTERPRETERS:
-        raise AgentError(
-            "invalid_input", f"unknown language {language!r}: use one of {sorted(INTERPRETERS)}."
-        )
+        raise AgentError("invalid_input", f"unknown language {language!r}: use one of {sorted(INTERPRETERS)}.")
     fd, script = tempfile.mkstemp(prefix=".cloudskills-", suffix=".py" if language == "python" else ".sh")
     with os.fdopen(fd, "w") as handle:
         handle.write(spec.get("code", ""))
@@ -172,9 +162,7 @@ def supervise(argv: list[str], spec: dict) -> dict:
             start_new_session=True,
         )
     except FileNotFoundError:
-        raise AgentError(
-            "invalid_input", f"command not found: {argv[0]!r}; check its name or give a full path."
-        )
+        raise AgentError("invalid_input", f"command not found: {argv[0]!r}; check its name or give a full path.")
     except (NotADirectoryError, PermissionError, OSError) as exc:
         raise AgentError("invalid_input", f"cannot start {argv[0]!r}: {exc.strerror or exc}.")
     if stdin_data:

@@ -88,9 +88,7 @@ async def balance(ctx: TaskContext, args: BalanceInput) -> BalanceOutput:
             spent=Money(**money(tenant.spent_micros)),
             held=Money(**money(tenant.held_micros)),
             budget=None if budget is None else Money(**money(budget)),
-            left=None
-            if budget is None
-            else Money(**money(budget - tenant.spent_micros - tenant.held_micros)),
+            left=None if budget is None else Money(**money(budget - tenant.spent_micros - tenant.held_micros)),
         )
 
 

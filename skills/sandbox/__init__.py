@@ -26,8 +26,7 @@ SKILL = Skill(
         ),
         Op(
             "create",
-            "Start a session sandbox (template 'python' or 'bash') that keeps files between calls; "
-            "returns sandbox_id.",
+            "Start a session sandbox (template 'python' or 'bash') that keeps files between calls; returns sandbox_id.",
             m.CreateInput,
             m.CreateOutput,
             ops.create,

@@ -30,9 +30,7 @@ class FileIn(BaseModel):
 class FileOut(BaseModel):
     path: str
     size: int = Field(description="The file's size in bytes.")
-    content: str = Field(
-        description="The content read (at most max_bytes), as text or base64 (see encoding)."
-    )
+    content: str = Field(description="The content read (at most max_bytes), as text or base64 (see encoding).")
     encoding: Encoding
     truncated: bool = False
     error: str | None = Field(default=None, description="Why the file could not be read, if it could not.")
@@ -52,15 +50,9 @@ class ExecOutput(BaseModel):
 class RunInput(OpInput):
     language: Language = Field(default="python", description="The language of `code`.")
     code: str | None = Field(default=None, description="Code to run. Give this or `command`.")
-    command: str | None = Field(
-        default=None, description="A shell command line to run with bash. Or give `code`."
-    )
-    files: list[FileIn] = Field(
-        default_factory=list, max_length=100, description="Files to write before running."
-    )
-    outputs: list[str] = Field(
-        default_factory=list, max_length=100, description="Paths to read back after running."
-    )
+    command: str | None = Field(default=None, description="A shell command line to run with bash. Or give `code`.")
+    files: list[FileIn] = Field(default_factory=list, max_length=100, description="Files to write before running.")
+    outputs: list[str] = Field(default_factory=list, max_length=100, description="Paths to read back after running.")
     timeout_s: float = TIMEOUT
     max_output: int = MAX_OUTPUT
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the command.")
@@ -73,9 +65,7 @@ class RunOutput(ExecOutput):
 
 class CreateInput(OpInput):
     template: str = Field(default="python", description="'python' or 'bash'.")
-    ttl_s: int = Field(
-        default=900, ge=10, le=86400, description="Idle seconds before the sandbox is destroyed."
-    )
+    ttl_s: int = Field(default=900, ge=10, le=86400, description="Idle seconds before the sandbox is destroyed.")
     vcpus: float = Field(default=1.0, gt=0, le=2, description="CPUs the sandbox may use.")
     memory_mib: int = Field(default=512, ge=64, le=4096, description="Memory limit in MiB.")
 
@@ -130,9 +120,7 @@ class WriteFileOutput(BaseModel):
 class ReadFileInput(OpInput):
     sandbox_id: str = SANDBOX_ID
     path: str = Field(min_length=1)
-    encoding: Encoding | None = Field(
-        default=None, description="Default: utf-8 when the file is text, else base64."
-    )
+    encoding: Encoding | None = Field(default=None, description="Default: utf-8 when the file is text, else base64.")
     max_bytes: int = Field(default=1 << 20, ge=1, le=10 << 20)
 
 

@@ -49,9 +49,7 @@ def decode(content: str, encoding: Encoding, path: str) -> bytes:
     try:
         return base64.b64decode(content, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(
-            f"the content for {path!r} is not valid base64: fix it or use encoding 'utf-8'."
-        ) from exc
+        raise InvalidInput(f"the content for {path!r} is not valid base64: fix it or use encoding 'utf-8'.") from exc
 
 
 def encode(data: bytes, wanted: Encoding | None) -> tuple[str, Encoding]:
@@ -72,9 +70,7 @@ def file_out(content: FileContent, wanted: Encoding | None = None) -> FileOut:
     if content.error is not None:
         return FileOut(path=content.path, size=0, content="", encoding="utf-8", error=content.error)
     text, encoding = encode(content.data, wanted)
-    return FileOut(
-        path=content.path, size=content.size, content=text, encoding=encoding, truncated=content.truncated
-    )
+    return FileOut(path=content.path, size=content.size, content=text, encoding=encoding, truncated=content.truncated)
 
 
 def exec_output(ctx: TaskContext, result: ExecResult, timeout_s: float) -> ExecOutput:
@@ -147,7 +143,7 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
 def run_worst_case(args: RunInput) -> Usage:
     limits = run_limits(args.template) if args.template in ("python", "bash") else Limits()
     ms = int((args.timeout_s + RUN_OVERHEAD_S) * 1000)
-    return Usage(vcpu_ms=round(limits.vcpus * ms), mib_ms=limits.memory_mib * ms)
+    return Usage.sandbox(vcpu_ms=round(limits.vcpus * ms), mib_ms=limits.memory_mib * ms)
 
 
 def row_info(row: Sandbox) -> SandboxInfo:

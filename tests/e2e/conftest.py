@@ -7,11 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from runtime.storage import open_store
+from runtime.tenants import bootstrap
 from scheduler.store import Store
 
 
@@ -51,11 +54,31 @@ def start_http_server(home: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{port}/mcp"
 
 
+def first_key(home: Path) -> str:
+    """Set up a data dir's store with its default tenant, and return that tenant's key."""
+    store = open_store(f"sqlite:///{home / 'cloudskills.db'}")
+    try:
+        new = bootstrap(store)
+        assert new is not None
+        return new.key
+    finally:
+        store.close()
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    home: Path
+    key: str
+
+
 @pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A served data dir: yields the server's URL and the dir."""
+def http_server(tmp_path: Path) -> Iterator[Served]:
+    """A served data dir, with the key of its default tenant."""
     home = tmp_path / "home"
+    home.mkdir()
+    key = first_key(home)
     proc, url = start_http_server(home)
-    yield url, home
+    yield Served(url, home, key)
     proc.terminate()
     proc.wait(timeout=20)

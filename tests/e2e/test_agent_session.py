@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_STORE
 from scheduler.models import LedgerEntry, Task
-from tests.e2e.conftest import server_env, store_of
-from tests.mcp_helpers import call
+from tests.e2e.conftest import Served, server_env, store_of
+from tests.mcp_helpers import call, http_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -47,9 +47,7 @@ def assert_clean_and_billed(home: Path, docker_driver: DockerDriver) -> None:
             total = session.scalar(select(func.sum(LedgerEntry.amount_micros)))
             ops = set(session.scalars(select(LedgerEntry.op)))
             task_costs = session.scalar(select(func.sum(Task.cost_micros)))
-            lifetime = session.scalar(
-                select(func.sum(LedgerEntry.amount_micros)).where(LedgerEntry.op == "lifetime")
-            )
+            lifetime = session.scalar(select(func.sum(LedgerEntry.amount_micros)).where(LedgerEntry.op == "lifetime"))
     finally:
         store.close()
     assert set(states.values()) == {"succeeded"}
@@ -60,18 +58,15 @@ def assert_clean_and_billed(home: Path, docker_driver: DockerDriver) -> None:
 
 async def test_over_stdio(tmp_path: Path, docker_driver: DockerDriver) -> None:
     home = tmp_path / "home"
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "runtime", "serve"], env=server_env(home)
-    )
+    params = StdioServerParameters(command=sys.executable, args=["-m", "runtime", "serve"], env=server_env(home))
     async with Client(params) as client:
         result = await agent_session(client)
     assert result == {"stdout": "6\n", "destroyed": True, "one_shot": "1\n"}
     assert_clean_and_billed(home, docker_driver)
 
 
-async def test_over_streamable_http(http_server: tuple[str, Path], docker_driver: DockerDriver) -> None:
-    url, home = http_server
-    async with Client(url) as client:
+async def test_over_streamable_http(http_server: Served, docker_driver: DockerDriver) -> None:
+    async with http_client(http_server.url, http_server.key) as client:
         result = await agent_session(client)
     assert result == {"stdout": "6\n", "destroyed": True, "one_shot": "1\n"}
-    assert_clean_and_billed(home, docker_driver)
+    assert_clean_and_billed(http_server.home, docker_driver)

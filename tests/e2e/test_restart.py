@@ -9,14 +9,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from mcp import Client
 from sqlalchemy import func, select
 
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_STORE
 from scheduler.models import LedgerEntry, Task, Tenant
-from tests.e2e.conftest import start_http_server, store_of
-from tests.mcp_helpers import call
+from tests.e2e.conftest import first_key, start_http_server, store_of
+from tests.mcp_helpers import call, http_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -31,20 +30,20 @@ def wait_until(condition: object, what: str, timeout_s: float = 30) -> None:
 
 async def test_kill_9_mid_task_then_restart(tmp_path: Path, docker_driver: DockerDriver) -> None:
     home = tmp_path / "home"
+    home.mkdir()
+    key = first_key(home)
     proc, url = start_http_server(home)
     store = store_of(home)
     labels = {LABEL_STORE: store.store_id}
 
     async def long_call() -> None:
-        async with Client(url) as client:
+        async with http_client(url, key) as client:
             await client.call_tool("sandbox_run", {"code": "import time; time.sleep(60)", "timeout_s": 120})
 
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(long_call)
-            await anyio.to_thread.run_sync(
-                wait_until, lambda: docker_driver.list_labelled(labels), "the sandbox"
-            )
+            await anyio.to_thread.run_sync(wait_until, lambda: docker_driver.list_labelled(labels), "the sandbox")
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             group.cancel_scope.cancel()
@@ -54,7 +53,7 @@ async def test_kill_9_mid_task_then_restart(tmp_path: Path, docker_driver: Docke
         await anyio.to_thread.run_sync(
             wait_until, lambda: not docker_driver.list_labelled(labels), "the reaper to remove the orphan"
         )
-        async with Client(url) as client:
+        async with http_client(url, key) as client:
             after = await call(client, "sandbox_run", code="print('fine')")
         assert after["stdout"] == "fine\n"
         with store.transaction() as session:

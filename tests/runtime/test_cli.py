@@ -51,9 +51,7 @@ def test_a_session_across_cli_invocations(settings: Settings, docker_driver: Doc
     created = json.loads(cli(settings.home, "sandbox", "create", "--json").stdout)
     sid = created["sandbox_id"]
     try:
-        wrote = cli(
-            settings.home, "sandbox", "write-file", "--sandbox-id", sid, "--path", "a.txt", "--content", "hi"
-        )
+        wrote = cli(settings.home, "sandbox", "write-file", "--sandbox-id", sid, "--path", "a.txt", "--content", "hi")
         assert wrote.returncode == 0, wrote.stderr
         ran = cli(settings.home, "sandbox", "exec", "--sandbox-id", sid, "--command", "cat a.txt")
         assert ran.stdout == "hi"

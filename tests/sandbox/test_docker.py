@@ -67,9 +67,7 @@ def test_inside_it_is_unprivileged_and_offline(docker_driver: DockerDriver, hand
     assert code == 0
 
 
-def test_files_in_command_files_out_in_one_round_trip(
-    docker_driver: DockerDriver, handle: SandboxHandle
-) -> None:
+def test_files_in_command_files_out_in_one_round_trip(docker_driver: DockerDriver, handle: SandboxHandle) -> None:
     request = AgentRequest(
         writes=(FileWrite("in/data.txt", b"abc"),),
         command=Command(code="open('out.txt','w').write(open('in/data.txt').read().upper())"),
@@ -82,9 +80,7 @@ def test_files_in_command_files_out_in_one_round_trip(
 
 
 def test_output_is_bounded_with_a_marker(docker_driver: DockerDriver, handle: SandboxHandle) -> None:
-    code, out, err = bash(
-        docker_driver, handle, "head -c 5000000 /dev/zero | tr '\\0' x; echo e >&2", max_output=1000
-    )
+    code, out, err = bash(docker_driver, handle, "head -c 5000000 /dev/zero | tr '\\0' x; echo e >&2", max_output=1000)
     assert code == 0
     assert out.startswith("x" * 1000)
     assert "output truncated, 4999000 more bytes" in out

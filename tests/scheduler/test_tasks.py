@@ -17,13 +17,14 @@ from runtime.storage import open_store
 from runtime.tenants import ensure_tenant
 from scheduler.errors import BudgetExceeded, InvalidInput
 from scheduler.models import LedgerEntry, Task, Tenant
-from scheduler.pricing import PriceCatalog, Usage
+from scheduler.pricing import PriceCatalog, Rate, Usage
 from scheduler.store import Store
 from scheduler.tasks import OpBinding, Scheduler, TaskContext
 
 pytestmark = pytest.mark.anyio
 
-CATALOG = PriceCatalog(version="test-1", currency="USD", task_fees={"default": 10}, vcpu_hour=3_600_000)
+# 10 micro-units a task, 1 per vCPU-millisecond: amounts in these tests are easy to read.
+CATALOG = PriceCatalog("test-1", "USD", task_fees={"default": 10}, rates={"sandbox.vcpu_ms": Rate(1, 1)})
 
 
 @pytest.fixture
@@ -40,12 +41,12 @@ def scheduler_on(store: Store) -> Scheduler:
 
 
 async def ok_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
-    ctx.add_usage(Usage(vcpu_ms=args.get("vcpu_ms", 0)))
+    ctx.add_usage(Usage.sandbox(vcpu_ms=args.get("vcpu_ms", 0)))
     return {"echo": args.get("value"), "cost": None}
 
 
 async def sleepy_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
-    ctx.add_usage(Usage(vcpu_ms=5))
+    ctx.add_usage(Usage.sandbox(vcpu_ms=5))
     await anyio.sleep(60)
     return {}
 
@@ -58,7 +59,7 @@ async def crashing_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, 
     raise RuntimeError("secret internals")
 
 
-OK = OpBinding("t", "ok", ok_handler, worst_case=lambda a: Usage(vcpu_ms=1000))
+OK = OpBinding("t", "ok", ok_handler, worst_case=lambda a: Usage.sandbox(vcpu_ms=1000))
 SLEEPY = OpBinding("t", "sleepy", sleepy_handler, timeout_s=lambda a: float(a.get("timeout_s", 60)))
 BAD = OpBinding("t", "bad", bad_input_handler)
 CRASH = OpBinding("t", "crash", crashing_handler)
@@ -155,7 +156,7 @@ async def test_cancel_of_another_tenants_task_is_not_found(store: Store) -> None
 
 
 async def test_budget_admits_only_what_it_covers(store: Store) -> None:
-    worst = CATALOG.worst_case("t.ok", Usage(vcpu_ms=1000))
+    worst = CATALOG.worst_case("t.ok", Usage.sandbox(vcpu_ms=1000))
     with store.transaction() as session:
         row = session.get(Tenant, "acme")
         assert row is not None
@@ -171,8 +172,8 @@ async def test_budget_admits_only_what_it_covers(store: Store) -> None:
 async def test_settling_twice_charges_once(store: Store) -> None:
     scheduler = scheduler_on(store)
     task_id = scheduler.submit("acme", OK, {})
-    scheduler._finish(task_id, "succeeded", {}, None, Usage(vcpu_ms=100))
-    scheduler._finish(task_id, "succeeded", {}, None, Usage(vcpu_ms=100))
+    scheduler._finish(task_id, "succeeded", {}, None, Usage.sandbox(vcpu_ms=100))
+    scheduler._finish(task_id, "succeeded", {}, None, Usage.sandbox(vcpu_ms=100))
     assert ledger_total(store) == 110
     with store.transaction() as session:
         assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 2

@@ -41,9 +41,7 @@ async def test_run_returns_streams_exit_code_files_and_cost(app: App) -> None:
 
 async def test_run_with_a_command_and_bash(app: App) -> None:
     async with mcp_client(app) as client:
-        out = await call(
-            client, "sandbox_run", command="echo $((6*7)) && echo $GREETING", env={"GREETING": "hi"}
-        )
+        out = await call(client, "sandbox_run", command="echo $((6*7)) && echo $GREETING", env={"GREETING": "hi"})
         script = await call(client, "sandbox_run", language="bash", code="for i in 1 2 3; do echo $i; done")
     assert out["stdout"] == "42\nhi\n"
     assert script["stdout"] == "1\n2\n3\n"
@@ -71,7 +69,7 @@ async def test_a_session_keeps_files_between_calls(app: App) -> None:
     assert "was destroyed" in after and "sandbox_create" in after
     with app.store.transaction() as session:
         lifetime = session.scalars(select(LedgerEntry).where(LedgerEntry.op == "lifetime")).all()
-        assert {e.item for e in lifetime} == {"vcpu_ms", "mib_ms"}
+        assert {e.item for e in lifetime} == {"sandbox.vcpu_ms", "sandbox.mib_ms"}
 
 
 async def test_bad_input_gets_one_clear_error_and_costs_nothing(app: App) -> None:
@@ -86,9 +84,7 @@ async def test_bad_input_gets_one_clear_error_and_costs_nothing(app: App) -> Non
             await call_error(client, "sandbox_run", code="1", template="windows"),
             await call_error(client, "sandbox_exec", command="ls"),
             await call_error(client, "sandbox_exec", sandbox_id="sb_doesnotexist", command="ls"),
-            await call_error(
-                client, "sandbox_write_file", sandbox_id="sb_x", path="a", content="!", encoding="base64"
-            ),
+            await call_error(client, "sandbox_write_file", sandbox_id="sb_x", path="a", content="!", encoding="base64"),
         ]
         usage = await call(client, "billing_usage")
     for message in errors:
