@@ -7,6 +7,7 @@ MCP tools, so the CLI and the tools always agree.
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import sys
@@ -146,8 +147,10 @@ def op_command(tool_name: str, op: Op[Any, Any]) -> click.Command:
     for name, field in op.input.model_fields.items():
         params.append(field_option(name, field, json_fields))
     params.append(click.Option(["--json", "as_json"], is_flag=True, help="Print the result as JSON."))
+    if op.csv is not None:
+        params.append(click.Option(["--csv", "csv_path"], type=click.Path(dir_okay=False), help="Write it as CSV."))
 
-    def callback(as_json: bool, **values: Any) -> None:
+    def callback(as_json: bool, csv_path: str | None = None, **values: Any) -> None:
         arguments = {}
         for name, value in values.items():
             if value is None:
@@ -161,6 +164,10 @@ def op_command(tool_name: str, op: Op[Any, Any]) -> click.Command:
             result = anyio.run(run_op, tool_name, arguments)
         except CloudSkillsError as exc:
             fail(exc.message)
+        if csv_path is not None and op.csv is not None:
+            with open(csv_path, "w", newline="") as handle:
+                csv.writer(handle).writerows(op.csv(result))
+            click.echo(f"wrote {csv_path}", err=True)
         print_result(result, as_json)
 
     return click.Command(op.name.replace("_", "-"), params=params, callback=callback, help=op.description)

@@ -57,18 +57,16 @@ def post(session: Session, catalog: PriceCatalog, posting: Posting, charges: Seq
 
     A posting whose key is already in the ledger was settled before: nothing
     is written and 0 is returned, so calling this twice is harmless."""
-    already = session.scalar(
-        select(func.count()).select_from(LedgerEntry).where(LedgerEntry.idempotency_key.startswith(f"{posting.key}:"))
-    )
-    if already:
+    keys = [f"{posting.key}:{charge.item}" for charge in charges]
+    if keys and session.scalar(select(func.count()).where(LedgerEntry.idempotency_key.in_(keys))):
         return 0
     tenant = locked_tenant(session, posting.tenant_id)
     now = utcnow()
     total = 0
-    for charge in charges:
+    for key, charge in zip(keys, charges, strict=True):
         session.add(
             LedgerEntry(
-                idempotency_key=f"{posting.key}:{charge.item}",
+                idempotency_key=key,
                 tenant_id=posting.tenant_id,
                 task_id=posting.task_id,
                 skill=posting.skill,
@@ -88,35 +86,53 @@ def post(session: Session, catalog: PriceCatalog, posting: Posting, charges: Seq
     return total
 
 
+GROUPS = {
+    "skill": LedgerEntry.skill,
+    "op": LedgerEntry.op,
+    "model": LedgerEntry.model,
+    "day": LedgerEntry.day,
+    "item": LedgerEntry.item,
+}
+
+
 @dataclass(frozen=True)
 class UsageLine:
-    skill: str
-    op: str
-    item: str
+    """One group of ledger entries: its key (by the dimensions asked for) and its sums."""
+
+    key: dict[str, str | None]
     quantity: int
     amount_micros: int
     entries: int
 
 
-def usage_by_op(
-    session: Session, tenant_id: str, since: datetime | None = None, until: datetime | None = None
+def usage_lines(
+    session: Session,
+    tenant_id: str,
+    group_by: Sequence[str],
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[UsageLine]:
-    query = select(
-        LedgerEntry.skill,
-        LedgerEntry.op,
-        LedgerEntry.item,
-        func.sum(LedgerEntry.quantity),
-        func.sum(LedgerEntry.amount_micros),
-        func.count(),
-    ).where(LedgerEntry.tenant_id == tenant_id)
+    """The tenant's charges summed by ``group_by`` (names from GROUPS), within [since, until)."""
+    columns = [GROUPS[name] for name in group_by]
+    query = select(*columns, func.sum(LedgerEntry.quantity), func.sum(LedgerEntry.amount_micros), func.count()).where(
+        LedgerEntry.tenant_id == tenant_id
+    )
     if since is not None:
         query = query.where(LedgerEntry.created_at >= since)
     if until is not None:
         query = query.where(LedgerEntry.created_at < until)
-    query = query.group_by(LedgerEntry.skill, LedgerEntry.op, LedgerEntry.item).order_by(
-        LedgerEntry.skill, LedgerEntry.op, LedgerEntry.item
-    )
-    return [
-        UsageLine(skill, op, item, int(quantity), int(amount), int(count))
-        for skill, op, item, quantity, amount, count in session.execute(query)
-    ]
+    query = query.group_by(*columns).order_by(*columns)
+    lines = []
+    for row in session.execute(query):
+        *key, quantity, amount, count = row
+        lines.append(UsageLine(dict(zip(group_by, key, strict=True)), int(quantity), int(amount), int(count)))
+    return lines
+
+
+def catalog_versions(session: Session, tenant_id: str, since: datetime | None, until: datetime | None) -> list[str]:
+    query = select(LedgerEntry.catalog_version).where(LedgerEntry.tenant_id == tenant_id).distinct()
+    if since is not None:
+        query = query.where(LedgerEntry.created_at >= since)
+    if until is not None:
+        query = query.where(LedgerEntry.created_at < until)
+    return sorted(session.scalars(query))

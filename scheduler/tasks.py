@@ -47,6 +47,8 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 # Errors that mean the task did no billable work when it used nothing: the
 # caller's mistake caught in the handler, or the platform's own failure.
 FREE_WHEN_UNUSED = (InvalidInput, NotFound, Forbidden, BackendUnavailable, BudgetExceeded, QuotaExceeded)
+# A result's "cost" equal to this is the task's own, filled in at settlement.
+UNSETTLED: dict[str, Any] = {"micros": 0, "amount": ""}
 # Time a task may take beyond its own timeout_s (starting a sandbox, moving files).
 DEADLINE_OVERHEAD_S = 30.0
 
@@ -116,7 +118,10 @@ class Scheduler:
         self.concurrency = concurrency
         self.deadline_overhead_s = DEADLINE_OVERHEAD_S
         self._bindings: dict[str, OpBinding] = {}
+        # Tasks someone in this process may wait for: set when the task settles,
+        # with its outcome, so a waiter needs no read of the store.
         self._done: dict[str, anyio.Event] = {}
+        self._outcomes: dict[str, TaskOutcome] = {}
         self._running: dict[str, anyio.CancelScope] = {}
         self._send: MemoryObjectSendStream[str]
         self._receive: MemoryObjectReceiveStream[str]
@@ -161,6 +166,9 @@ class Scheduler:
         event = self._done.get(task_id)
         if event is not None:
             await event.wait()
+        outcome = self._outcomes.pop(task_id, None)
+        if outcome is not None:
+            return outcome
         with self.store.transaction() as session:
             task = session.get(Task, task_id)
             assert task is not None
@@ -210,15 +218,14 @@ class Scheduler:
             await self._execute(task_id)
 
     def _claim(self, task_id: str) -> Task | None:
+        """Mark a queued task running and return it; None if another worker has it."""
         with self.store.transaction() as session:
-            claimed = session.execute(
+            return session.scalar(
                 update(Task)
                 .where(Task.id == task_id, Task.state == "queued")
                 .values(state="running", started_at=utcnow(), attempts=Task.attempts + 1)
+                .returning(Task)
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-            return session.get(Task, task_id)
 
     async def _execute(self, task_id: str) -> None:
         task = self._claim(task_id)
@@ -281,7 +288,7 @@ class Scheduler:
             posting = ledger.Posting(f"task:{task.id}", task.tenant_id, task.id, task.skill, task.op)
             # Posting nothing still releases the hold.
             cost = ledger.post(session, self.catalog, posting, charges, release=task.hold_micros)
-            if result is not None and "cost" in result:
+            if result is not None and result.get("cost") == UNSETTLED:
                 result = {**result, "cost": self.money(cost)}
             task.state = state
             task.finished_at = utcnow()
@@ -289,8 +296,10 @@ class Scheduler:
             task.error_code = error.code if error else None
             task.error_message = error.message if error else None
             task.cost_micros = cost
+            outcome = outcome_of(task)
         event = self._done.pop(task_id, None)
         if event is not None:
+            self._outcomes[task_id] = outcome
             event.set()
 
     def money(self, micros: int) -> dict[str, Any]:

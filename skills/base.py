@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from scheduler.pricing import Usage
-from scheduler.tasks import OpBinding, TaskContext
+from scheduler.tasks import UNSETTLED, OpBinding, TaskContext
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -34,7 +34,7 @@ class Money(BaseModel):
 
 def unsettled() -> Money:
     """A placeholder the scheduler replaces with the task's settled cost."""
-    return Money(micros=0, amount="")
+    return Money(**UNSETTLED)
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class Op(Generic[In, Out]):
     open_world: bool = False
     timeout_s: Callable[[In], float] = lambda args: 60.0
     worst_case: Callable[[In], Usage] = lambda args: Usage()
+    # Rows of a CSV rendering of the output, for `--csv` in the CLI.
+    csv: Callable[[Out], list[list[str]]] | None = None
 
 
 @dataclass(frozen=True)

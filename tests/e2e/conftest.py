@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,12 +32,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_http_server(home: Path) -> tuple[subprocess.Popen[str], str]:
+def start_http_server(home: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """`cloudskills serve --http` on a free loopback port, once it accepts connections."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime", "serve", "--http", "--port", str(port)],
-        env=server_env(home),
+        env={**server_env(home), **(extra_env or {})},
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -19,7 +19,7 @@ from scheduler.errors import BudgetExceeded, InvalidInput
 from scheduler.models import LedgerEntry, Task, Tenant
 from scheduler.pricing import PriceCatalog, Rate, Usage
 from scheduler.store import Store
-from scheduler.tasks import OpBinding, Scheduler, TaskContext
+from scheduler.tasks import UNSETTLED, OpBinding, Scheduler, TaskContext
 
 pytestmark = pytest.mark.anyio
 
@@ -42,7 +42,7 @@ def scheduler_on(store: Store) -> Scheduler:
 
 async def ok_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
     ctx.add_usage(Usage.sandbox(vcpu_ms=args.get("vcpu_ms", 0)))
-    return {"echo": args.get("value"), "cost": None}
+    return {"echo": args.get("value"), "cost": UNSETTLED}
 
 
 async def sleepy_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:

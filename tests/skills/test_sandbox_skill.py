@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from runtime.app import App
-from runtime.tenants import ensure_tenant
+from runtime.tenants import ensure_tenant, update_tenant
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, SandboxSpec
 from scheduler.models import LedgerEntry, Sandbox, Task
 from tests.conftest import containers_of
@@ -157,3 +157,19 @@ async def test_the_reaper_destroys_idle_sandboxes_and_strays(app: App) -> None:
             select(LedgerEntry).where(LedgerEntry.idempotency_key.startswith(f"sandbox:{sid}"))
         ).all()
         assert billed
+
+
+async def test_live_sandboxes_are_capped_by_quota(app: App) -> None:
+    update_tenant(app.store, "local", max_live_sandboxes=2)
+    async with mcp_client(app) as client:
+        first = await call(client, "sandbox_create")
+        second = await call(client, "sandbox_create")
+        refused = await call_error(client, "sandbox_create")
+        refused_run = await call_error(client, "sandbox_run", code="print(1)")
+        await call(client, "sandbox_destroy", sandbox_id=first["sandbox_id"])
+        third = await call(client, "sandbox_create")
+        for sandbox in (second, third):
+            await call(client, "sandbox_destroy", sandbox_id=sandbox["sandbox_id"])
+    assert "2 live sandboxes" in refused and "sandbox_destroy" in refused
+    assert "live sandboxes" in refused_run
+    assert third["sandbox_id"]

@@ -1,0 +1,74 @@
+"""Quotas at admission, on a real SQLite store (no Docker needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.storage import open_store
+from runtime.tenants import ensure_tenant, update_tenant
+from scheduler import ledger
+from scheduler.errors import QuotaExceeded
+from scheduler.pricing import PriceCatalog, Usage
+from scheduler.store import Store
+from scheduler.tasks import OpBinding, Scheduler, TaskContext
+
+MODEL = "smollm2-135m-instruct"
+
+
+async def noop(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+NOOP = OpBinding("t", "noop", noop)
+GENERATE = OpBinding("t", "generate", noop, worst_case=lambda a: Usage.tokens(MODEL, input=100, output=a["max_tokens"]))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    ensure_tenant(store, "acme")
+    return store
+
+
+def test_concurrent_tasks_are_capped(store: Store) -> None:
+    update_tenant(store, "acme", max_concurrent_tasks=3)
+    scheduler = Scheduler(store, PriceCatalog.load())
+    for _ in range(3):
+        scheduler.submit("acme", NOOP, {})
+    with pytest.raises(QuotaExceeded, match=r"3 tasks queued or running.*tasks_list"):
+        scheduler.submit("acme", NOOP, {})
+
+
+def test_tasks_per_minute_says_when_to_retry(store: Store) -> None:
+    update_tenant(store, "acme", tasks_per_minute=2)
+    scheduler = Scheduler(store, PriceCatalog.load())
+    for _ in range(2):
+        task_id = scheduler.submit("acme", NOOP, {})
+        scheduler._finish(task_id, "succeeded", {}, None, Usage())
+    with pytest.raises(QuotaExceeded, match=r"retry in (59|60) s"):
+        scheduler.submit("acme", NOOP, {})
+
+
+def test_tokens_per_minute_counts_what_was_used_and_what_is_asked(store: Store) -> None:
+    update_tenant(store, "acme", tokens_per_minute=1000)
+    catalog = PriceCatalog.load()
+    scheduler = Scheduler(store, catalog)
+    with store.transaction() as session:  # 700 tokens already used this minute
+        posting = ledger.Posting("task:earlier", "acme", None, "inference", "generate")
+        ledger.post(session, catalog, posting, catalog.usage_charges(Usage.tokens(MODEL, input=200, output=500)))
+    scheduler.submit("acme", GENERATE, {"max_tokens": 200})  # 700 + 300 fits
+    with pytest.raises(QuotaExceeded, match=r"may use 400 tokens.*lower max_tokens"):
+        scheduler.submit("acme", GENERATE, {"max_tokens": 300})
+
+
+def test_one_tenants_quota_does_not_touch_another(store: Store) -> None:
+    ensure_tenant(store, "other")
+    update_tenant(store, "acme", max_concurrent_tasks=1)
+    scheduler = Scheduler(store, PriceCatalog.load())
+    scheduler.submit("acme", NOOP, {})
+    with pytest.raises(QuotaExceeded):
+        scheduler.submit("acme", NOOP, {})
+    scheduler.submit("other", NOOP, {})
