@@ -2,9 +2,9 @@
 
 Every container is started locked down: no network, a non-root user, a
 read-only root with tmpfs work and temp dirs, all capabilities dropped,
-no-new-privileges, and pids, memory and CPU limits. Its entry process only
-sleeps; work reaches it as one ``docker exec`` of the in-sandbox agent per
-request, with the request on stdin and the answer on stdout.
+no-new-privileges, and pids, memory and CPU limits. Its entry process is the
+resident exec agent; requests reach it over the container's attached stdio
+(see ``sandbox/attach.py``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import threading
 from typing import Any, cast
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from sandbox.attach import MAX_FRAME_BYTES, Channel, ChannelBroken
 from sandbox.driver import (
     LABEL_MANAGED,
     LABEL_SANDBOX,
@@ -29,12 +31,10 @@ from sandbox.driver import (
 )
 from scheduler.errors import BackendUnavailable, CloudSkillsError, InvalidInput, NotFound, TaskFailed
 
-AGENT_PATH = "/opt/cloudskills/agent.py"
+AGENT_DIR = "/opt/cloudskills"
+AGENT_PATH = f"{AGENT_DIR}/agent.py"
 SANDBOX_USER = "1000:1000"
 WORK_DIR = "/work"
-# The agent's answer is bounded by the request's own limits; this caps what we
-# are willing to buffer from a misbehaving sandbox whatever it sends.
-MAX_RESPONSE_BYTES = 64 << 20
 # Time allowed beyond a command's own timeout for the agent to answer.
 DEADLINE_GRACE_S = 15.0
 
@@ -52,6 +52,10 @@ class DockerDriver:
     def __init__(self, base_url: str | None = None) -> None:
         self._base_url = base_url
         self._client: docker.DockerClient | None = None
+        self._channels: dict[str, Channel] = {}
+        self._channels_lock = threading.Lock()
+        # Sandboxes this process started, and so holds the agent's stdin of.
+        self._attached: set[str] = set()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -100,7 +104,8 @@ class DockerDriver:
         try:
             created = self._api.create_container(
                 spec.image,
-                command=["sleep", "infinity"],
+                command=["python3", AGENT_PATH, "serve"],
+                stdin_open=True,
                 user=SANDBOX_USER,
                 working_dir=WORK_DIR,
                 hostname="sandbox",
@@ -120,6 +125,8 @@ class DockerDriver:
             raise docker_unavailable(exc) from exc
         container_id = str(created["Id"])
         try:
+            self._attached.add(container_id)
+            self._channel(container_id)  # attach before start: the agent's stdin is ours
             self._api.start(container_id)
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             self.destroy(container_id)
@@ -127,10 +134,22 @@ class DockerDriver:
         return SandboxHandle(container_id=container_id, name=name)
 
     def call(self, handle: SandboxHandle, request: AgentRequest, deadline_s: float) -> AgentResponse:
-        payload = json.dumps(request.to_wire()).encode()
+        """Send one request: over the attached channel if this process started the
+        sandbox, else through `docker exec` of the agent's relay (any other process)."""
+        timeout_s = deadline_s + DEADLINE_GRACE_S
+        if handle.container_id not in self._attached:
+            return parse_agent_answer(self._relay(handle.container_id, request.to_wire(), timeout_s))
+        try:
+            wire = self._channel(handle.container_id).request(request.to_wire(), timeout_s)
+        except ChannelBroken as exc:
+            self._forget(handle.container_id)
+            raise NotFound(f"this sandbox has stopped ({exc}): destroy it and create a new one.") from exc
+        return parse_agent_answer(wire)
+
+    def _relay(self, container_id: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         try:
             exec_id = self._api.exec_create(
-                handle.container_id, ["python3", AGENT_PATH], stdin=True, user=SANDBOX_USER, workdir=WORK_DIR
+                container_id, ["python3", AGENT_PATH, "relay"], stdin=True, user=SANDBOX_USER, workdir=WORK_DIR
             )["Id"]
             sock = self._api.exec_start(exec_id, socket=True)
         except docker.errors.NotFound as exc:
@@ -141,23 +160,64 @@ class DockerDriver:
             raise BackendUnavailable(f"Docker refused to run in the sandbox: {exc.explanation}.") from exc
         except requests.exceptions.RequestException as exc:
             raise docker_unavailable(exc) from exc
-        # Over a unix socket the SDK hands back a SocketIO; we want the socket itself.
         raw = cast(socket.socket, getattr(sock, "_sock", sock))
         try:
-            raw.settimeout(deadline_s + DEADLINE_GRACE_S)
-            raw.sendall(payload)
+            raw.settimeout(timeout_s)
+            raw.sendall(json.dumps(payload).encode())
             raw.shutdown(socket.SHUT_WR)
-            stdout, stderr = read_frames(raw)
+            stdout, stderr = read_stream(raw)
         except TimeoutError as exc:
             raise TaskFailed("the sandbox stopped answering: destroy it and create a new one.") from exc
         except OSError as exc:
             raise TaskFailed(f"the connection to the sandbox broke ({exc}): try again.") from exc
         finally:
             raw.close()
-        return parse_agent_answer(stdout, stderr)
+        try:
+            return dict(json.loads(stdout))
+        except ValueError as exc:
+            detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
+            raise TaskFailed(
+                f"the sandbox's agent did not answer ({detail[0][:200]}): destroy the sandbox and create a new one."
+            ) from exc
+
+    def ping(self, handle: SandboxHandle, timeout_s: float = 5.0) -> bool:
+        """Whether the sandbox's agent answers (a readiness check)."""
+        try:
+            return bool(self._channel(handle.container_id).request({}, timeout_s).get("ok"))
+        except (ChannelBroken, CloudSkillsError):
+            self._forget(handle.container_id)
+            return False
+
+    def _channel(self, container_id: str) -> Channel:
+        with self._channels_lock:
+            channel = self._channels.get(container_id)
+            if channel is not None and not channel.closed:
+                return channel
+            try:
+                sock = self._api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+            except docker.errors.NotFound as exc:
+                raise NotFound("this sandbox no longer exists: create a new one.") from exc
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    raise NotFound("this sandbox has stopped: destroy it and create a new one.") from exc
+                raise BackendUnavailable(f"Docker refused to attach to the sandbox: {exc.explanation}.") from exc
+            except requests.exceptions.RequestException as exc:
+                raise docker_unavailable(exc) from exc
+            # Over a unix socket the SDK hands back a SocketIO; we want the socket itself.
+            channel = Channel(cast(socket.socket, getattr(sock, "_sock", sock)))
+            self._channels[container_id] = channel
+            return channel
+
+    def _forget(self, container_id: str) -> None:
+        with self._channels_lock:
+            channel = self._channels.pop(container_id, None)
+            self._attached.discard(container_id)
+        if channel is not None:
+            channel.close()
 
     def destroy(self, container_id: str) -> None:
         """Kill and remove the container; one that is already gone is fine."""
+        self._forget(container_id)
         try:
             self._api.remove_container(container_id, force=True, v=True)
         except docker.errors.NotFound:
@@ -185,23 +245,18 @@ class DockerDriver:
         ]
 
 
-def read_frames(raw: socket.socket) -> tuple[bytes, bytes]:
-    """Read Docker's multiplexed stream (8-byte header per frame) to its end."""
-    out = bytearray()
-    err = bytearray()
-    while True:
-        header = read_exactly(raw, 8)
-        if not header:
-            break
+def read_stream(raw: socket.socket) -> tuple[bytes, bytes]:
+    """Read Docker's multiplexed exec stream (8-byte header per chunk) to its end."""
+    out, err = bytearray(), bytearray()
+    while header := recv_exactly(raw, 8):
         stream, size = struct.unpack(">BxxxL", header)
-        data = read_exactly(raw, size)
-        (out if stream == 1 else err).extend(data)
-        if len(out) + len(err) > MAX_RESPONSE_BYTES:
+        (out if stream == 1 else err).extend(recv_exactly(raw, size))
+        if len(out) + len(err) > MAX_FRAME_BYTES:
             raise TaskFailed("the sandbox sent more than it may: ask for less output and try again.")
     return bytes(out), bytes(err)
 
 
-def read_exactly(raw: socket.socket, size: int) -> bytes:
+def recv_exactly(raw: socket.socket, size: int) -> bytes:
     chunks = bytearray()
     while len(chunks) < size:
         chunk = raw.recv(min(size - len(chunks), 1 << 20))
@@ -211,17 +266,7 @@ def read_exactly(raw: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def parse_agent_answer(stdout: bytes, stderr: bytes) -> AgentResponse:
-    if not stdout:
-        detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
-        raise TaskFailed(
-            f"the sandbox's agent did not answer ({detail[0][:200]}); "
-            "the sandbox may be out of memory or processes: destroy it and create a new one."
-        )
-    try:
-        wire: dict[str, Any] = json.loads(stdout)
-    except ValueError as exc:
-        raise TaskFailed("the sandbox's agent answered garbage: destroy the sandbox and create a new one.") from exc
+def parse_agent_answer(wire: dict[str, Any]) -> AgentResponse:
     if not wire.get("ok"):
         kind = wire.get("kind")
         message = str(wire.get("error", "the sandbox refused the request"))

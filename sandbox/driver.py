@@ -111,6 +111,9 @@ class Command:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
     stdin: bytes = b""
+    # Python code runs in the sandbox's persistent interpreter: no interpreter
+    # start per call, and variables survive from one call to the next.
+    persistent: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ class AgentRequest:
                 "env": c.env,
                 "cwd": c.cwd,
                 "stdin_b64": base64.b64encode(c.stdin).decode() if c.stdin else None,
+                "persistent": c.persistent,
             }
         if self.list_path is not None:
             wire["list"] = {"path": self.list_path}

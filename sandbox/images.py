@@ -25,7 +25,7 @@ from pathlib import Path
 
 import docker.errors
 
-from sandbox.docker import AGENT_PATH, DockerDriver
+from sandbox.docker import AGENT_DIR, AGENT_PATH, DockerDriver
 from scheduler.errors import BackendUnavailable
 
 Progress = Callable[[str], None]
@@ -50,8 +50,11 @@ def stderr_progress(line: str) -> None:
     print(f"cloudskills: {line}", file=sys.stderr, flush=True)
 
 
-def agent_source() -> bytes:
-    return resources.files("sandbox.agent").joinpath("agent.py").read_bytes()
+AGENT_FILES = ("agent.py", "kernel.py")
+
+
+def agent_file(name: str) -> bytes:
+    return resources.files("sandbox.agent").joinpath(name).read_bytes()
 
 
 def content_hash(*parts: object) -> str:
@@ -68,7 +71,7 @@ class ImageRecipe:
 
 def recipe() -> ImageRecipe:
     base = content_hash(RECIPE_VERSION, DEBIAN_SUITE, BASE_PACKAGES, PRUNE)
-    sandbox = content_hash(base, hashlib.sha256(agent_source()).hexdigest())
+    sandbox = content_hash(base, [hashlib.sha256(agent_file(name)).hexdigest() for name in AGENT_FILES])
     return ImageRecipe(base_tag=f"cloudskills/base:{base}", sandbox_tag=f"cloudskills/sandbox:{sandbox}")
 
 
@@ -156,16 +159,17 @@ def build_sandbox(driver: DockerDriver, base_tag: str, tag: str, progress: Progr
     dockerfile = "\n".join(
         [
             f"FROM {base_tag}",
-            f"COPY agent.py {AGENT_PATH}",
+            f"COPY agent.py kernel.py {AGENT_DIR}/",
             "USER 1000:1000",
             "WORKDIR /work",
-            'CMD ["sleep", "infinity"]',
+            f'CMD ["python3", "{AGENT_PATH}", "serve"]',
             "",
         ]
     ).encode()
     context = io.BytesIO()
+    files = [("Dockerfile", dockerfile), *((name, agent_file(name)) for name in AGENT_FILES)]
     with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data in (("Dockerfile", dockerfile), ("agent.py", agent_source())):
+        for name, data in files:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644

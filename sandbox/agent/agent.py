@@ -21,13 +21,17 @@ import json
 import os
 import selectors
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 
 WORK_DIR = "/work"
+SOCKET_PATH = "/tmp/.cloudskills/agent.sock"
+KERNEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel.py")
 INTERPRETERS = {"python": ["python3", "-u"], "bash": ["bash"]}
 # After the command exits, wait this long for its pipes to close: a
 # background child that keeps them open must not hold the answer back.
@@ -136,6 +140,8 @@ class BoundedBuffer:
 
 
 def run_command(spec: dict) -> dict:
+    if spec.get("persistent") and spec.get("language") == "python" and not spec.get("argv"):
+        return KERNEL.run(spec)
     argv, script = command_argv(spec)
     try:
         return supervise(argv, spec)
@@ -144,43 +150,86 @@ def run_command(spec: dict) -> dict:
             os.unlink(script)
 
 
-def supervise(argv: list[str], spec: dict) -> dict:
-    timeout_s = float(spec.get("timeout_s", 60))
-    limit = int(spec.get("max_output", 64 * 1024))
+def child_env(spec: dict) -> dict:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8", "USER": "sandbox"}
     env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
-    stdin_data = base64.b64decode(spec["stdin_b64"]) if spec.get("stdin_b64") else b""
-    started = time.monotonic()
+    return env
+
+
+def start(argv: list[str], cwd: str, env: dict, stdin: int, pass_fds: tuple = ()) -> subprocess.Popen:
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             argv,
-            stdin=subprocess.PIPE if stdin_data else subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            cwd=resolve(spec.get("cwd") or WORK_DIR),
+            cwd=resolve(cwd),
             env=env,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
     except FileNotFoundError:
         raise AgentError("invalid_input", f"command not found: {argv[0]!r}; check its name or give a full path.")
     except (NotADirectoryError, PermissionError, OSError) as exc:
         raise AgentError("invalid_input", f"cannot start {argv[0]!r}: {exc.strerror or exc}.")
+
+
+class Pump:
+    """Reads a child's stdout and stderr into bounded buffers until told to stop."""
+
+    def __init__(self, stdout, stderr, limit: int) -> None:
+        self.buffers = {stdout: BoundedBuffer(limit), stderr: BoundedBuffer(limit)}
+        self.selector = selectors.DefaultSelector()
+        for pipe in self.buffers:
+            os.set_blocking(pipe.fileno(), False)
+            self.selector.register(pipe, selectors.EVENT_READ)
+
+    def poll(self, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout=timeout):
+            self.read(key.fileobj)
+
+    def read(self, pipe) -> None:
+        while True:
+            try:
+                chunk = os.read(pipe.fileno(), 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self.selector.unregister(pipe)
+                return
+            self.buffers[pipe].feed(chunk)
+
+    def drain(self) -> None:
+        """Everything already in the pipes, without waiting for more."""
+        for pipe in list(self.selector.get_map().values()):
+            self.read(pipe.fileobj)
+
+    @property
+    def open(self) -> bool:
+        return bool(self.selector.get_map())
+
+    def result(self, stdout, stderr) -> dict:
+        return {"stdout": self.buffers[stdout].result(), "stderr": self.buffers[stderr].result()}
+
+
+def supervise(argv: list[str], spec: dict) -> dict:
+    timeout_s = float(spec.get("timeout_s", 60))
+    stdin_data = base64.b64decode(spec["stdin_b64"]) if spec.get("stdin_b64") else b""
+    started = time.monotonic()
+    proc = start(
+        argv, spec.get("cwd") or WORK_DIR, child_env(spec), subprocess.PIPE if stdin_data else subprocess.DEVNULL
+    )
     if stdin_data:
         try:
             proc.stdin.write(stdin_data)
         except BrokenPipeError:
             pass
         proc.stdin.close()
-
-    buffers = {proc.stdout: BoundedBuffer(limit), proc.stderr: BoundedBuffer(limit)}
-    selector = selectors.DefaultSelector()
-    for pipe in buffers:
-        os.set_blocking(pipe.fileno(), False)
-        selector.register(pipe, selectors.EVENT_READ)
+    pump = Pump(proc.stdout, proc.stderr, int(spec.get("max_output", 64 * 1024)))
     deadline = started + timeout_s
     timed_out = False
     exited_at = None
-    while selector.get_map():
+    while pump.open:
         now = time.monotonic()
         if exited_at is None and proc.poll() is not None:
             exited_at = now
@@ -191,15 +240,9 @@ def supervise(argv: list[str], spec: dict) -> dict:
             kill_group(proc.pid)
             proc.wait()
             exited_at = time.monotonic()
-        for key, _ in selector.select(timeout=0.05):
-            try:
-                chunk = os.read(key.fileobj.fileno(), 65536)
-            except BlockingIOError:
-                continue
-            if chunk:
-                buffers[key.fileobj].feed(chunk)
-            else:
-                selector.unregister(key.fileobj)
+        pump.poll(0.05)
+    proc.stdout.close()
+    proc.stderr.close()
     exit_code = proc.wait()
     if exit_code < 0:
         exit_code = 128 - exit_code  # shell convention: killed by signal N -> 128 + N
@@ -207,9 +250,102 @@ def supervise(argv: list[str], spec: dict) -> dict:
         "exit_code": exit_code,
         "timed_out": timed_out,
         "duration_ms": int((time.monotonic() - started) * 1000),
-        "stdout": buffers[proc.stdout].result(),
-        "stderr": buffers[proc.stderr].result(),
+        **pump.result(proc.stdout, proc.stderr),
     }
+
+
+def write_frame(stream, payload: bytes) -> None:
+    stream.write(struct.pack(">I", len(payload)) + payload)
+    stream.flush()
+
+
+def read_exactly(stream, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def read_frame(stream) -> bytes | None:
+    """One length-prefixed frame, or None at the end of the stream."""
+    header = read_exactly(stream, 4)
+    if header is None:
+        return None
+    return read_exactly(stream, struct.unpack(">I", header)[0])
+
+
+class Kernel:
+    """The sandbox's persistent Python interpreter (kernel.py), started ahead of need."""
+
+    def __init__(self) -> None:
+        self.proc = None
+        self.control = None
+
+    def ensure(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        read_end, write_end = os.pipe()
+        env = child_env({})
+        argv = ["python3", "-u", KERNEL_PATH, str(write_end)]  # it answers on that inherited fd
+        self.proc = start(argv, WORK_DIR, env, subprocess.PIPE, pass_fds=(write_end,))
+        os.close(write_end)
+        self.control = os.fdopen(read_end, "rb", buffering=0)
+
+    def run(self, spec: dict) -> dict:
+        self.ensure()
+        started = time.monotonic()
+        pump = Pump(self.proc.stdout, self.proc.stderr, int(spec.get("max_output", 64 * 1024)))
+        frame = json.dumps({"code": spec.get("code", ""), "env": spec.get("env") or {}}).encode()
+        try:
+            write_frame(self.proc.stdin, frame)
+        except BrokenPipeError:
+            self.kill()
+            raise AgentError("invalid_input", "the Python interpreter had exited: run the code again.")
+        deadline = started + float(spec.get("timeout_s", 60))
+        pump.selector.register(self.control, selectors.EVENT_READ)
+        answer = None
+        finished = False
+        while not finished:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in pump.selector.select(timeout=left):
+                if key.fileobj is self.control:
+                    answer = read_frame(self.control)  # None: the kernel died (exit, crash, OOM)
+                    finished = True
+                else:
+                    pump.read(key.fileobj)
+        pump.selector.unregister(self.control)
+        pump.drain()
+        result = pump.result(self.proc.stdout, self.proc.stderr)
+        timed_out = not finished
+        if answer is None:
+            exit_code = self.kill()
+        else:
+            exit_code = int(json.loads(answer)["exit_code"])
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                os.set_blocking(pipe.fileno(), True)
+        return {
+            "exit_code": exit_code,
+            "timed_out": timed_out,
+            "duration_ms": int((time.monotonic() - started) * 1000),
+            **result,
+        }
+
+    def kill(self) -> int:
+        """Stop the interpreter (its state is lost; the next run starts a new one)."""
+        kill_group(self.proc.pid)
+        code = self.proc.wait()
+        for handle in (self.proc.stdin, self.proc.stdout, self.proc.stderr, self.control):
+            handle.close()
+        self.proc = None
+        return 128 - code if code < 0 else code
+
+
+KERNEL = Kernel()
 
 
 def kill_group(pid: int) -> None:
@@ -238,15 +374,82 @@ def handle(request: dict) -> dict:
     return response
 
 
-def main() -> None:
+def answer(request: dict) -> dict:
     try:
-        response = handle(json.loads(sys.stdin.buffer.read() or b"{}"))
+        return handle(request)
     except AgentError as exc:
-        response = {"ok": False, "kind": exc.kind, "error": str(exc)}
+        return {"ok": False, "kind": exc.kind, "error": str(exc)}
     except (ValueError, KeyError, TypeError) as exc:
-        response = {"ok": False, "kind": "invalid_input", "error": f"bad request to the sandbox agent: {exc}"}
-    sys.stdout.write(json.dumps(response))
+        return {"ok": False, "kind": "invalid_input", "error": f"bad request to the sandbox agent: {exc}"}
+
+
+def answer_frame(frame: bytes) -> bytes:
+    try:
+        request = json.loads(frame)
+        response = answer(request)
+    except ValueError:
+        request, response = {}, {"ok": False, "kind": "invalid_input", "error": "the request is not JSON"}
+    response["id"] = request.get("id")
+    return json.dumps(response).encode()
+
+
+def serve() -> None:
+    """The sandbox's entry process.
+
+    Requests come as frames on stdin (the host's attached channel, the fast
+    path) and on a unix socket inside the sandbox (reached by `agent.py relay`
+    through `docker exec`, for any other process). Once the attached stdin
+    closes, as when the server that attached restarts, the socket still
+    serves: the sandbox, its files and its interpreter live on."""
+    # Unbuffered: a buffered reader could hold a frame that select() then never reports.
+    requests = os.fdopen(0, "rb", buffering=0)
+    answers = sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but answers may reach the real stdout
+    os.chdir(WORK_DIR)
+    os.makedirs(os.path.dirname(SOCKET_PATH), mode=0o700, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(SOCKET_PATH)
+    listener.listen(16)
+    KERNEL.ensure()  # warm: the first code runs without an interpreter start
+    selector = selectors.DefaultSelector()
+    selector.register(requests, selectors.EVENT_READ)
+    selector.register(listener, selectors.EVENT_READ)
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj is listener:
+                connection, _ = listener.accept()
+                with connection, connection.makefile("rwb") as stream:
+                    frame = read_frame(stream)
+                    if frame is not None:
+                        write_frame(stream, answer_frame(frame))
+                continue
+            frame = read_frame(requests)
+            if frame is None:
+                selector.unregister(requests)
+                continue
+            write_frame(answers, answer_frame(frame))
+
+
+def relay() -> None:
+    """One request from stdin to the resident agent's socket, its answer to stdout."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(SOCKET_PATH)
+        with connection.makefile("rwb") as stream:
+            write_frame(stream, sys.stdin.buffer.read() or b"{}")
+            frame = read_frame(stream)
+    sys.stdout.buffer.write(frame or b'{"ok": false, "kind": "invalid_input", "error": "the agent did not answer"}')
     sys.stdout.flush()
+
+
+def main() -> None:
+    mode = sys.argv[1:2]
+    if mode == ["serve"]:
+        serve()
+    elif mode == ["relay"]:
+        relay()
+    else:  # one request, handled in this process
+        sys.stdout.write(json.dumps(answer(json.loads(sys.stdin.buffer.read() or b"{}"))))
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

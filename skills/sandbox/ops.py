@@ -107,6 +107,7 @@ def run_command(args: RunInput) -> Command:
         timeout_s=args.timeout_s,
         max_output=args.max_output,
         env=args.env,
+        persistent=True,
     )
 
 
@@ -196,7 +197,9 @@ async def run_code(ctx: TaskContext, args: RunCodeInput) -> ExecOutput:
     """Run code in a session sandbox, in the template's language unless told otherwise."""
     record = services(ctx).sandboxes.get(ctx.tenant_id, args.sandbox_id)
     language = args.language or resolve_template(record.template).language
-    command = Command(code=args.code, language=language, timeout_s=args.timeout_s, max_output=args.max_output)
+    command = Command(
+        code=args.code, language=language, timeout_s=args.timeout_s, max_output=args.max_output, persistent=True
+    )
     _, result, _, _ = await session_call(ctx, args.sandbox_id, AgentRequest(command=command), args.timeout_s)
     assert result is not None
     return exec_output(ctx, result, args.timeout_s)
