@@ -21,6 +21,7 @@ from sandbox.docker import DockerDriver
 from sandbox.driver import SandboxDriver
 from sandbox.images import sandbox_image
 from scheduler.errors import CloudSkillsError, InvalidInput, NotFound
+from scheduler.pool import WarmPool
 from scheduler.pricing import PriceCatalog
 from scheduler.sandboxes import SandboxManager
 from scheduler.tasks import Scheduler
@@ -48,13 +49,23 @@ def describe_validation_error(exc: ValidationError) -> str:
     )
 
 
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside (possibly nested) task-group wrappers, or the group itself."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
 class App:
     def __init__(self, settings: Settings, driver: SandboxDriver | None = None) -> None:
         self.settings = settings
         self.store = open_store(settings.db_url)
         self.catalog = PriceCatalog.load(settings.prices_file)
         self.driver = driver or DockerDriver(settings.docker_host)
-        self.sandboxes = SandboxManager(self.store, self.driver, self.catalog, sandbox_image())
+        image = sandbox_image()
+        self.pool = WarmPool(self.driver, self.store.store_id, image, settings.pool_size, settings.pool_memory_mib)
+        self.sandboxes = SandboxManager(self.store, self.driver, self.catalog, image, self.pool)
         self.scheduler = Scheduler(self.store, self.catalog, concurrency=settings.workers)
         self.registry: Registry = discover()
         self.scheduler.services = Services(self.store, self.catalog, self.scheduler, self.sandboxes)
@@ -65,25 +76,32 @@ class App:
         self.first_key = bootstrap(self.store)
 
     @asynccontextmanager
-    async def running(self, *, reaper: bool = True) -> AsyncIterator[App]:
-        """Run the workers (and, for a server, recovery and the reaper) while inside."""
+    async def running(self, *, serving: bool = True) -> AsyncIterator[App]:
+        """Run the workers while inside; a server (``serving``) also recovers what a
+        previous process left, reaps, and keeps the warm pool full.
+
+        On the way out the pool is drained and pending container removals finish."""
         try:
-            async with anyio.create_task_group() as group:
-                if reaper:
-                    failed = self.scheduler.recover()
-                    if failed:
-                        log.warning("failed %d task(s) a previous process left running", len(failed))
-                    group.start_soon(self._reap_forever)
-                group.start_soon(self.scheduler.serve)
+            async with anyio.create_task_group() as removals:
+                self.sandboxes.background = removals
                 try:
-                    yield self
+                    async with anyio.create_task_group() as group:
+                        if serving:
+                            failed = self.scheduler.recover()
+                            if failed:
+                                log.warning("failed %d task(s) a previous process left running", len(failed))
+                            group.start_soon(self._reap_forever)
+                            group.start_soon(self.pool.run)
+                        group.start_soon(self.scheduler.serve)
+                        try:
+                            yield self
+                        finally:
+                            group.cancel_scope.cancel()
                 finally:
-                    group.cancel_scope.cancel()
+                    self.sandboxes.background = None
         except BaseExceptionGroup as group_error:
             # The background loops never raise; an error here is the body's own.
-            if len(group_error.exceptions) == 1:
-                raise group_error.exceptions[0] from None
-            raise
+            raise sole_error(group_error) from None
 
     async def _reap_forever(self) -> None:
         while True:

@@ -190,7 +190,7 @@ async def run_op(tool_name: str, arguments: dict[str, Any]) -> BaseModel:
     settings = load_settings()
     app = App(settings)
     try:
-        async with app.running(reaper=False):
+        async with app.running(serving=False):
             return await app.call(settings.tenant, tool_name, arguments)
     finally:
         app.close()

@@ -7,10 +7,15 @@ errors are ours: one sentence that says what to do, never a stack trace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
+import uvicorn
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
@@ -137,13 +142,46 @@ class CloudSkillsServer(MCPServer[Any]):
         )
 
 
+@contextlib.asynccontextmanager
+async def on_stop_signal(stop: Callable[[], None]) -> AsyncIterator[None]:
+    """Call ``stop`` on SIGTERM or SIGINT while inside. The handler stays installed until
+    the very end, so a signal during shutdown cannot cut the warm pool's drain short."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    stop()
+
+            group.start_soon(watch)
+            yield
+            group.cancel_scope.cancel()
+
+
 async def serve_stdio(app: App, tenant_id: str) -> None:
     server = CloudSkillsServer(app, tenant_id)
-    async with app.running():
-        await server.run_stdio_async()
+    serving = anyio.CancelScope()
+    async with on_stop_signal(serving.cancel), app.running():
+        with serving:
+            await server.run_stdio_async()
+
+
+class QuietUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: it would re-raise SIGTERM once it
+    stops, killing the process before the warm pool drains. We stop it instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def serve_http(app: App, host: str, port: int) -> None:
     server = CloudSkillsServer(app, None, base_url=f"http://{host}:{port}")
-    async with app.running():
-        await server.run_streamable_http_async(host=host, port=port, streamable_http_path="/mcp")
+    asgi = server.streamable_http_app(streamable_http_path="/mcp", host=host)
+    web = QuietUvicorn(uvicorn.Config(asgi, host=host, port=port, log_level="warning"))
+
+    def stop() -> None:
+        web.should_exit = True
+
+    async with on_stop_signal(stop), app.running():
+        await web.serve()

@@ -2,8 +2,8 @@
 
 The agent is the container's entry process. The host attaches to its stdin
 and stdout once (Docker's attach API, so a remote engine works the same) and
-then each request is one length-prefixed JSON frame in and one out: no
-``docker exec``, no process start, one pipe round trip.
+then each request is one line of ASCII JSON in and one length-prefixed JSON
+frame out: no ``docker exec``, no process start, one pipe round trip.
 
 Docker multiplexes the attached stdout and stderr onto one socket, each chunk
 with an 8-byte header (stream, size). The agent's answers are framed again
@@ -32,8 +32,9 @@ class ChannelBroken(Exception):
 class Channel:
     """One attached connection; calls on it are serialized (one request at a time)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, owner: object = None) -> None:
         self._sock = sock
+        self._owner = owner  # what the SDK wrapped the socket in: kept alive with it
         self._lock = threading.Lock()
         self._stdout = bytearray()  # demultiplexed stdout not yet consumed
         self._stderr_tail = bytearray()
@@ -46,10 +47,12 @@ class Channel:
                 raise ChannelBroken("the channel is closed")
             self._next_id += 1
             request_id = self._next_id
-            body = json.dumps({**payload, "id": request_id}).encode()
+            # One line of ASCII JSON (control characters escaped): Docker scans the
+            # attached stdin for detach keys, so a binary frame could end the stream.
+            line = json.dumps({**payload, "id": request_id}, ensure_ascii=True).encode() + b"\n"
             try:
                 self._sock.settimeout(timeout_s)
-                self._sock.sendall(struct.pack(">I", len(body)) + body)
+                self._sock.sendall(line)
                 while True:
                     answer = json.loads(self._read_frame())
                     # Another process attached to the same sandbox sees our answers too,
@@ -97,5 +100,8 @@ class Channel:
 
     def close(self) -> None:
         self.closed = True
+        with contextlib.suppress(OSError):
+            # shutdown() first: it wakes a recv() blocked in another thread; close() alone does not.
+            self._sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._sock.close()

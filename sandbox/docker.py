@@ -194,7 +194,9 @@ class DockerDriver:
             if channel is not None and not channel.closed:
                 return channel
             try:
-                sock = self._api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+                # Explicit detach keys: a user's Docker config could name printable ones.
+                params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1, "detachKeys": "ctrl-_"}
+                sock = self._api.attach_socket(container_id, params=params)
             except docker.errors.NotFound as exc:
                 raise NotFound("this sandbox no longer exists: create a new one.") from exc
             except docker.errors.APIError as exc:
@@ -204,7 +206,7 @@ class DockerDriver:
             except requests.exceptions.RequestException as exc:
                 raise docker_unavailable(exc) from exc
             # Over a unix socket the SDK hands back a SocketIO; we want the socket itself.
-            channel = Channel(cast(socket.socket, getattr(sock, "_sock", sock)))
+            channel = Channel(cast(socket.socket, getattr(sock, "_sock", sock)), owner=sock)
             self._channels[container_id] = channel
             return channel
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import anyio
+from anyio.abc import TaskGroup
 from sqlalchemy import select
 
 from sandbox.driver import (
@@ -30,8 +31,10 @@ from sandbox.templates import MAX_LIMITS, TEMPLATES, Template
 from scheduler import ledger, quotas
 from scheduler.errors import CloudSkillsError, InvalidInput, NotFound
 from scheduler.models import Sandbox, Task, utcnow
+from scheduler.pool import WarmPool
 from scheduler.pricing import PriceCatalog, Usage
 from scheduler.store import Store
+from scheduler.tasks import new_id
 
 log = logging.getLogger("cloudskills.sandboxes")
 
@@ -94,11 +97,17 @@ def check_limits(limits: Limits) -> Limits:
 
 
 class SandboxManager:
-    def __init__(self, store: Store, driver: SandboxDriver, catalog: PriceCatalog, image: str) -> None:
+    def __init__(
+        self, store: Store, driver: SandboxDriver, catalog: PriceCatalog, image: str, pool: WarmPool | None = None
+    ) -> None:
         self.store = store
         self.driver = driver
         self.catalog = catalog
         self.image = image
+        self.pool = pool
+        # Where background container removals run (set while the app runs).
+        self.background: TaskGroup | None = None
+        self._removing: set[str] = set()
 
     async def create(
         self,
@@ -107,28 +116,43 @@ class SandboxManager:
         limits: Limits,
         ttl_s: int,
         task_id: str | None,
-        sandbox_id: str,
     ) -> SandboxRecord:
+        """A running sandbox for the tenant: warm from the pool when it fits, else started cold."""
         check_limits(limits)
         with self.store.transaction() as session:
             quotas.check_sandboxes(session, ledger.locked_tenant(session, tenant_id))
-            session.add(
-                Sandbox(
-                    id=sandbox_id,
-                    tenant_id=tenant_id,
-                    task_id=task_id,
-                    template=template.name,
-                    image=self.image,
-                    vcpus=limits.vcpus,
-                    memory_mib=limits.memory_mib,
-                    ttl_s=ttl_s,
-                )
-            )
+        row = Sandbox(
+            tenant_id=tenant_id,
+            task_id=task_id,
+            template=template.name,
+            image=self.image,
+            vcpus=limits.vcpus,
+            memory_mib=limits.memory_mib,
+            ttl_s=ttl_s,
+        )
+        warm = await self.pool.claim() if self.pool and self.pool.fits(limits, template.runtime) else None
+        if warm is not None:
+            assert self.pool is not None
+            row.id, row.container_id, row.state = warm.sandbox_id, warm.handle.container_id, "running"
+            try:
+                with self.store.transaction() as session:
+                    session.add(row)
+                    return SandboxRecord.of(row)
+            finally:
+                # Recorded (or failed): either way the pool's hold ends; without a
+                # record the reaper removes it.
+                self.pool.handed_over(warm.sandbox_id)
+        return await self._start_cold(row, template, limits)
+
+    async def _start_cold(self, row: Sandbox, template: Template, limits: Limits) -> SandboxRecord:
+        sandbox_id = row.id = new_id("sb")
+        with self.store.transaction() as session:
+            session.add(row)  # the record first: its container is never a stray
         spec = SandboxSpec(
             image=self.image,
             limits=limits,
             runtime=template.runtime,
-            labels={LABEL_STORE: self.store.store_id, LABEL_SANDBOX: sandbox_id, LABEL_TENANT: tenant_id},
+            labels={LABEL_STORE: self.store.store_id, LABEL_SANDBOX: sandbox_id, LABEL_TENANT: row.tenant_id},
         )
         try:
             handle = await anyio.to_thread.run_sync(self.driver.create, spec)
@@ -137,11 +161,11 @@ class SandboxManager:
                 await self._mark_destroyed(sandbox_id, "failed_to_start", bill=False)
             raise
         with self.store.transaction() as session:
-            row = session.get(Sandbox, sandbox_id)
-            assert row is not None
-            row.container_id = handle.container_id
-            row.state = "running"
-            return SandboxRecord.of(row)
+            started = session.get(Sandbox, sandbox_id)
+            assert started is not None
+            started.container_id = handle.container_id
+            started.state = "running"
+            return SandboxRecord.of(started)
 
     def get(self, tenant_id: str, sandbox_id: str) -> SandboxRecord:
         """A live sandbox of this tenant; another tenant's looks exactly like a missing one."""
@@ -185,20 +209,34 @@ class SandboxManager:
             self.driver.call, record.handle, request, deadline_s, abandon_on_cancel=True
         )
 
-    async def destroy(self, sandbox_id: str, reason: str, bill: bool) -> Usage:
-        """Remove the container, then mark the record; return the sandbox's lifetime usage.
+    async def destroy(self, sandbox_id: str, reason: str, bill: bool, wait: bool = True) -> Usage:
+        """End a sandbox: its record is marked destroyed (its lifetime ends now) and its
+        container removed; return the lifetime's usage.
 
         ``bill`` charges a session sandbox's lifetime to its tenant in the ledger
         (once: the entry's key is the sandbox's id). A one-task sandbox's
-        lifetime is billed by its task instead, from the usage returned."""
+        lifetime is billed by its task instead, from the usage returned.
+        ``wait=False`` removes the container in the background, off the caller's
+        path; if the process dies first, the container is a stray the reaper removes."""
         with self.store.transaction() as session:
             row = session.get(Sandbox, sandbox_id)
-            if row is None or row.state not in LIVE_STATES:
-                return Usage()
-            container_id = row.container_id
+            container_id = row.container_id if row is not None and row.state in LIVE_STATES else None
+        usage = await self._mark_destroyed(sandbox_id, reason, bill)
         if container_id is not None:
+            if wait or self.background is None:
+                await anyio.to_thread.run_sync(self.driver.destroy, container_id)
+            else:
+                self.background.start_soon(self._remove_quietly, container_id)
+        return usage
+
+    async def _remove_quietly(self, container_id: str) -> None:
+        self._removing.add(container_id)
+        try:
             await anyio.to_thread.run_sync(self.driver.destroy, container_id)
-        return await self._mark_destroyed(sandbox_id, reason, bill)
+        except CloudSkillsError as exc:
+            log.warning("could not remove container %s (the reaper will retry): %s", container_id[:12], exc)
+        finally:
+            self._removing.discard(container_id)
 
     async def _mark_destroyed(self, sandbox_id: str, reason: str, bill: bool) -> Usage:
         with self.store.transaction() as session:
@@ -230,17 +268,25 @@ class SandboxManager:
             elif task_id is not None and task_state != "running":
                 # Its task ended (or died with a previous process) without cleaning up.
                 await self._reap_one(sandbox_id, "task_ended", bill=False, reaped=reaped)
-        # List the containers before reading the live records: a container listed
-        # here already had its record written, so it cannot be mistaken for a stray.
         containers = await anyio.to_thread.run_sync(self.driver.list_labelled, {LABEL_STORE: self.store.store_id})
-        with self.store.transaction() as session:
-            live_ids = set(session.scalars(select(Sandbox.id).where(Sandbox.state.in_(LIVE_STATES))))
         for container in containers:
-            if container.labels.get(LABEL_SANDBOX) not in live_ids:
-                log.info("removing stray container %s", container.container_id[:12])
-                await anyio.to_thread.run_sync(self.driver.destroy, container.container_id)
-                reaped.append(container.container_id)
+            # Judged one at a time, with no await between the judgement and the
+            # removal's start: a sandbox the pool is handing over, or whose record
+            # was written since the listing, is never taken for a stray.
+            if self._owned(container.container_id, container.labels.get(LABEL_SANDBOX, "")):
+                continue
+            log.info("removing stray container %s", container.container_id[:12])
+            await anyio.to_thread.run_sync(self.driver.destroy, container.container_id)
+            reaped.append(container.container_id)
         return reaped
+
+    def _owned(self, container_id: str, sandbox_id: str) -> bool:
+        """Whether a container belongs to something: the pool, a removal under way, or a live record."""
+        if container_id in self._removing or (self.pool is not None and self.pool.holds(sandbox_id)):
+            return True
+        with self.store.transaction() as session:
+            row = session.get(Sandbox, sandbox_id)
+            return row is not None and row.state in LIVE_STATES
 
     async def _reap_one(self, sandbox_id: str, reason: str, bill: bool, reaped: list[str]) -> None:
         try:

@@ -10,7 +10,7 @@ import pytest
 from runtime.app import App
 from runtime.settings import Settings, load_settings
 from sandbox.docker import DockerDriver
-from sandbox.driver import LABEL_STORE
+from sandbox.driver import LABEL_SANDBOX, LABEL_STORE
 from sandbox.images import ensure_images
 from scheduler.errors import CloudSkillsError
 
@@ -40,6 +40,12 @@ def docker_driver() -> DockerDriver:
 
 def containers_of(driver: DockerDriver, app: App) -> list[str]:
     return [c.container_id for c in driver.list_labelled({LABEL_STORE: app.store.store_id})]
+
+
+def sandboxes_in_use(app: App) -> list[str]:
+    """The app's containers but the warm ones its pool holds."""
+    found = app.driver.list_labelled({LABEL_STORE: app.store.store_id})
+    return [c.container_id for c in found if not app.pool.holds(c.labels.get(LABEL_SANDBOX, ""))]
 
 
 @pytest.fixture

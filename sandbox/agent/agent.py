@@ -401,7 +401,7 @@ def serve() -> None:
     through `docker exec`, for any other process). Once the attached stdin
     closes, as when the server that attached restarts, the socket still
     serves: the sandbox, its files and its interpreter live on."""
-    # Unbuffered: a buffered reader could hold a frame that select() then never reports.
+    # Unbuffered: a buffered reader could hold a request that select() then never reports.
     requests = os.fdopen(0, "rb", buffering=0)
     answers = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but answers may reach the real stdout
@@ -423,11 +423,13 @@ def serve() -> None:
                     if frame is not None:
                         write_frame(stream, answer_frame(frame))
                 continue
-            frame = read_frame(requests)
-            if frame is None:
+            # Requests on stdin are lines of ASCII JSON: Docker reads the attached
+            # stdin for its detach keys, so no control byte may ever pass there.
+            line = requests.readline()
+            if not line:
                 selector.unregister(requests)
                 continue
-            write_frame(answers, answer_frame(frame))
+            write_frame(answers, answer_frame(line))
 
 
 def relay() -> None:

@@ -12,7 +12,7 @@ from scheduler.errors import InvalidInput, NotFound, Timeout
 from scheduler.models import Sandbox
 from scheduler.pricing import Usage
 from scheduler.sandboxes import SandboxRecord, resolve_template
-from scheduler.tasks import TaskContext, new_id
+from scheduler.tasks import TaskContext
 from skills.sandbox.models import (
     CreateInput,
     CreateOutput,
@@ -121,21 +121,15 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
     writes = tuple(file_write(spec) for spec in args.files)
     template = resolve_template(args.template)
     sandboxes = services(ctx).sandboxes
-    sandbox_id = new_id("sb")
+    ttl_s = int(args.timeout_s + RUN_OVERHEAD_S)
+    record = await sandboxes.create(ctx.tenant_id, template, template.limits, ttl_s, ctx.task_id)
     try:
-        record = await sandboxes.create(
-            ctx.tenant_id,
-            template,
-            template.limits,
-            int(args.timeout_s + RUN_OVERHEAD_S),
-            ctx.task_id,
-            sandbox_id,
-        )
         request = AgentRequest(writes=writes, command=command, reads=tuple(FileRead(p) for p in args.outputs))
         response = await sandboxes.call(record, request, args.timeout_s)
     finally:
         with anyio.CancelScope(shield=True):
-            ctx.add_usage(await sandboxes.destroy(sandbox_id, "task_done", bill=False))
+            # Billed up to now; the container is removed off the caller's path.
+            ctx.add_usage(await sandboxes.destroy(record.id, "task_done", bill=False, wait=False))
     assert response.exec is not None
     output = exec_output(ctx, response.exec, args.timeout_s)
     return RunOutput(**output.model_dump(), files=[file_out(f) for f in response.reads])
@@ -165,7 +159,7 @@ async def create(ctx: TaskContext, args: CreateInput) -> CreateOutput:
     template = resolve_template(args.template)
     limits = Limits(vcpus=args.vcpus, memory_mib=args.memory_mib)
     sandboxes = services(ctx).sandboxes
-    record = await sandboxes.create(ctx.tenant_id, template, limits, args.ttl_s, None, new_id("sb"))
+    record = await sandboxes.create(ctx.tenant_id, template, limits, args.ttl_s, None)
     return CreateOutput(**row_info(sandboxes.row(record.id)).model_dump(), task_id=ctx.task_id)
 
 

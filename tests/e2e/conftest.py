@@ -15,6 +15,8 @@ import pytest
 
 from runtime.storage import open_store
 from runtime.tenants import bootstrap
+from sandbox.docker import DockerDriver
+from sandbox.driver import LABEL_STORE
 from scheduler.store import Store
 
 
@@ -82,3 +84,8 @@ def http_server(tmp_path: Path) -> Iterator[Served]:
     yield Served(url, home, key)
     proc.terminate()
     proc.wait(timeout=20)
+    assert proc.returncode == 0, "the server did not shut down cleanly on SIGTERM"
+    store = store_of(home)
+    left = DockerDriver().list_labelled({LABEL_STORE: store.store_id})
+    store.close()
+    assert not left, "the server left containers behind (its warm pool was not drained)"

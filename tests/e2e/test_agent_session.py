@@ -16,8 +16,10 @@ from sqlalchemy import func, select
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_STORE
 from scheduler.models import LedgerEntry, Task
+from scheduler.pool import LABEL_POOL
 from tests.e2e.conftest import Served, server_env, store_of
 from tests.mcp_helpers import call, http_client
+from tests.polling import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -38,10 +40,15 @@ async def agent_session(client: Client) -> dict[str, object]:
     return {"stdout": ran["stdout"], "destroyed": destroyed["destroyed"], "one_shot": one_shot["stdout"]}
 
 
-def assert_clean_and_billed(home: Path, docker_driver: DockerDriver) -> None:
+async def assert_clean_and_billed(home: Path, docker_driver: DockerDriver) -> None:
     store = store_of(home)
     try:
-        assert not docker_driver.list_labelled({LABEL_STORE: store.store_id}), "a container was left behind"
+        # Containers are removed off the callers' path; warm ones wait in the pool, unowned.
+        def sandboxes_left() -> list[object]:
+            found = docker_driver.list_labelled({LABEL_STORE: store.store_id})
+            return [c for c in found if LABEL_POOL not in c.labels]
+
+        await until(lambda: not sandboxes_left(), "no sandbox left")
         with store.transaction() as session:
             states = dict(session.execute(select(Task.op, Task.state)).all())
             total = session.scalar(select(func.sum(LedgerEntry.amount_micros)))
@@ -62,11 +69,15 @@ async def test_over_stdio(tmp_path: Path, docker_driver: DockerDriver) -> None:
     async with Client(params) as client:
         result = await agent_session(client)
     assert result == {"stdout": "6\n", "destroyed": True, "one_shot": "1\n"}
-    assert_clean_and_billed(home, docker_driver)
+    await assert_clean_and_billed(home, docker_driver)
+    store = store_of(home)
+    left = docker_driver.list_labelled({LABEL_STORE: store.store_id})
+    store.close()
+    assert not left, "the stopped server left its warm pool behind"
 
 
 async def test_over_streamable_http(http_server: Served, docker_driver: DockerDriver) -> None:
     async with http_client(http_server.url, http_server.key) as client:
         result = await agent_session(client)
     assert result == {"stdout": "6\n", "destroyed": True, "one_shot": "1\n"}
-    assert_clean_and_billed(http_server.home, docker_driver)
+    await assert_clean_and_billed(http_server.home, docker_driver)

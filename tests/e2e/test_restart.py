@@ -34,7 +34,8 @@ async def test_kill_9_mid_tasks_then_restart(tmp_path: Path, docker_driver: Dock
     home = tmp_path / "home"
     home.mkdir()
     key = first_key(home)
-    extra_env = {"CLOUDSKILLS_WORKERS": "32"}
+    # No warm pool here: every container then belongs to one of the 20 tasks.
+    extra_env = {"CLOUDSKILLS_WORKERS": "32", "CLOUDSKILLS_POOL_SIZE": "0"}
     proc, url = start_http_server(home, extra_env)
     store = store_of(home)
     labels = {LABEL_STORE: store.store_id}

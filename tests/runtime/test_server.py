@@ -44,7 +44,7 @@ async def test_skill_guides_are_resources(offline_app: App) -> None:
 
 
 async def test_no_docker_gives_a_clear_error_and_no_charge(offline_app: App) -> None:
-    async with offline_app.running(reaper=False), mcp_client(offline_app) as client:
+    async with offline_app.running(serving=False), mcp_client(offline_app) as client:
         result = await client.call_tool("sandbox_run", {"code": "print(1)"})
         usage = await call(client, "billing_usage")
     assert result.is_error

@@ -14,7 +14,7 @@ from runtime.settings import Settings, load_settings
 from runtime.tenants import update_tenant
 from sandbox.docker import DockerDriver
 from scheduler.models import LedgerEntry, Task, Tenant
-from tests.conftest import containers_of
+from tests.conftest import sandboxes_in_use
 from tests.mcp_helpers import mcp_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -90,5 +90,5 @@ async def test_at_most_k_admitted_and_the_ledger_is_exact(
     assert admitted == K  # refused calls never became tasks
     assert ledger_total == settled_costs == tenant.spent_micros == K * FEE
     assert tenant.held_micros == 0
-    assert not containers_of(docker_driver, app)
+    assert not sandboxes_in_use(app)
     app.close()

@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from runtime.app import App
-from tests.conftest import containers_of
+from tests.conftest import sandboxes_in_use
 from tests.mcp_helpers import call, call_error, mcp_client
 from tests.polling import until
 
@@ -40,7 +40,7 @@ async def test_cancel_stops_a_running_sandbox_and_bills_what_ran(app: App) -> No
 
         async with anyio.create_task_group() as group:
             group.start_soon(long_run)
-            await until(lambda: containers_of(app.driver, app), "the sandbox to start")  # type: ignore[arg-type]
+            await until(lambda: sandboxes_in_use(app), "the sandbox to start")
             with anyio.fail_after(30):
                 running = (await call(canceller, "tasks_list", state="running"))["tasks"]
                 cancelled = await call(canceller, "tasks_cancel", task_id=running[0]["task_id"])
@@ -49,5 +49,5 @@ async def test_cancel_stops_a_running_sandbox_and_bills_what_ran(app: App) -> No
     assert cancelled["state"] == "cancelled" and again["state"] == "cancelled"
     assert cancelled["cost"]["micros"] > 0
     assert "cancelled" in str(outcome["text"])
-    assert not containers_of(app.driver, app)  # type: ignore[arg-type]
+    await until(lambda: not sandboxes_in_use(app), "the cancelled task's sandbox to go")
     assert balance["held"]["micros"] == 0
