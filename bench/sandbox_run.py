@@ -1,46 +1,85 @@
-"""`sandbox_run` with `print(1)`, end to end over stdio, cold and repeated.
+"""`sandbox_run` with `print(1)`, end to end over MCP: stdio (cold and repeated) and
+Streamable HTTP (repeated), against a bare `docker run` measured in the same run.
 
     .venv/bin/python -m bench.sandbox_run [--repeat 30]
 
-Cold: the first call to a server just started (its first sandbox, first task).
-Repeated: the calls after it. Baseline, measured in the same run: `docker run
---rm <sandbox image> python3 -c 'print(1)'` from the docker CLI, which is what
-the call would cost done by hand with no platform, no hardening and no billing.
+Cold: the first call to a server just started. Repeated: the calls after it,
+one at a time, each waiting for its answer. The baseline is `docker run --rm
+<sandbox image> python3 -c 'print(1)'` from the docker CLI: the same work done
+by hand, with no platform, no hardening and no billing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import anyio
 from mcp import Client, StdioServerParameters
 
 from bench.common import summary, timed
+from runtime.storage import open_store
+from runtime.tenants import bootstrap
 from sandbox.images import sandbox_image
+from tests.mcp_helpers import http_client
 
 
-async def over_stdio(repeat: int, home: str) -> tuple[float, list[float]]:
+async def calls(client: Client, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        result = await client.call_tool("sandbox_run", {"code": "print(1)"})
+        samples.append((time.perf_counter() - start) * 1000)
+        assert not result.is_error and result.structured_content["stdout"] == "1\n"  # type: ignore[index]
+    return samples
+
+
+async def over_stdio(repeat: int, home: str) -> list[float]:
     env = {**os.environ, "CLOUDSKILLS_HOME": home}
     params = StdioServerParameters(command=sys.executable, args=["-m", "runtime", "serve"], env=env)
     async with Client(params) as client:
-        samples = []
-        for _ in range(repeat + 1):
-            start = time.perf_counter()
-            result = await client.call_tool("sandbox_run", {"code": "print(1)"})
-            samples.append((time.perf_counter() - start) * 1000)
-            assert not result.is_error and result.structured_content["stdout"] == "1\n"  # type: ignore[index]
-    return samples[0], samples[1:]
+        return await calls(client, repeat + 1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def over_http(repeat: int, home: str) -> list[float]:
+    store = open_store(f"sqlite:///{Path(home) / 'cloudskills.db'}")
+    new = bootstrap(store)
+    store.close()
+    assert new is not None
+    port = free_port()
+    env = {**os.environ, "CLOUDSKILLS_HOME": home}
+    command = [sys.executable, "-m", "runtime", "serve", "--http", "--port", str(port)]
+    async with await anyio.open_process(command, env=env, stderr=subprocess.DEVNULL) as server:
+        try:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    await anyio.sleep(0.05)
+            async with http_client(f"http://127.0.0.1:{port}/mcp", new.key) as client:
+                await calls(client, 3)
+                await anyio.sleep(2)  # let the warm pool fill
+                return await calls(client, repeat)
+        finally:
+            server.terminate()
 
 
 def docker_run_baseline(repeat: int) -> list[float]:
-    image = sandbox_image()
-    command = ["docker", "run", "--rm", "--network=none", image, "python3", "-c", "print(1)"]
+    command = ["docker", "run", "--rm", "--network=none", sandbox_image(), "python3", "-c", "print(1)"]
     return [timed(lambda: subprocess.run(command, check=True, capture_output=True)) for _ in range(repeat)]
 
 
@@ -49,13 +88,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
-        cold, repeated = anyio.run(over_stdio, args.repeat, home)
+        stdio = anyio.run(over_stdio, args.repeat, home)
+    with tempfile.TemporaryDirectory() as home:
+        http = anyio.run(over_http, args.repeat, home)
     baseline = docker_run_baseline(args.repeat)
-    print(f"{'sandbox_run print(1) over stdio, cold':<42} {cold:.1f} ms (first call of a new server)")
-    print(summary("sandbox_run print(1) over stdio, repeated", repeated))
+    print(f"{'sandbox_run print(1) over stdio, cold':<42} {stdio[0]:.1f} ms (first call of a new server)")
+    print(summary("sandbox_run print(1) over stdio, repeated", stdio[1:]))
+    print(summary("sandbox_run print(1) over HTTP, repeated", http))
     print(summary("baseline: docker run --rm ... print(1)", baseline))
-    ratio = statistics.median(repeated) / statistics.median(baseline)
-    print(f"ratio repeated/baseline (p50): {ratio:.2f}x")
+    for name, samples in (("stdio", stdio[1:]), ("HTTP", http)):
+        print(f"ratio baseline/{name} (p50): {statistics.median(baseline) / statistics.median(samples):.1f}x faster")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     tenant: str = Field(default="local", description="The tenant a stdio server and the CLI act for.")
     workers: int = Field(default=16, ge=1, le=1024, description="Tasks run at once by this process.")
     reap_interval_s: float = Field(default=10.0, gt=0, description="Seconds between reaper passes.")
-    pool_size: int = Field(default=4, ge=0, le=256, description="Warm sandboxes kept ready by a server.")
+    pool_size: int = Field(default=8, ge=0, le=256, description="Warm sandboxes kept ready by a server.")
     pool_memory_mib: int = Field(default=4096, ge=0, description="Host memory the warm pool may hold, in MiB.")
     prices_file: Path | None = Field(default=None, description="A price catalog overriding the built-in one.")
 

@@ -23,7 +23,8 @@ def anyio_backend() -> str:
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("CLOUDSKILLS_HOME", str(tmp_path / "home"))
-    return load_settings(reap_interval_s=0.2)
+    # A small warm pool: the pool path is exercised without starving 2 cores.
+    return load_settings(reap_interval_s=0.2, pool_size=2)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,12 @@ from scheduler.store import Store
 
 
 def server_env(home: Path) -> dict[str, str]:
-    return {"CLOUDSKILLS_HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+    return {
+        "CLOUDSKILLS_HOME": str(home),
+        "CLOUDSKILLS_POOL_SIZE": "2",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+    }
 
 
 def store_of(home: Path) -> Store:
