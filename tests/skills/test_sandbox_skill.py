@@ -174,3 +174,18 @@ async def test_live_sandboxes_are_capped_by_quota(app: App) -> None:
     assert "2 live sandboxes" in refused and "sandbox_destroy" in refused
     assert "live sandboxes" in refused_run
     assert third["sandbox_id"]
+
+
+async def test_run_code_keeps_python_state_between_calls(app: App) -> None:
+    async with mcp_client(app) as client:
+        sid = (await call(client, "sandbox_create"))["sandbox_id"]
+        await call(client, "sandbox_run_code", sandbox_id=sid, code="import math\ntotal = 40")
+        later = await call(client, "sandbox_run_code", sandbox_id=sid, code="total += 2\nprint(total, math.pi > 3)")
+        failed = await call(client, "sandbox_run_code", sandbox_id=sid, code="raise ValueError('boom')")
+        still = await call(client, "sandbox_run_code", sandbox_id=sid, code="print(total)")
+        exited = await call(client, "sandbox_run_code", sandbox_id=sid, code="import sys; sys.exit(4)")
+        await call(client, "sandbox_destroy", sandbox_id=sid)
+    assert later["stdout"] == "42 True\n"
+    assert failed["exit_code"] == 1 and "ValueError: boom" in failed["stderr"] and "kernel" not in failed["stderr"]
+    assert still["stdout"] == "42\n"
+    assert exited["exit_code"] == 4
