@@ -8,7 +8,10 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import docker.errors
+
 from runtime.settings import Settings
+from sandbox.docker import DockerDriver
 from scheduler.errors import CloudSkillsError
 
 
@@ -28,8 +31,26 @@ def guarded(name: str, probe: Callable[[], Check], fix: str) -> Check:
         return Check(name, False, exc.message, fix)
 
 
+def runtime_checks(driver: DockerDriver, image: str) -> list[Check]:
+    """Each container runtime a template may use, probed by running a sandbox on it."""
+    registered = driver.client.info().get("Runtimes", {})
+    checks = []
+    for runtime, required in (("runc", True), ("runsc", False)):
+        name = f"runtime {runtime}" + (" (gVisor)" if runtime == "runsc" else "")
+        if runtime not in registered:
+            checks.append(Check(name, False, "not registered with Docker", "sudo scripts/ensure-docker", required))
+            continue
+        try:
+            driver.client.containers.run(image, ["true"], runtime=runtime, network_mode="none", remove=True)
+            checks.append(Check(name, True, "runs sandboxes", required=required))
+        except docker.errors.DockerException as exc:
+            checks.append(
+                Check(name, False, f"registered but fails: {str(exc)[:160]}", "sudo scripts/ensure-docker", required)
+            )
+    return checks
+
+
 def doctor_checks(settings: Settings) -> list[Check]:
-    from sandbox.docker import DockerDriver
     from sandbox.images import image_exists, sandbox_image
 
     driver = DockerDriver(settings.docker_host)
@@ -46,16 +67,8 @@ def doctor_checks(settings: Settings) -> list[Check]:
         checks.append(
             Check("sandbox image", built, tag if built else f"{tag} is not built", "cloudskills images build")
         )
-        runtimes = driver.client.info().get("Runtimes", {})
-        checks.append(
-            Check(
-                "gVisor (runsc)",
-                "runsc" in runtimes,
-                "registered" if "runsc" in runtimes else "not registered (optional: runc is the default)",
-                "apt-get install runsc, then register it as a Docker runtime",
-                required=False,
-            )
-        )
+        if built:
+            checks.extend(runtime_checks(driver, tag))
     has_debootstrap = shutil.which("debootstrap") is not None
     checks.append(
         Check(

@@ -24,5 +24,8 @@ TEMPLATES: dict[str, Template] = {
     for t in (
         Template("python", "python", "Debian 12 with Python 3.11 and bash."),
         Template("bash", "bash", "Debian 12 with bash, coreutils and Python 3.11."),
+        # gVisor: the sandbox's system calls meet a user-space kernel, not the host's.
+        Template("python-gvisor", "python", "The python template, isolated by gVisor (runsc).", runtime="runsc"),
+        Template("bash-gvisor", "bash", "The bash template, isolated by gVisor (runsc).", runtime="runsc"),
     )
 }

@@ -64,7 +64,10 @@ class RunOutput(ExecOutput):
 
 
 class CreateInput(OpInput):
-    template: str = Field(default="python", description="'python' or 'bash'.")
+    template: str = Field(
+        default="python",
+        description="'python' or 'bash' (runc), or 'python-gvisor' / 'bash-gvisor' for gVisor's stronger isolation.",
+    )
     ttl_s: int = Field(default=900, ge=10, le=86400, description="Idle seconds before the sandbox is destroyed.")
     vcpus: float = Field(default=1.0, gt=0, le=2, description="CPUs the sandbox may use.")
     memory_mib: int = Field(default=512, ge=64, le=4096, description="Memory limit in MiB.")
