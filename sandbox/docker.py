@@ -143,8 +143,25 @@ class DockerDriver:
             wire = self._channel(handle.container_id).request(request.to_wire(), timeout_s)
         except ChannelBroken as exc:
             self._forget(handle.container_id)
-            raise NotFound(f"this sandbox has stopped ({exc}): destroy it and create a new one.") from exc
+            raise NotFound(self._stopped_reason(handle.container_id, str(exc))) from exc
         return parse_agent_answer(wire)
+
+    def _stopped_reason(self, container_id: str, detail: str) -> str:
+        """Why a sandbox stopped answering, as far as the engine can tell."""
+        try:
+            state = self._api.inspect_container(container_id)["State"]
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return f"this sandbox has stopped ({detail}): destroy it and create a new one."
+        if state.get("OOMKilled"):
+            cause = "it ran out of memory"
+        elif state.get("Running"):
+            cause = "its agent was killed"
+        else:
+            cause = f"its container exited with code {state.get('ExitCode')}, out of memory or processes"
+        return (
+            f"this sandbox has stopped while running your command ({cause}): destroy it and create "
+            "a new one, and start fewer processes or use less memory."
+        )
 
     def _relay(self, container_id: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         try:

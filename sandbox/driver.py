@@ -25,7 +25,9 @@ class Limits:
     vcpus: float = 1.0
     memory_mib: int = 512
     pids: int = 256
-    disk_mib: int = 512
+    # /work is a tmpfs: what is written there counts against memory_mib, so it
+    # must stay well under it or a full disk would leave no memory to run in.
+    disk_mib: int = 256
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,8 @@ def row_info(row: Sandbox) -> SandboxInfo:
 async def create(ctx: TaskContext, args: CreateInput) -> CreateOutput:
     """Start a session sandbox that lives until destroyed or idle for ttl_s."""
     template = resolve_template(args.template)
-    limits = Limits(vcpus=args.vcpus, memory_mib=args.memory_mib)
+    # /work lives in the sandbox's memory: give it half.
+    limits = Limits(vcpus=args.vcpus, memory_mib=args.memory_mib, disk_mib=args.memory_mib // 2)
     sandboxes = services(ctx).sandboxes
     record = await sandboxes.create(ctx.tenant_id, template, limits, args.ttl_s, None)
     return CreateOutput(**row_info(sandboxes.row(record.id)).model_dump(), task_id=ctx.task_id)
