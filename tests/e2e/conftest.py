@@ -39,11 +39,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_http_server(home: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_http_server(
+    home: Path, extra_env: dict[str, str] | None = None, verbose: bool = False
+) -> tuple[subprocess.Popen[str], str]:
     """`cloudskills serve --http` on a free loopback port, once it accepts connections."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "serve", "--http", "--port", str(port)],
+        [sys.executable, "-m", "runtime", *(["-v"] if verbose else []), "serve", "--http", "--port", str(port)],
         env={**server_env(home), **(extra_env or {})},
         stderr=subprocess.PIPE,
         text=True,
