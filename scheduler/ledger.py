@@ -5,6 +5,10 @@ budget cannot cover it). At settlement the task's charges are appended to the
 ledger and the hold released, in the same transaction as the task's final
 state. Every entry has a unique idempotency key, so no charge is ever written
 twice, whatever crashes or retries happen.
+
+These run on every task, so they are plain SQL statements built once and run
+on the session's connection, not through the ORM: the ORM's unit of work and
+its bulk-statement machinery were most of a task's overhead.
 """
 
 from __future__ import annotations
@@ -12,25 +16,72 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from scheduler.errors import BudgetExceeded, NotFound
 from scheduler.models import LedgerEntry, Tenant, utcnow
 from scheduler.pricing import Charge, PriceCatalog
 
+# The tenant's row, locked for this transaction where the backend can lock rows
+# (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
+LOCK_TENANT = (
+    select(
+        Tenant.id,
+        Tenant.budget_micros,
+        Tenant.spent_micros,
+        Tenant.held_micros,
+        Tenant.active_tasks,
+        Tenant.window_minute,
+        Tenant.window_tasks,
+        Tenant.max_concurrent_tasks,
+        Tenant.tasks_per_minute,
+        Tenant.tokens_per_minute,
+        Tenant.max_live_sandboxes,
+    )
+    .where(Tenant.id == bindparam("tenant_id"))
+    .with_for_update()
+)
+ADMIT = (
+    update(Tenant)
+    .where(Tenant.id == bindparam("tenant_id"))
+    .values(
+        held_micros=Tenant.held_micros + bindparam("hold"),
+        active_tasks=Tenant.active_tasks + 1,
+        window_tasks=case((Tenant.window_minute == bindparam("minute"), Tenant.window_tasks + 1), else_=1),
+        window_minute=bindparam("minute"),
+    )
+)
+_released = Tenant.held_micros - bindparam("release")
+SETTLE = (
+    update(Tenant)
+    .where(Tenant.id == bindparam("tenant_id"))
+    .values(
+        spent_micros=Tenant.spent_micros + bindparam("total"),
+        held_micros=case((_released < 0, 0), else_=_released),
+        active_tasks=Tenant.active_tasks - bindparam("ended"),
+    )
+)
+APPEND = insert(LedgerEntry)
+ALREADY_POSTED = select(func.count()).where(LedgerEntry.idempotency_key.in_(bindparam("keys", expanding=True)))
 
-def locked_tenant(session: Session, tenant_id: str) -> Tenant:
-    """The tenant's row, locked for this transaction where the backend can lock rows."""
-    tenant = session.scalar(select(Tenant).where(Tenant.id == tenant_id).with_for_update())
+
+def current_minute() -> int:
+    return int(utcnow().timestamp()) // 60
+
+
+def locked_tenant(session: Session, tenant_id: str) -> Any:
+    """The tenant's money and quota columns, locked for this transaction."""
+    tenant = session.connection().execute(LOCK_TENANT, {"tenant_id": tenant_id}).one_or_none()
     if tenant is None:
         raise NotFound(f"no tenant {tenant_id!r}: create it with `cloudskills tenants create`.")
     return tenant
 
 
-def hold(session: Session, catalog: PriceCatalog, tenant: Tenant, amount: int) -> None:
-    """Reserve ``amount`` on the (locked) tenant, or refuse before any work starts."""
+def hold(session: Session, catalog: PriceCatalog, tenant: Any, amount: int) -> None:
+    """Reserve ``amount`` on the (locked) tenant for one more task, or refuse before any work starts."""
     if tenant.budget_micros is not None:
         left = tenant.budget_micros - tenant.spent_micros - tenant.held_micros
         if amount > left:
@@ -38,7 +89,7 @@ def hold(session: Session, catalog: PriceCatalog, tenant: Tenant, amount: int) -
                 f"this task may cost up to {catalog.format(amount)} but only {catalog.format(max(left, 0))} "
                 "of the budget is left: raise the budget, or lower timeout_s or limits."
             )
-    tenant.held_micros += amount
+    session.connection().execute(ADMIT, {"tenant_id": tenant.id, "hold": amount, "minute": current_minute()})
 
 
 @dataclass(frozen=True)
@@ -52,37 +103,52 @@ class Posting:
     op: str
 
 
-def post(session: Session, catalog: PriceCatalog, posting: Posting, charges: Sequence[Charge], release: int = 0) -> int:
-    """Append the charges and release ``release`` of the tenant's hold; return the total charged.
+def post(
+    session: Session,
+    catalog: PriceCatalog,
+    posting: Posting,
+    charges: Sequence[Charge],
+    release: int = 0,
+    ends_task: bool = False,
+    checked: bool = False,
+) -> int:
+    """Append the charges, release ``release`` of the tenant's hold (and its active task,
+    with ``ends_task``); return the total charged.
 
-    A posting whose key is already in the ledger was settled before: nothing
-    is written and 0 is returned, so calling this twice is harmless."""
+    A posting whose keys are already in the ledger was settled before: nothing
+    is written and 0 is returned, so posting twice is harmless. ``checked``
+    skips that look-up for a caller that already holds the only right to settle
+    (a task whose final state it has just claimed); the unique keys still refuse
+    a second copy."""
     keys = [f"{posting.key}:{charge.item}" for charge in charges]
-    if keys and session.scalar(select(func.count()).where(LedgerEntry.idempotency_key.in_(keys))):
+    if keys and not checked and session.connection().scalar(ALREADY_POSTED, {"keys": keys}):
         return 0
-    tenant = locked_tenant(session, posting.tenant_id)
     now = utcnow()
-    total = 0
-    for key, charge in zip(keys, charges, strict=True):
-        session.add(
-            LedgerEntry(
-                idempotency_key=key,
-                tenant_id=posting.tenant_id,
-                task_id=posting.task_id,
-                skill=posting.skill,
-                op=posting.op,
-                item=charge.item,
-                model=charge.model,
-                created_at=now,
-                day=now.strftime("%Y-%m-%d"),
-                quantity=charge.quantity,
-                amount_micros=charge.amount_micros,
-                catalog_version=catalog.version,
-            )
+    day = now.strftime("%Y-%m-%d")
+    if charges:
+        session.connection().execute(
+            APPEND,
+            [
+                {
+                    "idempotency_key": key,
+                    "tenant_id": posting.tenant_id,
+                    "task_id": posting.task_id,
+                    "skill": posting.skill,
+                    "op": posting.op,
+                    "item": charge.item,
+                    "model": charge.model,
+                    "quantity": charge.quantity,
+                    "amount_micros": charge.amount_micros,
+                    "catalog_version": catalog.version,
+                    "created_at": now,
+                    "day": day,
+                }
+                for key, charge in zip(keys, charges, strict=True)
+            ],
         )
-        total += charge.amount_micros
-    tenant.spent_micros += total
-    tenant.held_micros = max(tenant.held_micros - release, 0)
+    total = sum(charge.amount_micros for charge in charges)
+    params = {"tenant_id": posting.tenant_id, "total": total, "release": release, "ended": int(ends_task)}
+    session.connection().execute(SETTLE, params)
     return total
 
 

@@ -50,6 +50,13 @@ class Tenant(Base):
     alert_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     spent_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     held_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Tasks admitted and not yet settled: kept with the money, in the same
+    # transactions, so the concurrency quota needs no count of the tasks table.
+    active_tasks: Mapped[int] = mapped_column(Integer, default=0)
+    # Tasks started in the current minute (minutes since the epoch, UTC): the
+    # tasks-per-minute quota is a fixed window, counted with the money too.
+    window_minute: Mapped[int] = mapped_column(BigInteger, default=0)
+    window_tasks: Mapped[int] = mapped_column(Integer, default=0)
     # Quotas; a task or resource past one is refused with when to retry.
     max_concurrent_tasks: Mapped[int] = mapped_column(Integer, default=64)
     max_live_sandboxes: Mapped[int] = mapped_column(Integer, default=32)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from scheduler.errors import QuotaExceeded
-from scheduler.models import LedgerEntry, Sandbox, Task, Tenant, utcnow
+from scheduler.models import LedgerEntry, Sandbox, utcnow
 from scheduler.pricing import Usage
 
 WINDOW = timedelta(minutes=1)
-ACTIVE_STATES = ("queued", "running")
 LIVE_SANDBOX_STATES = ("starting", "running")
 
 
@@ -30,33 +30,35 @@ def retry_after(oldest_in_window: datetime | None) -> int:
     return max(1, math.ceil(left))
 
 
-def check_tasks(session: Session, tenant: Tenant, worst: Usage) -> None:
-    """Concurrent tasks, tasks per minute and tokens per minute."""
-    active = session.scalar(
-        select(func.count()).select_from(Task).where(Task.tenant_id == tenant.id, Task.state.in_(ACTIVE_STATES))
-    )
-    if (active or 0) >= tenant.max_concurrent_tasks:
+RECENT_TOKENS = select(func.coalesce(func.sum(LedgerEntry.quantity), 0), func.min(LedgerEntry.created_at)).where(
+    LedgerEntry.tenant_id == bindparam("tenant_id"),
+    LedgerEntry.item.startswith("tokens."),
+    LedgerEntry.created_at >= bindparam("since"),
+)
+LIVE_SANDBOXES = (
+    select(func.count())
+    .select_from(Sandbox)
+    .where(Sandbox.tenant_id == bindparam("tenant_id"), Sandbox.state.in_(LIVE_SANDBOX_STATES))
+)
+
+
+def check_tasks(session: Session, tenant: Any, worst: Usage) -> None:
+    """Concurrent tasks, tasks per minute and tokens per minute, for the (locked) tenant."""
+    if tenant.active_tasks >= tenant.max_concurrent_tasks:
         raise QuotaExceeded(
-            f"you have {active} tasks queued or running, your quota's most: wait for one to finish "
+            f"you have {tenant.active_tasks} tasks queued or running, your quota's most: wait for one to finish "
             "(tasks_list shows them) and retry."
         )
-    since = utcnow() - WINDOW
-    recent, oldest = session.execute(
-        select(func.count(), func.min(Task.created_at)).where(Task.tenant_id == tenant.id, Task.created_at >= since)
-    ).one()
-    if recent >= tenant.tasks_per_minute:
+    now = utcnow()
+    if tenant.window_minute == int(now.timestamp()) // 60 and tenant.window_tasks >= tenant.tasks_per_minute:
+        retry_in = 60 - int(now.timestamp()) % 60
         raise QuotaExceeded(
-            f"you started {recent} tasks in the last minute, your quota's most: retry in {retry_after(oldest)} s."
+            f"you started {tenant.window_tasks} tasks this minute, your quota's most: retry in {retry_in} s."
         )
+    since = now - WINDOW
     wanted = worst.token_total()
     if wanted:
-        used, first = session.execute(
-            select(func.coalesce(func.sum(LedgerEntry.quantity), 0), func.min(LedgerEntry.created_at)).where(
-                LedgerEntry.tenant_id == tenant.id,
-                LedgerEntry.item.startswith("tokens."),
-                LedgerEntry.created_at >= since,
-            )
-        ).one()
+        used, first = session.connection().execute(RECENT_TOKENS, {"tenant_id": tenant.id, "since": since}).one()
         if used + wanted > tenant.tokens_per_minute:
             raise QuotaExceeded(
                 f"this call may use {wanted} tokens and you used {used} of your {tenant.tokens_per_minute} "
@@ -64,13 +66,9 @@ def check_tasks(session: Session, tenant: Tenant, worst: Usage) -> None:
             )
 
 
-def check_sandboxes(session: Session, tenant: Tenant) -> None:
-    live = session.scalar(
-        select(func.count())
-        .select_from(Sandbox)
-        .where(Sandbox.tenant_id == tenant.id, Sandbox.state.in_(LIVE_SANDBOX_STATES))
-    )
-    if (live or 0) >= tenant.max_live_sandboxes:
+def check_sandboxes(session: Session, tenant: Any) -> None:
+    live = session.connection().scalar(LIVE_SANDBOXES, {"tenant_id": tenant.id}) or 0
+    if live >= tenant.max_live_sandboxes:
         raise QuotaExceeded(
             f"you have {live} live sandboxes, your quota's most: destroy one with sandbox_destroy "
             "(sandbox_list shows them) or wait for a sandbox_run to finish, then retry."

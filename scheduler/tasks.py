@@ -13,15 +13,15 @@ op is idempotent), and queued tasks are queued again.
 from __future__ import annotations
 
 import logging
-import math
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from sqlalchemy import select, update
+from anyio.abc import TaskGroup
+from sqlalchemy import bindparam, insert, select, update
 
 from scheduler import ledger, quotas
 from scheduler.errors import (
@@ -101,6 +101,43 @@ class TaskOutcome:
         return self.result
 
 
+ACTIVE_STATES = ("queued", "running")
+# The statements every task runs, built once (see ledger.py for the money's).
+INSERT_TASK = insert(Task)
+CLAIM = (
+    update(Task)
+    .where(Task.id == bindparam("task_id"), Task.state == "queued")
+    .values(state="running", started_at=bindparam("now"), attempts=Task.attempts + 1)
+    .returning(Task.id, Task.tenant_id, Task.skill, Task.op, Task.args, Task.timeout_s, Task.hold_micros)
+)
+SETTLING = select(Task.tenant_id, Task.skill, Task.op, Task.hold_micros).where(Task.id == bindparam("task_id"))
+FINISH = (
+    update(Task)
+    .where(Task.id == bindparam("task_id"), Task.state.in_(ACTIVE_STATES))
+    .values(
+        state=bindparam("state"),
+        finished_at=bindparam("now"),
+        result=bindparam("result"),
+        error_code=bindparam("error_code"),
+        error_message=bindparam("error_message"),
+        cost_micros=bindparam("cost"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A task this process has marked running: what running and settling it needs."""
+
+    id: str
+    tenant_id: str
+    skill: str
+    op: str
+    args: dict[str, Any]
+    timeout_s: float
+    hold_micros: int
+
+
 def outcome_of(task: Task) -> TaskOutcome:
     error = error_from_code(task.error_code, task.error_message or "") if task.error_code else None
     return TaskOutcome(task.id, task.state, task.result, error, task.cost_micros)
@@ -123,9 +160,10 @@ class Scheduler:
         self._done: dict[str, anyio.Event] = {}
         self._outcomes: dict[str, TaskOutcome] = {}
         self._running: dict[str, anyio.CancelScope] = {}
-        self._send: MemoryObjectSendStream[str]
-        self._receive: MemoryObjectReceiveStream[str]
-        self._send, self._receive = anyio.create_memory_object_stream[str](max_buffer_size=math.inf)
+        # Ids of queued tasks, oldest first; free slots are the tasks that may start now.
+        self._queue: deque[str] = deque()
+        self._slots = concurrency
+        self._group: TaskGroup | None = None
 
     def bind(self, binding: OpBinding) -> None:
         self._bindings[binding.key] = binding
@@ -140,26 +178,37 @@ class Scheduler:
         task_id = new_id("t")
         worst = binding.worst_case(args)
         hold = self.catalog.worst_case(binding.key, worst)
+        # With a slot free the task is stored already running: one transaction
+        # fewer than queued-then-claimed, for what is most calls.
+        starts_now = self._group is not None and self._slots > 0 and not self._queue
+        now = utcnow()
+        timeout_s = binding.timeout_s(args)
+        row = {
+            "id": task_id,
+            "tenant_id": tenant_id,
+            "skill": binding.skill,
+            "op": binding.op,
+            "args": args,
+            "state": "running" if starts_now else "queued",
+            "idempotent": binding.idempotent,
+            "timeout_s": timeout_s,
+            "attempts": 1 if starts_now else 0,
+            "max_attempts": 2 if binding.idempotent else 1,
+            "created_at": now,
+            "started_at": now if starts_now else None,
+            "hold_micros": hold,
+            "cost_micros": 0,
+        }
         with self.store.transaction() as session:
             tenant = ledger.locked_tenant(session, tenant_id)
             quotas.check_tasks(session, tenant, worst)
             ledger.hold(session, self.catalog, tenant, hold)
-            session.add(
-                Task(
-                    id=task_id,
-                    tenant_id=tenant_id,
-                    skill=binding.skill,
-                    op=binding.op,
-                    args=args,
-                    state="queued",
-                    idempotent=binding.idempotent,
-                    timeout_s=binding.timeout_s(args),
-                    max_attempts=2 if binding.idempotent else 1,
-                    hold_micros=hold,
-                )
-            )
+            session.connection().execute(INSERT_TASK, row)
         self._done[task_id] = anyio.Event()
-        self._send.send_nowait(task_id)
+        if starts_now:
+            self._start(Claimed(task_id, tenant_id, binding.skill, binding.op, args, timeout_s, hold))
+        else:
+            self._queue.append(task_id)
         return task_id
 
     async def wait(self, task_id: str) -> TaskOutcome:
@@ -208,29 +257,45 @@ class Scheduler:
     # -- the workers' side -------------------------------------------------
 
     async def serve(self) -> None:
-        """Run the workers until cancelled."""
-        async with anyio.create_task_group() as workers:
-            for _ in range(self.concurrency):
-                workers.start_soon(self._worker)
+        """Run tasks, at most ``concurrency`` at once, until cancelled."""
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                self._pump()
+                await anyio.sleep_forever()
+        finally:
+            self._group = None
 
-    async def _worker(self) -> None:
-        async for task_id in self._receive:
-            await self._execute(task_id)
+    def _start(self, task: Claimed) -> None:
+        assert self._group is not None
+        self._slots -= 1
+        self._group.start_soon(self._execute, task)
 
-    def _claim(self, task_id: str) -> Task | None:
-        """Mark a queued task running and return it; None if another worker has it."""
+    def _pump(self) -> None:
+        """Start queued tasks while slots are free."""
+        while self._group is not None and self._slots > 0 and self._queue:
+            task = self._claim(self._queue.popleft())
+            if task is not None:
+                self._start(task)
+
+    def _claim(self, task_id: str) -> Claimed | None:
+        """Mark a queued task running; None if it is not queued any more (cancelled, or claimed elsewhere)."""
         with self.store.transaction() as session:
-            return session.scalar(
-                update(Task)
-                .where(Task.id == task_id, Task.state == "queued")
-                .values(state="running", started_at=utcnow(), attempts=Task.attempts + 1)
-                .returning(Task)
-            )
+            row = session.connection().execute(CLAIM, {"task_id": task_id, "now": utcnow()}).one_or_none()
+        return None if row is None else Claimed(*row)
 
-    async def _execute(self, task_id: str) -> None:
-        task = self._claim(task_id)
-        if task is None:
-            return
+    async def _execute(self, task: Claimed) -> None:
+        """Run the task, then whatever queued task its settlement claimed, in this one slot."""
+        following: Claimed | None = task
+        try:
+            while following is not None:
+                following = await self._run(following)
+        finally:
+            self._slots += 1
+            self._pump()
+
+    async def _run(self, task: Claimed) -> Claimed | None:
+        task_id = task.id
         binding = self._bindings.get(f"{task.skill}.{task.op}")
         ctx = TaskContext(task_id=task.id, tenant_id=task.tenant_id, services=self.services)
         result: dict[str, Any] | None = None
@@ -267,7 +332,7 @@ class Scheduler:
                 )
         finally:
             self._running.pop(task_id, None)
-            self._finish(task_id, state, result, error, ctx.usage)
+        return self._finish(task_id, state, result, error, ctx.usage, task, claim_next=True)
 
     def _finish(
         self,
@@ -276,31 +341,46 @@ class Scheduler:
         result: dict[str, Any] | None,
         error: CloudSkillsError | None,
         usage: Usage,
-    ) -> None:
-        """Record the final state and settle the task's money, in one transaction."""
+        claimed: Claimed | None = None,
+        claim_next: bool = False,
+    ) -> Claimed | None:
+        """Record the final state and settle the task's money, in one transaction.
+
+        With ``claim_next`` the same transaction also claims the oldest queued
+        task, which is returned for the caller's slot to run next."""
+        following: Claimed | None = None
         with self.store.transaction() as session:
-            task = session.get(Task, task_id)
-            assert task is not None
-            if task.state in FINAL_STATES:
-                return
+            task = claimed or session.connection().execute(SETTLING, {"task_id": task_id}).one()
             free = isinstance(error, FREE_WHEN_UNUSED) and usage == Usage()
             charges = [] if free else self.catalog.task_charges(f"{task.skill}.{task.op}", usage)
-            posting = ledger.Posting(f"task:{task.id}", task.tenant_id, task.id, task.skill, task.op)
-            # Posting nothing still releases the hold.
-            cost = ledger.post(session, self.catalog, posting, charges, release=task.hold_micros)
+            cost = sum(charge.amount_micros for charge in charges)
             if result is not None and result.get("cost") == UNSETTLED:
                 result = {**result, "cost": self.money(cost)}
-            task.state = state
-            task.finished_at = utcnow()
-            task.result = result
-            task.error_code = error.code if error else None
-            task.error_message = error.message if error else None
-            task.cost_micros = cost
-            outcome = outcome_of(task)
+            final = {
+                "task_id": task_id,
+                "state": state,
+                "now": utcnow(),
+                "result": result,
+                "error_code": error.code if error else None,
+                "error_message": error.message if error else None,
+                "cost": cost,
+            }
+            # Only the one that moves the task out of an active state settles it.
+            if session.connection().execute(FINISH, final).rowcount != 1:
+                return None
+            posting = ledger.Posting(f"task:{task_id}", task.tenant_id, task_id, task.skill, task.op)
+            # Posting nothing still releases the hold.
+            ledger.post(session, self.catalog, posting, charges, release=task.hold_micros, ends_task=True, checked=True)
+            while claim_next and following is None and self._queue:
+                row = session.connection().execute(CLAIM, {"task_id": self._queue.popleft(), "now": final["now"]})
+                next_row = row.one_or_none()
+                following = None if next_row is None else Claimed(*next_row)
+        outcome = TaskOutcome(task_id, state, result, error, cost)
         event = self._done.pop(task_id, None)
         if event is not None:
             self._outcomes[task_id] = outcome
             event.set()
+        return following
 
     def money(self, micros: int) -> dict[str, Any]:
         return {"micros": micros, "amount": self.catalog.format(micros)}
@@ -330,5 +410,6 @@ class Scheduler:
             )
         for task_id in requeue:
             self._done[task_id] = anyio.Event()
-            self._send.send_nowait(task_id)
+            self._queue.append(task_id)
+        self._pump()
         return failed
