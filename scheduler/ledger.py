@@ -27,23 +27,10 @@ from scheduler.pricing import Charge, PriceCatalog
 
 # The tenant's row, locked for this transaction where the backend can lock rows
 # (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
-LOCK_TENANT = (
-    select(
-        Tenant.id,
-        Tenant.budget_micros,
-        Tenant.spent_micros,
-        Tenant.held_micros,
-        Tenant.active_tasks,
-        Tenant.window_minute,
-        Tenant.window_tasks,
-        Tenant.max_concurrent_tasks,
-        Tenant.tasks_per_minute,
-        Tenant.tokens_per_minute,
-        Tenant.max_live_sandboxes,
-    )
-    .where(Tenant.id == bindparam("tenant_id"))
-    .with_for_update()
-)
+LOCK_TENANT = select(Tenant.id, Tenant.max_live_sandboxes).where(Tenant.id == bindparam("tenant_id")).with_for_update()
+# Admission in one statement: count the task in and hold its worst case, and
+# return the tenant as it now stands. A check that then fails raises, and the
+# transaction's rollback takes the admission back.
 ADMIT = (
     update(Tenant)
     .where(Tenant.id == bindparam("tenant_id"))
@@ -52,6 +39,17 @@ ADMIT = (
         active_tasks=Tenant.active_tasks + 1,
         window_tasks=case((Tenant.window_minute == bindparam("minute"), Tenant.window_tasks + 1), else_=1),
         window_minute=bindparam("minute"),
+    )
+    .returning(
+        Tenant.id,
+        Tenant.budget_micros,
+        Tenant.spent_micros,
+        Tenant.held_micros,
+        Tenant.active_tasks,
+        Tenant.window_tasks,
+        Tenant.max_concurrent_tasks,
+        Tenant.tasks_per_minute,
+        Tenant.tokens_per_minute,
     )
 )
 _released = Tenant.held_micros - bindparam("release")
@@ -73,23 +71,34 @@ def current_minute() -> int:
 
 
 def locked_tenant(session: Session, tenant_id: str) -> Any:
-    """The tenant's money and quota columns, locked for this transaction."""
+    """The tenant's id and sandbox quota, its row locked for this transaction."""
     tenant = session.connection().execute(LOCK_TENANT, {"tenant_id": tenant_id}).one_or_none()
     if tenant is None:
         raise NotFound(f"no tenant {tenant_id!r}: create it with `cloudskills tenants create`.")
     return tenant
 
 
-def hold(session: Session, catalog: PriceCatalog, tenant: Any, amount: int) -> None:
-    """Reserve ``amount`` on the (locked) tenant for one more task, or refuse before any work starts."""
-    if tenant.budget_micros is not None:
-        left = tenant.budget_micros - tenant.spent_micros - tenant.held_micros
-        if amount > left:
-            raise BudgetExceeded(
-                f"this task may cost up to {catalog.format(amount)} but only {catalog.format(max(left, 0))} "
-                "of the budget is left: raise the budget, or lower timeout_s or limits."
-            )
-    session.connection().execute(ADMIT, {"tenant_id": tenant.id, "hold": amount, "minute": current_minute()})
+def admit(session: Session, tenant_id: str, amount: int) -> Any:
+    """Count one more task in on the tenant and hold ``amount``; return the tenant as it now
+    stands, for the checks that must pass before the transaction commits."""
+    params = {"tenant_id": tenant_id, "hold": amount, "minute": current_minute()}
+    tenant = session.connection().execute(ADMIT, params).one_or_none()
+    if tenant is None:
+        raise NotFound(f"no tenant {tenant_id!r}: create it with `cloudskills tenants create`.")
+    return tenant
+
+
+def check_budget(catalog: PriceCatalog, tenant: Any, amount: int) -> None:
+    """Refuse, before any work starts, a task whose worst case the budget cannot cover."""
+    if tenant.budget_micros is None:
+        return
+    left_after = tenant.budget_micros - tenant.spent_micros - tenant.held_micros
+    if left_after < 0:
+        left = max(left_after + amount, 0)
+        raise BudgetExceeded(
+            f"this task may cost up to {catalog.format(amount)} but only {catalog.format(left)} "
+            "of the budget is left: raise the budget, or lower timeout_s or limits."
+        )
 
 
 @dataclass(frozen=True)

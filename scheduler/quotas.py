@@ -1,8 +1,9 @@
 """Per-tenant quotas, checked at admission in the same transaction as the task's insert.
 
-Each check runs with the tenant's row locked (see ``ledger.locked_tenant``), so
-concurrent admissions of one tenant are serialized and a quota cannot be
-overshot by a race.
+Task quotas are checked on the tenant row as ``ledger.admit`` has just updated
+it, and sandbox quotas with the row locked (``ledger.locked_tenant``): either way
+concurrent admissions of one tenant are serialized by the row, and a quota
+cannot be overshot by a race. A failed check rolls the admission back.
 """
 
 from __future__ import annotations
@@ -43,17 +44,18 @@ LIVE_SANDBOXES = (
 
 
 def check_tasks(session: Session, tenant: Any, worst: Usage) -> None:
-    """Concurrent tasks, tasks per minute and tokens per minute, for the (locked) tenant."""
-    if tenant.active_tasks >= tenant.max_concurrent_tasks:
+    """Concurrent tasks, tasks per minute and tokens per minute, for a tenant just
+    admitted (see ``ledger.admit``: its counts include the task being checked)."""
+    if tenant.active_tasks > tenant.max_concurrent_tasks:
         raise QuotaExceeded(
-            f"you have {tenant.active_tasks} tasks queued or running, your quota's most: wait for one to finish "
-            "(tasks_list shows them) and retry."
+            f"you have {tenant.active_tasks - 1} tasks queued or running, your quota's most: wait for one to "
+            "finish (tasks_list shows them) and retry."
         )
     now = utcnow()
-    if tenant.window_minute == int(now.timestamp()) // 60 and tenant.window_tasks >= tenant.tasks_per_minute:
+    if tenant.window_tasks > tenant.tasks_per_minute:
         retry_in = 60 - int(now.timestamp()) % 60
         raise QuotaExceeded(
-            f"you started {tenant.window_tasks} tasks this minute, your quota's most: retry in {retry_in} s."
+            f"you started {tenant.window_tasks - 1} tasks this minute, your quota's most: retry in {retry_in} s."
         )
     since = now - WINDOW
     wanted = worst.token_total()

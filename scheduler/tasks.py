@@ -113,7 +113,9 @@ CLAIM = (
 SETTLING = select(Task.tenant_id, Task.skill, Task.op, Task.hold_micros).where(Task.id == bindparam("task_id"))
 FINISH = (
     update(Task)
-    .where(Task.id == bindparam("task_id"), Task.state.in_(ACTIVE_STATES))
+    # finished_at is set exactly when a task reaches a final state (and, unlike an
+    # IN over the active states, this guard compiles once for every call).
+    .where(Task.id == bindparam("task_id"), Task.finished_at.is_(None))
     .values(
         state=bindparam("state"),
         finished_at=bindparam("now"),
@@ -200,9 +202,9 @@ class Scheduler:
             "cost_micros": 0,
         }
         with self.store.transaction() as session:
-            tenant = ledger.locked_tenant(session, tenant_id)
+            tenant = ledger.admit(session, tenant_id, hold)
             quotas.check_tasks(session, tenant, worst)
-            ledger.hold(session, self.catalog, tenant, hold)
+            ledger.check_budget(self.catalog, tenant, hold)
             session.connection().execute(INSERT_TASK, row)
         self._done[task_id] = anyio.Event()
         if starts_now:
