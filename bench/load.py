@@ -11,29 +11,19 @@ the server's memory over the run, and the containers left once it stops.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import anyio
 
-from bench.common import percentile, summary
+from bench.common import http_server, percentile, summary
 from runtime.storage import open_store
-from runtime.tenants import bootstrap, update_tenant
+from runtime.tenants import update_tenant
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_STORE
 from tests.mcp_helpers import http_client
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -74,43 +64,31 @@ async def agent(url: str, key: str, until: float, tally: Tally, index: int) -> N
 
 async def run(agents: int, seconds: float) -> None:
     with tempfile.TemporaryDirectory() as home:
-        store = open_store(f"sqlite:///{Path(home) / 'cloudskills.db'}")
-        new = bootstrap(store)
-        assert new is not None
-        update_tenant(
-            store, "local", max_live_sandboxes=agents + 20, max_concurrent_tasks=agents * 4, tasks_per_minute=10**7
-        )
-        store_id = store.store_id
-        store.close()
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/mcp"
-        env = {**os.environ, "CLOUDSKILLS_HOME": home, "CLOUDSKILLS_WORKERS": str(agents * 2)}
-        command = [sys.executable, "-m", "runtime", "serve", "--http", "--port", str(port)]
-        async with await anyio.open_process(command, env=env, stderr=subprocess.DEVNULL) as server:
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    await anyio.sleep(0.05)
+        env = {"CLOUDSKILLS_WORKERS": str(agents * 2)}
+        async with http_server(home, env) as server:
+            store = open_store(f"sqlite:///{Path(home) / 'cloudskills.db'}")
+            update_tenant(
+                store, "local", max_live_sandboxes=agents + 20, max_concurrent_tasks=agents * 4, tasks_per_minute=10**7
+            )
+            store_id = store.store_id
+            store.close()
+            url, key = server.url, server.key
             baseline = Tally()
-            await agent(url, new.key, time.monotonic() + 5, baseline, 1)
-            memory = [rss_mib(server.pid)]
+            await agent(url, key, time.monotonic() + 5, baseline, 1)
+            memory = [rss_mib(server.process.pid)]
             loaded = Tally()
             until = time.monotonic() + seconds
 
             async def sample_memory() -> None:
                 while time.monotonic() < until:
                     await anyio.sleep(5)
-                    memory.append(rss_mib(server.pid))
+                    memory.append(rss_mib(server.process.pid))
 
             async with anyio.create_task_group() as group:
                 group.start_soon(sample_memory)
                 for index in range(agents):
-                    group.start_soon(agent, url, new.key, until, loaded, index)
-            memory.append(rss_mib(server.pid))
-            server.terminate()
-            await server.wait()
+                    group.start_soon(agent, url, key, until, loaded, index)
+            memory.append(rss_mib(server.process.pid))
         left = DockerDriver().list_labelled({LABEL_STORE: store_id})
     calls = len(loaded.latencies)
     print(f"load: {agents} agents x {seconds:.0f} s over Streamable HTTP, each looping sandbox_run_code in its sandbox")

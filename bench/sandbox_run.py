@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import anyio
 from mcp import Client, StdioServerParameters
 
-from bench.common import summary, timed
-from runtime.storage import open_store
-from runtime.tenants import bootstrap
+from bench.common import http_server, summary, timed
 from sandbox.images import sandbox_image
 from tests.mcp_helpers import http_client
 
@@ -48,34 +44,11 @@ async def over_stdio(repeat: int, home: str) -> list[float]:
         return await calls(client, repeat + 1)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def over_http(repeat: int, home: str) -> list[float]:
-    store = open_store(f"sqlite:///{Path(home) / 'cloudskills.db'}")
-    new = bootstrap(store)
-    store.close()
-    assert new is not None
-    port = free_port()
-    env = {**os.environ, "CLOUDSKILLS_HOME": home}
-    command = [sys.executable, "-m", "runtime", "serve", "--http", "--port", str(port)]
-    async with await anyio.open_process(command, env=env, stderr=subprocess.DEVNULL) as server:
-        try:
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    await anyio.sleep(0.05)
-            async with http_client(f"http://127.0.0.1:{port}/mcp", new.key) as client:
-                await calls(client, 3)
-                await anyio.sleep(2)  # let the warm pool fill
-                return await calls(client, repeat)
-        finally:
-            server.terminate()
+    async with http_server(home) as server, http_client(server.url, server.key) as client:
+        await calls(client, 3)
+        await anyio.sleep(2)  # let the warm pool fill
+        return await calls(client, repeat)
 
 
 def docker_run_baseline(repeat: int) -> list[float]:

@@ -9,10 +9,12 @@ resident exec agent; requests reach it over the container's attached stdio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
 import threading
+from collections.abc import Iterator
 from typing import Any, cast
 
 import docker
@@ -44,6 +46,21 @@ def docker_unavailable(exc: Exception) -> BackendUnavailable:
         f"the Docker Engine is not reachable ({type(exc).__name__}); "
         "start it with `scripts/ensure-docker` (or your system's service manager) and try again."
     )
+
+
+@contextlib.contextmanager
+def reaching_sandbox(action: str) -> Iterator[None]:
+    """Docker's answers about a running sandbox, as our errors."""
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        raise NotFound("this sandbox no longer exists: create a new one.") from exc
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:
+            raise NotFound("this sandbox has stopped: destroy it and create a new one.") from exc
+        raise BackendUnavailable(f"Docker refused to {action} the sandbox: {exc.explanation}.") from exc
+    except requests.exceptions.RequestException as exc:
+        raise docker_unavailable(exc) from exc
 
 
 class DockerDriver:
@@ -164,19 +181,11 @@ class DockerDriver:
         )
 
     def _relay(self, container_id: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        try:
+        with reaching_sandbox("run in"):
             exec_id = self._api.exec_create(
                 container_id, ["python3", AGENT_PATH, "relay"], stdin=True, user=SANDBOX_USER, workdir=WORK_DIR
             )["Id"]
             sock = self._api.exec_start(exec_id, socket=True)
-        except docker.errors.NotFound as exc:
-            raise NotFound("this sandbox no longer exists: create a new one.") from exc
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:
-                raise NotFound("this sandbox has stopped: destroy it and create a new one.") from exc
-            raise BackendUnavailable(f"Docker refused to run in the sandbox: {exc.explanation}.") from exc
-        except requests.exceptions.RequestException as exc:
-            raise docker_unavailable(exc) from exc
         raw = cast(socket.socket, getattr(sock, "_sock", sock))
         try:
             raw.settimeout(timeout_s)
@@ -210,18 +219,10 @@ class DockerDriver:
             channel = self._channels.get(container_id)
             if channel is not None and not channel.closed:
                 return channel
-            try:
+            with reaching_sandbox("attach to"):
                 # Explicit detach keys: a user's Docker config could name printable ones.
                 params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1, "detachKeys": "ctrl-_"}
                 sock = self._api.attach_socket(container_id, params=params)
-            except docker.errors.NotFound as exc:
-                raise NotFound("this sandbox no longer exists: create a new one.") from exc
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409:
-                    raise NotFound("this sandbox has stopped: destroy it and create a new one.") from exc
-                raise BackendUnavailable(f"Docker refused to attach to the sandbox: {exc.explanation}.") from exc
-            except requests.exceptions.RequestException as exc:
-                raise docker_unavailable(exc) from exc
             # Over a unix socket the SDK hands back a SocketIO; we want the socket itself.
             channel = Channel(cast(socket.socket, getattr(sock, "_sock", sock)), owner=sock)
             self._channels[container_id] = channel

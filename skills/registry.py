@@ -29,6 +29,12 @@ def skill_doc(package: str) -> str:
     return resources.files(package).joinpath("SKILL.md").read_text()
 
 
+def skill_from_doc(package: str, ops: tuple[Op[Any, Any], ...]) -> Skill:
+    """A skill named and described by its package's SKILL.md front matter, the body its guide."""
+    meta, body = front_matter(skill_doc(package))
+    return Skill(name=meta["name"], description=meta["description"], doc=body, ops=ops)
+
+
 @dataclass(frozen=True)
 class Registry:
     skills: tuple[Skill, ...]

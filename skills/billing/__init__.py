@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from skills.base import Op, Skill
+from skills.base import Op
 from skills.billing import models as m
 from skills.billing import ops
-from skills.registry import front_matter, skill_doc
+from skills.registry import skill_from_doc
 
-_meta, _body = front_matter(skill_doc(__name__))
-
-SKILL = Skill(
-    name=_meta["name"],
-    description=_meta["description"],
-    doc=_body,
-    ops=(
+SKILL = skill_from_doc(
+    __name__,
+    (
         Op(
             "usage",
             "Your charges grouped by skill, op, model, day or item over a time range, with the total.",

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from skills.base import Op, Skill
-from skills.registry import front_matter, skill_doc
+from skills.base import Op
+from skills.registry import skill_from_doc
 from skills.sandbox import models as m
 from skills.sandbox import ops
 
-_meta, _body = front_matter(skill_doc(__name__))
-
-SKILL = Skill(
-    name=_meta["name"],
-    description=_meta["description"],
-    doc=_body,
-    ops=(
+SKILL = skill_from_doc(
+    __name__,
+    (
         Op(
             "run",
             "Run Python or bash code (or a shell command) in a fresh sandbox and return exit_code, stdout, "

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from scheduler.models import Task
 from scheduler.tasks import TaskContext
-from skills.base import Money, Op, OpInput, Skill
-from skills.registry import front_matter, skill_doc
+from skills.base import Money, Op, OpInput
+from skills.registry import skill_from_doc
 from skills.services import services
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
@@ -94,13 +94,9 @@ async def cancel(ctx: TaskContext, args: CancelInput) -> TaskDetail:
     return TaskDetail(**info(ctx, task), result=task.result)
 
 
-_meta, _body = front_matter(skill_doc(__name__))
-
-SKILL = Skill(
-    name=_meta["name"],
-    description=_meta["description"],
-    doc=_body,
-    ops=(
+SKILL = skill_from_doc(
+    __name__,
+    (
         Op("list", "Your recent tasks, newest first.", ListInput, ListOutput, list_, read_only=True, idempotent=True),
         Op(
             "get",
