@@ -35,3 +35,18 @@ def test_the_mcp_config_is_valid_json() -> None:
 
     config = json.loads((ROOT / "examples" / "mcp-config.json").read_text())
     assert config["mcpServers"]["cloudskills"]["command"].endswith("scripts/serve")
+
+
+@pytest.mark.docker
+def test_the_pydantic_ai_agent_runs_offline(tmp_path: Path, docker_driver: DockerDriver) -> None:
+    env = {**os.environ, "CLOUDSKILLS_HOME": str(tmp_path / "home"), "CLOUDSKILLS_POOL_SIZE": "1"}
+    env.pop("MODEL", None)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "pydantic_ai_agent.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("The mean is 6.")
