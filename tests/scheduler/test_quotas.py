@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtime.storage import open_store
 from runtime.tenants import ensure_tenant, update_tenant
 from scheduler import ledger
 from scheduler.errors import QuotaExceeded
@@ -24,13 +22,6 @@ async def noop(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
 
 NOOP = OpBinding("t", "noop", noop)
 GENERATE = OpBinding("t", "generate", noop, worst_case=lambda a: Usage.tokens(MODEL, input=100, output=a["max_tokens"]))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    ensure_tenant(store, "acme")
-    return store
 
 
 def test_concurrent_tasks_are_capped(store: Store) -> None:

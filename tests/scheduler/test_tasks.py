@@ -6,14 +6,12 @@ with real sandboxes in tests/skills and tests/e2e.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from sqlalchemy import func, select
 
-from runtime.storage import open_store
 from runtime.tenants import ensure_tenant
 from scheduler.errors import BudgetExceeded, InvalidInput
 from scheduler.models import LedgerEntry, Task, Tenant
@@ -25,13 +23,6 @@ pytestmark = pytest.mark.anyio
 
 # 10 micro-units a task, 1 per vCPU-millisecond: amounts in these tests are easy to read.
 CATALOG = PriceCatalog("test-1", "USD", task_fees={"default": 10}, rates={"sandbox.vcpu_ms": Rate(1, 1)})
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    ensure_tenant(store, "acme")
-    return store
 
 
 def scheduler_on(store: Store) -> Scheduler:
