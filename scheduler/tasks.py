@@ -1,10 +1,12 @@
-"""Tasks: every call of every op is one durable row that a worker runs.
+"""Tasks: every call of every op is one durable row that this process runs.
 
-    submit ──▶ admission (hold the worst case) + row "queued", one transaction
-           ──▶ queue ──▶ worker claims it ("running"), runs the handler under
-               its deadline and a cancel scope
-           ──▶ settle: final state + ledger + release of the hold, one transaction
+    submit ──▶ admission (quotas, hold the worst case) + the row, one transaction:
+               "running" at once when a slot is free, else "queued"
+           ──▶ run the handler under its deadline and a cancel scope
+           ──▶ settle: final state + ledger + release of the hold, one transaction,
+               which also claims the oldest queued task for the freed slot
 
+At most ``concurrency`` tasks run at once.
 On start, ``recover`` resolves what a previous process left behind: tasks
 that were running are failed with a clear reason (or queued again when their
 op is idempotent), and queued tasks are queued again.
@@ -21,7 +23,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select
 
 from scheduler import ledger, quotas
 from scheduler.errors import (
@@ -40,6 +42,7 @@ from scheduler.errors import (
 from scheduler.models import Task, utcnow
 from scheduler.pricing import PriceCatalog, Usage
 from scheduler.store import Store
+from scheduler.task_rows import CLAIM, FINISH, INSERT_TASK, SETTLING, Claimed
 
 log = logging.getLogger("cloudskills.scheduler")
 
@@ -99,45 +102,6 @@ class TaskOutcome:
             raise self.error
         assert self.result is not None
         return self.result
-
-
-ACTIVE_STATES = ("queued", "running")
-# The statements every task runs, built once (see ledger.py for the money's).
-INSERT_TASK = insert(Task)
-CLAIM = (
-    update(Task)
-    .where(Task.id == bindparam("task_id"), Task.state == "queued")
-    .values(state="running", started_at=bindparam("now"), attempts=Task.attempts + 1)
-    .returning(Task.id, Task.tenant_id, Task.skill, Task.op, Task.args, Task.timeout_s, Task.hold_micros)
-)
-SETTLING = select(Task.tenant_id, Task.skill, Task.op, Task.hold_micros).where(Task.id == bindparam("task_id"))
-FINISH = (
-    update(Task)
-    # finished_at is set exactly when a task reaches a final state (and, unlike an
-    # IN over the active states, this guard compiles once for every call).
-    .where(Task.id == bindparam("task_id"), Task.finished_at.is_(None))
-    .values(
-        state=bindparam("state"),
-        finished_at=bindparam("now"),
-        result=bindparam("result"),
-        error_code=bindparam("error_code"),
-        error_message=bindparam("error_message"),
-        cost_micros=bindparam("cost"),
-    )
-)
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """A task this process has marked running: what running and settling it needs."""
-
-    id: str
-    tenant_id: str
-    skill: str
-    op: str
-    args: dict[str, Any]
-    timeout_s: float
-    hold_micros: int
 
 
 def outcome_of(task: Task) -> TaskOutcome:
