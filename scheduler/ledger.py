@@ -66,6 +66,13 @@ APPEND = insert(LedgerEntry)
 ALREADY_POSTED = select(func.count()).where(LedgerEntry.idempotency_key.in_(bindparam("keys", expanding=True)))
 
 
+def no_tenant(tenant_id: str) -> str:
+    return (
+        f"no tenant {tenant_id!r}: create it with `cloudskills tenants create {tenant_id}`, "
+        "or act for another one (CLOUDSKILLS_TENANT=<name>)."
+    )
+
+
 def current_minute() -> int:
     return int(utcnow().timestamp()) // 60
 
@@ -74,7 +81,7 @@ def locked_tenant(session: Session, tenant_id: str) -> Any:
     """The tenant's id and sandbox quota, its row locked for this transaction."""
     tenant = session.connection().execute(LOCK_TENANT, {"tenant_id": tenant_id}).one_or_none()
     if tenant is None:
-        raise NotFound(f"no tenant {tenant_id!r}: create it with `cloudskills tenants create`.")
+        raise NotFound(no_tenant(tenant_id))
     return tenant
 
 
@@ -84,7 +91,7 @@ def admit(session: Session, tenant_id: str, amount: int) -> Any:
     params = {"tenant_id": tenant_id, "hold": amount, "minute": current_minute()}
     tenant = session.connection().execute(ADMIT, params).one_or_none()
     if tenant is None:
-        raise NotFound(f"no tenant {tenant_id!r}: create it with `cloudskills tenants create`.")
+        raise NotFound(no_tenant(tenant_id))
     return tenant
 
 
