@@ -109,6 +109,9 @@ class App:
                 await self.sandboxes.reap()
             except CloudSkillsError as exc:
                 log.warning("reaper: %s", exc)
+            except Exception:
+                # A background loop must never take the server down; the next pass retries.
+                log.exception("reaper pass failed")
             await anyio.sleep(self.settings.reap_interval_s)
 
     def op(self, tool_name: str) -> tuple[str, Op[Any, Any]]:

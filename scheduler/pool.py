@@ -137,6 +137,10 @@ class WarmPool:
         except CloudSkillsError as exc:
             log.warning("warm pool: could not start a sandbox: %s", exc)
             return None
+        except Exception:
+            # The pool is an optimisation: a failure here must not take the server down.
+            log.exception("warm pool: starting a sandbox failed")
+            return None
         return WarmSandbox(sandbox_id, handle)
 
     async def _discard(self, warm: WarmSandbox) -> None:
