@@ -78,7 +78,7 @@ class SandboxRecord:
 def lifetime_usage(row: Sandbox) -> Usage:
     end = row.destroyed_at or utcnow()
     ms = max(int((end - row.created_at) / timedelta(milliseconds=1)), 0)
-    return Usage.sandbox(vcpu_ms=round(row.vcpus * ms), mib_ms=row.memory_mib * ms)
+    return Usage.sandbox_for(row.vcpus, row.memory_mib, ms)
 
 
 def resolve_template(name: str) -> Template:

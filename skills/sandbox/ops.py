@@ -8,6 +8,7 @@ import binascii
 import anyio
 
 from sandbox.driver import AgentRequest, Command, ExecResult, FileContent, FileRead, FileWrite, Limits
+from sandbox.templates import TEMPLATES
 from scheduler.errors import InvalidInput, NotFound, Timeout
 from scheduler.models import Sandbox
 from scheduler.pricing import Usage
@@ -111,10 +112,6 @@ def run_command(args: RunInput) -> Command:
     )
 
 
-def run_limits(template: str) -> Limits:
-    return resolve_template(template).limits
-
-
 async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
     """Run code or a command in a fresh sandbox, destroyed afterwards whatever happens."""
     command = run_command(args)
@@ -136,9 +133,10 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
 
 
 def run_worst_case(args: RunInput) -> Usage:
-    limits = run_limits(args.template) if args.template in ("python", "bash") else Limits()
-    ms = int((args.timeout_s + RUN_OVERHEAD_S) * 1000)
-    return Usage.sandbox(vcpu_ms=round(limits.vcpus * ms), mib_ms=limits.memory_mib * ms)
+    # An unknown template is refused when the task runs; its hold is the default size.
+    template = TEMPLATES.get(args.template)
+    limits = template.limits if template is not None else Limits()
+    return Usage.sandbox_for(limits.vcpus, limits.memory_mib, int((args.timeout_s + RUN_OVERHEAD_S) * 1000))
 
 
 def row_info(row: Sandbox) -> SandboxInfo:
