@@ -26,6 +26,9 @@ from scheduler.pricing import PriceCatalog
 from scheduler.sandboxes import SandboxManager
 from scheduler.tasks import Scheduler
 from skills.base import Op, binding
+from skills.db.engines.postgres import PostgresEngine
+from skills.db.engines.sqlite import SqliteEngine
+from skills.db.instances import DatabaseManager
 from skills.registry import Registry, discover
 from skills.services import Services
 
@@ -68,7 +71,17 @@ class App:
         self.sandboxes = SandboxManager(self.store, self.driver, self.catalog, image, self.pool)
         self.scheduler = Scheduler(self.store, self.catalog, concurrency=settings.workers)
         self.registry: Registry = discover()
-        self.scheduler.services = Services(self.store, self.catalog, self.scheduler, self.sandboxes)
+        self.databases = DatabaseManager(
+            self.store,
+            self.catalog,
+            {
+                "sqlite": SqliteEngine(settings.home / "databases"),
+                "postgres": PostgresEngine(DockerDriver(settings.docker_host), self.store.store_id),
+            },
+            settings.home / "snapshots",
+            settings.meter_interval_s,
+        )
+        self.scheduler.services = Services(self.store, self.catalog, self.scheduler, self.sandboxes, self.databases)
         for skill in self.registry.skills:
             for op in skill.ops:
                 self.scheduler.bind(binding(skill.name, op))
@@ -90,6 +103,9 @@ class App:
                             failed = self.scheduler.recover()
                             if failed:
                                 log.warning("failed %d task(s) a previous process left running", len(failed))
+                            abandoned = await self.databases.recover()
+                            if abandoned:
+                                log.warning("removed %d database(s) a previous process left half-made", len(abandoned))
                             group.start_soon(self._reap_forever)
                             group.start_soon(self.pool.run)
                         group.start_soon(self.scheduler.serve)
@@ -107,6 +123,8 @@ class App:
         while True:
             try:
                 await self.sandboxes.reap()
+                await self.databases.reap()
+                self.databases.meter()
             except CloudSkillsError as exc:
                 log.warning("reaper: %s", exc)
             except Exception:

@@ -104,21 +104,24 @@ def doctor() -> None:
 
 @main.group()
 def images() -> None:
-    """Sandbox images, built locally from Debian's packages."""
+    """Sandbox and database images, built locally from Debian's packages."""
 
 
 @images.command("build")
 def images_build() -> None:
-    """Build the sandbox image if it is missing (cached by content)."""
+    """Build the sandbox and PostgreSQL images where missing (cached by content); print their tags."""
     from sandbox.docker import DockerDriver
-    from sandbox.images import ensure_images
+    from sandbox.images import ensure_images, stderr_progress
+    from skills.db.engines import postgres_image
 
     settings = load_settings()
+    driver = DockerDriver(settings.docker_host)
     try:
-        tag = ensure_images(DockerDriver(settings.docker_host))
+        tags = [ensure_images(driver), postgres_image.ensure_image(driver, stderr_progress)]
     except CloudSkillsError as exc:
         fail(exc.message)
-    click.echo(tag)
+    for tag in tags:
+        click.echo(tag)
 
 
 # -- one command per op -------------------------------------------------------

@@ -52,6 +52,7 @@ def runtime_checks(driver: DockerDriver, image: str) -> list[Check]:
 
 def doctor_checks(settings: Settings) -> list[Check]:
     from sandbox.images import image_exists, sandbox_image
+    from skills.db.engines import postgres_image
 
     driver = DockerDriver(settings.docker_host)
     checks = [Check("data dir", True, str(settings.home))]
@@ -69,6 +70,16 @@ def doctor_checks(settings: Settings) -> list[Check]:
         )
         if built:
             checks.extend(runtime_checks(driver, tag))
+        pg_tag = postgres_image.image_tag()
+        pg_built = image_exists(driver, pg_tag)
+        checks.append(
+            Check(
+                "PostgreSQL image",
+                pg_built,
+                pg_tag if pg_built else f"{pg_tag} is not built (db_create with engine postgres fails)",
+                "cloudskills images build",
+            )
+        )
     has_debootstrap = shutil.which("debootstrap") is not None
     checks.append(
         Check(

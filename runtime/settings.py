@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     reap_interval_s: float = Field(default=10.0, gt=0, description="Seconds between reaper passes.")
     pool_size: int = Field(default=8, ge=0, le=256, description="Warm sandboxes kept ready by a server.")
     pool_memory_mib: int = Field(default=4096, ge=0, description="Host memory the warm pool may hold, in MiB.")
+    meter_interval_s: float = Field(
+        default=60.0, gt=0, description="Seconds between bills of long-lived resources (databases, VMs)."
+    )
     prices_file: Path | None = Field(default=None, description="A price catalog overriding the built-in one.")
 
     @property

@@ -100,19 +100,32 @@ def ensure_images(driver: DockerDriver, progress: Progress = stderr_progress) ->
 
 
 def build_base(driver: DockerDriver, tag: str, progress: Progress) -> None:
+    build_rootfs_image(driver, tag, BASE_PACKAGES, progress, prepare=add_sandbox_user)
+
+
+def build_rootfs_image(
+    driver: DockerDriver,
+    tag: str,
+    packages: tuple[str, ...],
+    progress: Progress,
+    prepare: Callable[[Path], None] | None = None,
+    changes: tuple[str, ...] = (),
+) -> None:
+    """Import a Debian root filesystem with ``packages`` as ``tag``.
+
+    ``prepare`` edits the root filesystem before it is imported; ``changes``
+    are Dockerfile instructions (USER, CMD, ENV) applied by the import."""
     if shutil.which("debootstrap") is None:
         raise BackendUnavailable("debootstrap is not installed: run `scripts/ensure-docker` as root, then try again.")
     if os.geteuid() != 0:
-        raise BackendUnavailable(
-            "building the base image needs root (debootstrap): run `sudo cloudskills images build`."
-        )
-    progress(f"building {tag} from Debian {DEBIAN_SUITE} packages ({', '.join(BASE_PACKAGES)}); about a minute...")
+        raise BackendUnavailable(f"building {tag} needs root (debootstrap): run `sudo cloudskills images build`.")
+    progress(f"building {tag} from Debian {DEBIAN_SUITE} packages ({', '.join(packages)}); a minute or two...")
     with tempfile.TemporaryDirectory(prefix="cloudskills-rootfs-") as work:
         root = Path(work) / "root"
         command = [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
+            f"--include={','.join(packages)}",
             DEBIAN_SUITE,
             str(root),
             DEBIAN_MIRROR,
@@ -120,12 +133,15 @@ def build_base(driver: DockerDriver, tag: str, progress: Progress) -> None:
         run_with_progress(command, progress)
         for relative in PRUNE:
             shutil.rmtree(root / relative, ignore_errors=True)
-        add_sandbox_user(root)
+        if prepare is not None:
+            prepare(root)
         progress(f"importing the root filesystem as {tag}...")
         archive = Path(work) / "rootfs.tar"
         subprocess.run(["tar", "-C", str(root), "-cf", str(archive), "."], check=True)
         repository, version = tag.split(":")
-        driver.client.api.import_image_from_file(str(archive), repository=repository, tag=version)
+        driver.client.api.import_image_from_file(
+            str(archive), repository=repository, tag=version, changes=list(changes) or None
+        )
     progress(f"built {tag}")
 
 

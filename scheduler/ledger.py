@@ -27,7 +27,11 @@ from scheduler.pricing import Charge, PriceCatalog
 
 # The tenant's row, locked for this transaction where the backend can lock rows
 # (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
-LOCK_TENANT = select(Tenant.id, Tenant.max_live_sandboxes).where(Tenant.id == bindparam("tenant_id")).with_for_update()
+LOCK_TENANT = (
+    select(Tenant.id, Tenant.max_live_sandboxes, Tenant.max_live_databases)
+    .where(Tenant.id == bindparam("tenant_id"))
+    .with_for_update()
+)
 # Admission in one statement: count the task in and hold its worst case, and
 # return the tenant as it now stands. A check that then fails raises, and the
 # transaction's rollback takes the admission back.
@@ -78,7 +82,7 @@ def current_minute() -> int:
 
 
 def locked_tenant(session: Session, tenant_id: str) -> Any:
-    """The tenant's id and sandbox quota, its row locked for this transaction."""
+    """The tenant's id and resource quotas, its row locked for this transaction."""
     tenant = session.connection().execute(LOCK_TENANT, {"tenant_id": tenant_id}).one_or_none()
     if tenant is None:
         raise NotFound(no_tenant(tenant_id))

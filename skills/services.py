@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from scheduler.pricing import PriceCatalog
 from scheduler.sandboxes import SandboxManager
 from scheduler.store import Store
 from scheduler.tasks import Scheduler, TaskContext
+
+if TYPE_CHECKING:  # the database skill's own handlers import this module
+    from skills.db.instances import DatabaseManager
 
 
 @dataclass(frozen=True)
@@ -16,6 +20,7 @@ class Services:
     catalog: PriceCatalog
     scheduler: Scheduler
     sandboxes: SandboxManager
+    databases: DatabaseManager
 
 
 def services(ctx: TaskContext) -> Services:

@@ -11,8 +11,9 @@ from runtime.app import App
 from runtime.settings import Settings, load_settings
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE
-from sandbox.images import ensure_images
+from sandbox.images import ensure_images, stderr_progress
 from scheduler.errors import CloudSkillsError
+from skills.db.engines import postgres_image
 
 
 @pytest.fixture
@@ -29,11 +30,12 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 @pytest.fixture(scope="session")
 def docker_driver() -> DockerDriver:
-    """The real engine with the sandbox image built; a missing engine fails the test."""
+    """The real engine with the sandbox and PostgreSQL images built; a missing engine fails the test."""
     driver = DockerDriver()
     try:
         driver.version()
         ensure_images(driver)
+        postgres_image.ensure_image(driver, stderr_progress)
     except CloudSkillsError as exc:
         pytest.fail(f"Docker tests need a running Docker Engine: {exc.message}")
     return driver
@@ -58,8 +60,12 @@ async def app(settings: Settings, docker_driver: DockerDriver) -> AsyncIterator[
     leftovers = containers_of(docker_driver, application)
     for container_id in leftovers:
         docker_driver.destroy(container_id)
+    databases = application.databases.list_all_live()
+    for database in databases:
+        await application.databases.delete(database)
     application.close()
     assert not leftovers, f"the test left {len(leftovers)} container(s) behind"
+    assert not databases, f"the test left {len(databases)} database(s) behind"
 
 
 @pytest.fixture
