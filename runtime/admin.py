@@ -18,6 +18,7 @@ QUOTA_OPTIONS = {
     "max_concurrent_tasks": "Tasks queued or running at once.",
     "max_live_sandboxes": "Sandboxes alive at once.",
     "max_live_databases": "Databases alive at once.",
+    "max_live_vms": "VMs alive (running or stopped) at once.",
     "tasks_per_minute": "Tasks started per minute.",
     "tokens_per_minute": "Model tokens per minute.",
 }
@@ -95,7 +96,7 @@ def tenants_list() -> None:
         click.echo(
             f"{t.name}\tspent {format_money(t.spent_micros, 'USD')}\tbudget {budget}\t"
             f"tasks {t.max_concurrent_tasks} at once, {t.tasks_per_minute}/min\tsandboxes {t.max_live_sandboxes}"
-            f"\tdatabases {t.max_live_databases}"
+            f"\tdatabases {t.max_live_databases}\tvms {t.max_live_vms}"
         )
 
 

@@ -20,6 +20,8 @@ from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
 from sandbox.driver import SandboxDriver
 from sandbox.images import sandbox_image
+from sandbox.qemu import QemuDriver
+from sandbox.vm_image import guest_image
 from scheduler.errors import CloudSkillsError, InvalidInput, NotFound
 from scheduler.pool import WarmPool
 from scheduler.pricing import PriceCatalog
@@ -31,6 +33,7 @@ from skills.db.engines.sqlite import SqliteEngine
 from skills.db.instances import DatabaseManager
 from skills.registry import Registry, discover
 from skills.services import Services
+from skills.vm.instances import VmManager
 
 log = logging.getLogger("cloudskills")
 
@@ -81,7 +84,11 @@ class App:
             settings.home / "snapshots",
             settings.meter_interval_s,
         )
-        self.scheduler.services = Services(self.store, self.catalog, self.scheduler, self.sandboxes, self.databases)
+        qemu = QemuDriver(guest_image(settings.image_cache), self.store.store_id, settings.home / "vms")
+        self.vms = VmManager(self.store, self.catalog, qemu, settings.meter_interval_s)
+        self.scheduler.services = Services(
+            self.store, self.catalog, self.scheduler, self.sandboxes, self.databases, self.vms
+        )
         for skill in self.registry.skills:
             for op in skill.ops:
                 self.scheduler.bind(binding(skill.name, op))
@@ -104,8 +111,9 @@ class App:
                             if failed:
                                 log.warning("failed %d task(s) a previous process left running", len(failed))
                             abandoned = await self.databases.recover()
+                            abandoned += await self.vms.recover()
                             if abandoned:
-                                log.warning("removed %d database(s) a previous process left half-made", len(abandoned))
+                                log.warning("removed %d resource(s) a previous process left half-made", len(abandoned))
                             group.start_soon(self._reap_forever)
                             group.start_soon(self.pool.run)
                         group.start_soon(self.scheduler.serve)
@@ -124,7 +132,9 @@ class App:
             try:
                 await self.sandboxes.reap()
                 await self.databases.reap()
+                await self.vms.reap()
                 self.databases.meter()
+                self.vms.meter()
             except CloudSkillsError as exc:
                 log.warning("reaper: %s", exc)
             except Exception:

@@ -109,19 +109,22 @@ def images() -> None:
 
 @images.command("build")
 def images_build() -> None:
-    """Build the sandbox and PostgreSQL images where missing (cached by content); print their tags."""
+    """Build the sandbox and PostgreSQL images and the VM guest where missing (cached by content)."""
     from sandbox.docker import DockerDriver
     from sandbox.images import ensure_images, stderr_progress
+    from sandbox.vm_image import ensure_guest_image
     from skills.db.engines import postgres_image
 
     settings = load_settings()
     driver = DockerDriver(settings.docker_host)
     try:
         tags = [ensure_images(driver), postgres_image.ensure_image(driver, stderr_progress)]
+        guest = ensure_guest_image(settings.image_cache, stderr_progress)
     except CloudSkillsError as exc:
         fail(exc.message)
     for tag in tags:
         click.echo(tag)
+    click.echo(guest.disk.parent)
 
 
 # -- one command per op -------------------------------------------------------

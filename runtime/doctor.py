@@ -52,6 +52,7 @@ def runtime_checks(driver: DockerDriver, image: str) -> list[Check]:
 
 def doctor_checks(settings: Settings) -> list[Check]:
     from sandbox.images import image_exists, sandbox_image
+    from sandbox.vm_image import guest_built, guest_image
     from skills.db.engines import postgres_image
 
     driver = DockerDriver(settings.docker_host)
@@ -80,6 +81,17 @@ def doctor_checks(settings: Settings) -> list[Check]:
                 "cloudskills images build",
             )
         )
+    guest = guest_built(settings.image_cache)
+    checks.append(
+        Check(
+            "VM guest",
+            guest,
+            str(guest_image(settings.image_cache).disk.parent) if guest else "not built (vm_create fails)",
+            "cloudskills images build",
+        )
+    )
+    qemu = shutil.which("qemu-system-x86_64") is not None and shutil.which("qemu-img") is not None
+    checks.append(Check("QEMU", qemu, "found" if qemu else "missing", "sudo scripts/ensure-docker"))
     has_debootstrap = shutil.which("debootstrap") is not None
     checks.append(
         Check(

@@ -11,6 +11,16 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_image_cache() -> Path:
+    """Built VM guests, shared by every data dir on the machine (they take a minute to build)."""
+    explicit = os.environ.get("CLOUDSKILLS_IMAGE_CACHE")
+    if explicit:
+        return Path(explicit)
+    if os.geteuid() == 0:
+        return Path("/var/cache/cloudskills")
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cloudskills"
+
+
 def default_home() -> Path:
     explicit = os.environ.get("CLOUDSKILLS_HOME")
     if explicit:
@@ -35,6 +45,7 @@ class Settings(BaseSettings):
     meter_interval_s: float = Field(
         default=60.0, gt=0, description="Seconds between bills of long-lived resources (databases, VMs)."
     )
+    image_cache: Path = Field(default_factory=default_image_cache, description="Where VM guests are built and kept.")
     prices_file: Path | None = Field(default=None, description="A price catalog overriding the built-in one.")
 
     @property

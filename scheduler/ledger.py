@@ -28,7 +28,7 @@ from scheduler.pricing import Charge, PriceCatalog
 # The tenant's row, locked for this transaction where the backend can lock rows
 # (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
 LOCK_TENANT = (
-    select(Tenant.id, Tenant.max_live_sandboxes, Tenant.max_live_databases)
+    select(Tenant.id, Tenant.max_live_sandboxes, Tenant.max_live_databases, Tenant.max_live_vms)
     .where(Tenant.id == bindparam("tenant_id"))
     .with_for_update()
 )

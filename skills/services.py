@@ -12,6 +12,7 @@ from scheduler.tasks import Scheduler, TaskContext
 
 if TYPE_CHECKING:  # the database skill's own handlers import this module
     from skills.db.instances import DatabaseManager
+    from skills.vm.instances import VmManager
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Services:
     scheduler: Scheduler
     sandboxes: SandboxManager
     databases: DatabaseManager
+    vms: VmManager
 
 
 def services(ctx: TaskContext) -> Services:

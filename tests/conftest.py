@@ -63,9 +63,13 @@ async def app(settings: Settings, docker_driver: DockerDriver) -> AsyncIterator[
     databases = application.databases.list_all_live()
     for database in databases:
         await application.databases.delete(database)
+    vms = [vm.id for vm in application.vms.list_live()]
+    for vm in vms:
+        await application.vms.delete(vm, "test_cleanup")
     application.close()
     assert not leftovers, f"the test left {len(leftovers)} container(s) behind"
     assert not databases, f"the test left {len(databases)} database(s) behind"
+    assert not vms, f"the test left {len(vms)} VM(s) behind"
 
 
 @pytest.fixture

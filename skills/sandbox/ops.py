@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 import anyio
 
 from sandbox.driver import AgentRequest, Command, ExecResult, FileContent, FileRead, FileWrite, Limits
@@ -14,6 +11,7 @@ from scheduler.models import Sandbox
 from scheduler.pricing import Usage
 from scheduler.sandboxes import SandboxRecord, resolve_template
 from scheduler.tasks import TaskContext
+from skills.content import decode, encode
 from skills.sandbox.models import (
     CreateInput,
     CreateOutput,
@@ -42,25 +40,6 @@ from skills.services import services
 
 # A one-call sandbox lives a little longer than its command: start, files, teardown.
 RUN_OVERHEAD_S = 30
-
-
-def decode(content: str, encoding: Encoding, path: str) -> bytes:
-    if encoding == "utf-8":
-        return content.encode()
-    try:
-        return base64.b64decode(content, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"the content for {path!r} is not valid base64: fix it or use encoding 'utf-8'.") from exc
-
-
-def encode(data: bytes, wanted: Encoding | None) -> tuple[str, Encoding]:
-    if wanted != "base64":
-        try:
-            return data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            if wanted == "utf-8":
-                raise InvalidInput("the file is not UTF-8 text: read it with encoding 'base64'.") from None
-    return base64.b64encode(data).decode(), "base64"
 
 
 def file_write(spec: FileIn) -> FileWrite:

@@ -80,7 +80,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, docker_driver: DockerDriver
     settings_.home.mkdir(parents=True, exist_ok=True)
     app = App(settings_, docker_driver)
     # Small quotas: valid sandbox_create calls then hit a clear quota error, not the host's limits.
-    update_tenant(app.store, "local", max_live_sandboxes=3, max_live_databases=2, tasks_per_minute=100_000)
+    update_tenant(
+        app.store, "local", max_live_sandboxes=3, max_live_databases=2, max_live_vms=1, tasks_per_minute=100_000
+    )
     with (
         start_blocking_portal() as portal,
         portal.wrap_async_context_manager(app.running()),
@@ -94,6 +96,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, docker_driver: DockerDriver
         databases = portal.call(client.call_tool, "db_list", {})
         for database in (databases.structured_content or {}).get("databases", []):
             portal.call(client.call_tool, "db_delete", {"db_id": database["db_id"]})
+        vms = portal.call(client.call_tool, "vm_list", {})
+        for vm in (vms.structured_content or {}).get("vms", []):
+            portal.call(client.call_tool, "vm_delete", {"vm_id": vm["vm_id"]})
     app.close()
 
 
@@ -121,6 +126,18 @@ TOOLS = [
     "db_backup",
     "db_restore",
     "db_delete",
+    "vm_create",
+    "vm_list",
+    "vm_describe",
+    "vm_exec",
+    "vm_write_file",
+    "vm_read_file",
+    "vm_stop",
+    "vm_start",
+    "vm_reboot",
+    "vm_snapshot",
+    "vm_restore",
+    "vm_delete",
 ]
 
 
@@ -143,7 +160,7 @@ def test_every_tool_is_fuzzed(served: Served) -> None:
 def test_tool_survives_valid_and_garbage_input(served: Served, name: str) -> None:
     schema = served.tools[name].input_schema
     # Fewer for the tools that start real sandboxes with every valid call.
-    examples = 12 if name in ("sandbox_run", "sandbox_create", "db_create") else 30
+    examples = 12 if name in ("sandbox_run", "sandbox_create", "db_create", "vm_create") else 30
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(arguments=from_schema(schema) | garbage)

@@ -27,8 +27,13 @@ HARMLESS: dict[str, Any] = {
     "sql": "SELECT 1",
     "snapshot_id": "snap_ffffffffffffffff",
 }
-ID_FIELDS = ("sandbox_id", "task_id", "db_id")
-MADE_UP = {"sandbox_id": "sb_ffffffffffffffff", "task_id": "t_ffffffffffffffff", "db_id": "db_ffffffffffffffff"}
+ID_FIELDS = ("sandbox_id", "task_id", "db_id", "vm_id")
+MADE_UP = {
+    "sandbox_id": "sb_ffffffffffffffff",
+    "task_id": "t_ffffffffffffffff",
+    "db_id": "db_ffffffffffffffff",
+    "vm_id": "vm_ffffffffffffffff",
+}
 
 
 def arguments(schema: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:
@@ -55,7 +60,13 @@ async def test_no_tool_lets_one_tenant_reach_anothers_resources(app: App) -> Non
     async with mcp_client(app) as owner, mcp_client(app, "intruder") as intruder:
         sandbox = await call(owner, "sandbox_create")
         database = await call(owner, "db_create", name="owned")
-        owned = {"sandbox_id": sandbox["sandbox_id"], "task_id": sandbox["task_id"], "db_id": database["db_id"]}
+        vm = await call(owner, "vm_create")
+        owned = {
+            "sandbox_id": sandbox["sandbox_id"],
+            "task_id": sandbox["task_id"],
+            "db_id": database["db_id"],
+            "vm_id": vm["vm_id"],
+        }
         # Tools that name nothing go first: later, the intruder's own task records
         # echo the owner's ids back to it, which is its own input, not a leak.
         tools = sorted(
@@ -80,11 +91,21 @@ async def test_no_tool_lets_one_tenant_reach_anothers_resources(app: App) -> Non
             checked.append(tool.name)
         still = await call(owner, "sandbox_exec", sandbox_id=owned["sandbox_id"], command="echo alive")
         still_db = await call(owner, "db_query", db_id=owned["db_id"], sql="SELECT 'alive'")
+        still_vm = await call(owner, "vm_exec", vm_id=owned["vm_id"], command="echo alive")
+        await call(owner, "vm_delete", vm_id=owned["vm_id"])
         await call(owner, "sandbox_destroy", sandbox_id=owned["sandbox_id"])
         await call(owner, "db_delete", db_id=owned["db_id"])
         for own in (await call(intruder, "sandbox_list"))["sandboxes"]:  # what sandbox_create made for it
             await call(intruder, "sandbox_destroy", sandbox_id=own["sandbox_id"])
         for own in (await call(intruder, "db_list"))["databases"]:  # and db_create
             await call(intruder, "db_delete", db_id=own["db_id"])
-    assert still["stdout"] == "alive\n" and still_db["rows"] == [["alive"]]
-    assert len(checked) == len(tools) and {"sandbox_exec", "tasks_get", "billing_usage", "db_delete"} <= set(checked)
+        for own in (await call(intruder, "vm_list"))["vms"]:  # and vm_create
+            await call(intruder, "vm_delete", vm_id=own["vm_id"])
+    assert still["stdout"] == "alive\n" and still_db["rows"] == [["alive"]] and still_vm["stdout"] == "alive\n"
+    assert len(checked) == len(tools) and {
+        "sandbox_exec",
+        "tasks_get",
+        "billing_usage",
+        "db_delete",
+        "vm_delete",
+    } <= set(checked)

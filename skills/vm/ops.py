@@ -1,0 +1,156 @@
+"""The VM skill's handlers."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import anyio
+
+from scheduler.errors import Timeout
+from scheduler.models import Vm
+from scheduler.tasks import TaskContext
+from skills.content import decode, encode
+from skills.services import services
+from skills.vm import models as m
+from skills.vm.instances import VmManager
+
+# Beyond a command's own timeout: the agent's round trips.
+EXEC_OVERHEAD_S = 30.0
+BOOT_DEADLINE_S = 180.0
+
+
+def manager(ctx: TaskContext) -> VmManager:
+    return services(ctx).vms
+
+
+def info(row: Vm) -> m.VmInfo:
+    return m.VmInfo(
+        vm_id=row.id,
+        flavor=row.flavor,
+        vcpus=row.vcpus,
+        memory_mib=row.memory_mib,
+        disk_mib=row.disk_mib,
+        state=row.state,
+        accel=row.accel,
+        ttl_s=row.ttl_s,
+        created_at=row.created_at.isoformat(),
+        expires_at=(row.created_at + timedelta(seconds=row.ttl_s)).isoformat(),
+    )
+
+
+async def create(ctx: TaskContext, args: m.CreateInput) -> m.CreateOutput:
+    """Boot a VM; returns once its guest agent answers."""
+    started = time.monotonic()
+    row = await manager(ctx).create(ctx.tenant_id, args.flavor, args.ttl_s)
+    boot_ms = int((time.monotonic() - started) * 1000)
+    return m.CreateOutput(**info(row).model_dump(), boot_ms=boot_ms, task_id=ctx.task_id)
+
+
+async def list_(ctx: TaskContext, args: m.ListInput) -> m.ListOutput:
+    return m.ListOutput(vms=[info(r) for r in manager(ctx).list_live(ctx.tenant_id)], task_id=ctx.task_id)
+
+
+async def describe(ctx: TaskContext, args: m.VmIdInput) -> m.DescribeOutput:
+    vms = manager(ctx)
+    row = vms.get(ctx.tenant_id, args.vm_id)
+    snapshots = [m.SnapshotOut(snapshot_id=s.id, created_at=s.created_at.isoformat()) for s in vms.snapshots(row.id)]
+    return m.DescribeOutput(**info(row).model_dump(), snapshots=snapshots, task_id=ctx.task_id)
+
+
+async def exec_(ctx: TaskContext, args: m.ExecInput) -> m.ExecOutput:
+    """Run a shell command in the guest through its agent."""
+    vms = manager(ctx)
+    row = vms.running(ctx.tenant_id, args.vm_id)
+    result = await anyio.to_thread.run_sync(vms.driver.exec, row.id, args.command, args.timeout_s, args.max_output + 1)
+    stdout, stderr = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
+    if result.timed_out:
+        raise Timeout(
+            f"the command ran past its timeout_s of {args.timeout_s:g} s and was killed; give it a longer "
+            f"timeout_s or make it finish sooner. Output before it was killed: {(stdout + stderr)[-400:]!r}"
+        )
+    return m.ExecOutput(
+        exit_code=result.exit_code,
+        stdout=stdout[: args.max_output],
+        stderr=stderr[: args.max_output],
+        stdout_truncated=len(result.stdout) > args.max_output,
+        stderr_truncated=len(result.stderr) > args.max_output,
+        duration_ms=result.duration_ms,
+        task_id=ctx.task_id,
+    )
+
+
+async def write_file(ctx: TaskContext, args: m.WriteFileInput) -> m.WriteFileOutput:
+    vms = manager(ctx)
+    row = vms.running(ctx.tenant_id, args.vm_id)
+    data = decode(args.content, args.encoding, args.path)
+    await anyio.to_thread.run_sync(vms.driver.write_file, row.id, args.path, data)
+    return m.WriteFileOutput(path=args.path, size=len(data), task_id=ctx.task_id)
+
+
+async def read_file(ctx: TaskContext, args: m.ReadFileInput) -> m.ReadFileOutput:
+    vms = manager(ctx)
+    row = vms.running(ctx.tenant_id, args.vm_id)
+    data, truncated = await anyio.to_thread.run_sync(vms.driver.read_file, row.id, args.path, args.max_bytes)
+    content, encoding = encode(data, args.encoding)
+    return m.ReadFileOutput(
+        path=args.path, content=content, encoding=encoding, truncated=truncated, task_id=ctx.task_id
+    )
+
+
+async def stop(ctx: TaskContext, args: m.VmIdInput) -> m.StateOutput:
+    """Flush the guest's disk and power it off; a stopped VM is billed for its disk only."""
+    vms = manager(ctx)
+    row = vms.get(ctx.tenant_id, args.vm_id)
+    with anyio.CancelScope(shield=True):
+        stopped = await vms.stop(row.id)
+    return m.StateOutput(**info(stopped).model_dump(), task_id=ctx.task_id)
+
+
+async def start(ctx: TaskContext, args: m.VmIdInput) -> m.StateOutput:
+    vms = manager(ctx)
+    row = vms.get(ctx.tenant_id, args.vm_id)
+    if row.state == "running":
+        return m.StateOutput(**info(row).model_dump(), task_id=ctx.task_id)
+    started = await vms.start(row.id)
+    return m.StateOutput(**info(started).model_dump(), task_id=ctx.task_id)
+
+
+async def reboot(ctx: TaskContext, args: m.VmIdInput) -> m.StateOutput:
+    vms = manager(ctx)
+    row = vms.running(ctx.tenant_id, args.vm_id)
+    with anyio.CancelScope(shield=True):
+        await vms.stop(row.id)
+    started = await vms.start(row.id)
+    return m.StateOutput(**info(started).model_dump(), task_id=ctx.task_id)
+
+
+async def snapshot(ctx: TaskContext, args: m.VmIdInput) -> m.SnapshotOutput:
+    """A disk snapshot, taken running (after a sync) or stopped."""
+    vms = manager(ctx)
+    row = vms.get(ctx.tenant_id, args.vm_id)
+    taken = await vms.snapshot(row)
+    return m.SnapshotOutput(
+        snapshot_id=taken.id, created_at=taken.created_at.isoformat(), vm_id=row.id, task_id=ctx.task_id
+    )
+
+
+async def restore(ctx: TaskContext, args: m.RestoreInput) -> m.StateOutput:
+    vms = manager(ctx)
+    row = vms.get(ctx.tenant_id, args.vm_id)
+    restored = await vms.restore(row, args.snapshot_id)
+    return m.StateOutput(**info(restored).model_dump(), task_id=ctx.task_id)
+
+
+async def delete(ctx: TaskContext, args: m.VmIdInput) -> m.DeleteOutput:
+    """Kill the VM and remove its disk and snapshots; deleting it again succeeds."""
+    vms = manager(ctx)
+    if not vms.owns(ctx.tenant_id, args.vm_id):
+        vms.get(ctx.tenant_id, args.vm_id)  # the same NotFound as any unknown id
+    with anyio.CancelScope(shield=True):
+        deleted = await vms.delete(args.vm_id, "deleted_by_owner")
+    return m.DeleteOutput(vm_id=args.vm_id, deleted=deleted, task_id=ctx.task_id)
+
+
+def exec_timeout(args: m.ExecInput) -> float:
+    return args.timeout_s + EXEC_OVERHEAD_S
