@@ -26,11 +26,12 @@ from scheduler.errors import CloudSkillsError, InvalidInput, NotFound
 from scheduler.pool import WarmPool
 from scheduler.pricing import PriceCatalog
 from scheduler.sandboxes import SandboxManager
-from scheduler.tasks import Scheduler
+from scheduler.tasks import Progress, Scheduler
 from skills.base import Op, binding
 from skills.db.engines.postgres import PostgresEngine
 from skills.db.engines.sqlite import SqliteEngine
 from skills.db.instances import DatabaseManager
+from skills.inference.catalog import ModelCatalog, specs_from
 from skills.registry import Registry, discover
 from skills.services import Services
 from skills.vm.instances import VmManager
@@ -86,8 +87,9 @@ class App:
         )
         qemu = QemuDriver(guest_image(settings.image_cache), self.store.store_id, settings.home / "vms")
         self.vms = VmManager(self.store, self.catalog, qemu, settings.meter_interval_s)
+        self.models = ModelCatalog(specs_from(settings.models))
         self.scheduler.services = Services(
-            self.store, self.catalog, self.scheduler, self.sandboxes, self.databases, self.vms
+            self.store, self.catalog, self.scheduler, self.sandboxes, self.databases, self.vms, self.models
         )
         for skill in self.registry.skills:
             for op in skill.ops:
@@ -123,6 +125,8 @@ class App:
                             group.cancel_scope.cancel()
                 finally:
                     self.sandboxes.background = None
+                    with anyio.CancelScope(shield=True):
+                        await self.models.close()
         except BaseExceptionGroup as group_error:
             # The background loops never raise; an error here is the body's own.
             raise sole_error(group_error) from None
@@ -149,7 +153,9 @@ class App:
         skill, op = found
         return skill.name, op
 
-    async def call(self, tenant_id: str, tool_name: str, arguments: dict[str, Any]) -> BaseModel:
+    async def call(
+        self, tenant_id: str, tool_name: str, arguments: dict[str, Any], progress: Progress | None = None
+    ) -> BaseModel:
         """Validate, run as a task, and return the op's typed output (or raise its error)."""
         skill, op = self.op(tool_name)
         try:
@@ -157,7 +163,8 @@ class App:
         except ValidationError as exc:
             raise InvalidInput(describe_validation_error(exc)) from exc
         binding_key = f"{skill}.{op.name}"
-        outcome = await self.scheduler.run(tenant_id, self.scheduler.binding(binding_key), args.model_dump(mode="json"))
+        binding = self.scheduler.binding(binding_key)
+        outcome = await self.scheduler.run(tenant_id, binding, args.model_dump(mode="json"), progress)
         result: BaseModel = op.output.model_validate(outcome.unwrap())
         return result
 

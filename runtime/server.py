@@ -29,6 +29,7 @@ from pydantic import AnyHttpUrl
 from runtime.app import App
 from runtime.tenants import tenant_of_key
 from scheduler.errors import CloudSkillsError, Forbidden
+from scheduler.tasks import Progress
 
 log = logging.getLogger("cloudskills.server")
 
@@ -129,7 +130,7 @@ class CloudSkillsServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult:
         try:
-            result = await self.app.call(self.tenant_for(context), name, arguments)
+            result = await self.app.call(self.tenant_for(context), name, arguments, progress_to(context))
         except CloudSkillsError as exc:
             return tool_error(exc.message)
         except Exception:
@@ -140,6 +141,17 @@ class CloudSkillsServer(MCPServer[Any]):
             content=[TextContent(type="text", text=json.dumps(data, ensure_ascii=False))],
             structured_content=data,
         )
+
+
+def progress_to(context: Context[Any, Any] | None) -> Progress | None:
+    """MCP progress notifications for the call's client (sent only if it asked for them)."""
+    if context is None:
+        return None
+
+    async def report(progress: float, message: str | None) -> None:
+        await context.report_progress(progress, None, message)
+
+    return report
 
 
 @contextlib.asynccontextmanager

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     meter_interval_s: float = Field(
         default=60.0, gt=0, description="Seconds between bills of long-lived resources (databases, VMs)."
     )
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Models offered besides the default: name -> engine (llama or openai), path or base_url, ...",
+    )
     image_cache: Path = Field(default_factory=default_image_cache, description="Where VM guests are built and kept.")
     prices_file: Path | None = Field(default=None, description="A price catalog overriding the built-in one.")
 

@@ -89,6 +89,13 @@ class BackendUnavailable(CloudSkillsError):
     code = "backend_unavailable"
 
 
+class BackendTimeout(Timeout, BackendUnavailable):
+    """A backend (a model endpoint) did not answer in time: nothing it did reached the caller,
+    so, like any unavailable backend, it costs nothing."""
+
+    code = "timed_out"
+
+
 ERRORS_BY_CODE: dict[str, type[CloudSkillsError]] = {
     cls.code: cls
     for cls in (

@@ -180,8 +180,12 @@ class PriceCatalog:
         return [Charge("task_fee", 1, self.task_fee(op_key)), *self.usage_charges(usage)]
 
     def worst_case(self, op_key: str, usage: Usage) -> int:
-        """The most a task may cost, held at admission."""
-        return sum(charge.amount_micros for charge in self.task_charges(op_key, usage))
+        """The most a task may cost, held at admission.
+
+        A meter with no price holds nothing: the task itself refuses what it
+        cannot bill (an unknown model), and settlement prices strictly."""
+        priced = Usage.of({meter: quantity for meter, quantity in usage if meter in self.rates})
+        return sum(charge.amount_micros for charge in self.task_charges(op_key, priced))
 
     def format(self, micros: int) -> str:
         return format_money(micros, self.currency)

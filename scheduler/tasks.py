@@ -56,6 +56,10 @@ UNSETTLED: dict[str, Any] = {"micros": 0, "amount": ""}
 DEADLINE_OVERHEAD_S = 30.0
 
 
+# progress so far (a count, e.g. tokens) and a message (e.g. the text just produced)
+Progress = Callable[[float, str | None], Awaitable[None]]
+
+
 @dataclass
 class TaskContext:
     """What a handler gets besides its arguments."""
@@ -64,9 +68,15 @@ class TaskContext:
     tenant_id: str
     services: Any
     usage: Usage = field(default_factory=Usage)
+    # Tells the caller how the task is going (MCP progress); a no-op when no one listens.
+    progress: Progress | None = None
 
     def add_usage(self, usage: Usage) -> None:
         self.usage = self.usage + usage
+
+    async def report(self, progress: float, message: str | None = None) -> None:
+        if self.progress is not None:
+            await self.progress(progress, message)
 
 
 Handler = Callable[[TaskContext, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -126,6 +136,8 @@ class Scheduler:
         self._done: dict[str, anyio.Event] = {}
         self._outcomes: dict[str, TaskOutcome] = {}
         self._running: dict[str, anyio.CancelScope] = {}
+        # Where running tasks report progress: the caller's listener, for tasks whose caller waits.
+        self._progress: dict[str, Progress] = {}
         # Ids of queued tasks, oldest first; free slots are the tasks that may start now.
         self._queue: deque[str] = deque()
         self._slots = concurrency
@@ -189,8 +201,12 @@ class Scheduler:
             assert task is not None
             return outcome_of(task)
 
-    async def run(self, tenant_id: str, binding: OpBinding, args: dict[str, Any]) -> TaskOutcome:
+    async def run(
+        self, tenant_id: str, binding: OpBinding, args: dict[str, Any], progress: Progress | None = None
+    ) -> TaskOutcome:
         task_id = self.submit(tenant_id, binding, args)
+        if progress is not None:
+            self._progress[task_id] = progress
         try:
             return await self.wait(task_id)
         except anyio.get_cancelled_exc_class():
@@ -263,7 +279,9 @@ class Scheduler:
     async def _run(self, task: Claimed) -> Claimed | None:
         task_id = task.id
         binding = self._bindings.get(f"{task.skill}.{task.op}")
-        ctx = TaskContext(task_id=task.id, tenant_id=task.tenant_id, services=self.services)
+        ctx = TaskContext(
+            task_id=task.id, tenant_id=task.tenant_id, services=self.services, progress=self._progress.get(task.id)
+        )
         result: dict[str, Any] | None = None
         error: CloudSkillsError | None = None
         state = "failed"
@@ -298,6 +316,7 @@ class Scheduler:
                 )
         finally:
             self._running.pop(task_id, None)
+            self._progress.pop(task_id, None)
         return self._finish(task_id, state, result, error, ctx.usage, task, claim_next=True)
 
     def _finish(

@@ -12,6 +12,7 @@ from scheduler.tasks import Scheduler, TaskContext
 
 if TYPE_CHECKING:  # the database skill's own handlers import this module
     from skills.db.instances import DatabaseManager
+    from skills.inference.catalog import ModelCatalog
     from skills.vm.instances import VmManager
 
 
@@ -23,6 +24,7 @@ class Services:
     sandboxes: SandboxManager
     databases: DatabaseManager
     vms: VmManager
+    models: ModelCatalog
 
 
 def services(ctx: TaskContext) -> Services:

@@ -81,7 +81,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, docker_driver: DockerDriver
     app = App(settings_, docker_driver)
     # Small quotas: valid sandbox_create calls then hit a clear quota error, not the host's limits.
     update_tenant(
-        app.store, "local", max_live_sandboxes=3, max_live_databases=2, max_live_vms=1, tasks_per_minute=100_000
+        app.store,
+        "local",
+        max_live_sandboxes=3,
+        max_live_databases=2,
+        max_live_vms=1,
+        tasks_per_minute=100_000,
+        # A valid inference_generate may ask for thousands of tokens: a quota bounds the model's work.
+        tokens_per_minute=3_000,
     )
     with (
         start_blocking_portal() as portal,
@@ -138,6 +145,9 @@ TOOLS = [
     "vm_snapshot",
     "vm_restore",
     "vm_delete",
+    "inference_models",
+    "inference_generate",
+    "inference_embed",
 ]
 
 
@@ -160,7 +170,7 @@ def test_every_tool_is_fuzzed(served: Served) -> None:
 def test_tool_survives_valid_and_garbage_input(served: Served, name: str) -> None:
     schema = served.tools[name].input_schema
     # Fewer for the tools that start real sandboxes with every valid call.
-    examples = 12 if name in ("sandbox_run", "sandbox_create", "db_create", "vm_create") else 30
+    examples = 12 if name in ("sandbox_run", "sandbox_create", "db_create", "vm_create", "inference_generate") else 30
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(arguments=from_schema(schema) | garbage)

@@ -26,6 +26,9 @@ HARMLESS: dict[str, Any] = {
     "content": "x",
     "sql": "SELECT 1",
     "snapshot_id": "snap_ffffffffffffffff",
+    "messages": [{"role": "user", "content": "hi"}],
+    "max_tokens": 1,
+    "input": ["x"],
 }
 ID_FIELDS = ("sandbox_id", "task_id", "db_id", "vm_id")
 MADE_UP = {

@@ -1,0 +1,47 @@
+"""The models this server offers, each with its engine: the embedded default
+(SmolLM2-135M-Instruct on llama.cpp) and whatever the `models` setting adds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from scheduler.errors import InvalidInput, NotFound
+from skills.inference.engines.base import Engine, ModelSpec
+from skills.inference.engines.llama import LlamaEngine, default_spec
+from skills.inference.engines.openai import OpenAIEngine
+
+
+def specs_from(configured: Mapping[str, Mapping[str, Any]]) -> list[ModelSpec]:
+    """The default model, then each configured one (a configured name replaces a default)."""
+    specs = {default_spec().name: default_spec()}
+    for name, fields in configured.items():
+        try:
+            specs[name] = ModelSpec(name=name, **fields)
+        except ValidationError as exc:
+            raise ValueError(f"the model {name!r} in the `models` setting is invalid: {exc}") from exc
+    return list(specs.values())
+
+
+def engine_for(spec: ModelSpec) -> Engine:
+    return LlamaEngine(spec) if spec.engine == "llama" else OpenAIEngine(spec)
+
+
+class ModelCatalog:
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        self.engines: dict[str, Engine] = {spec.name: engine_for(spec) for spec in specs}
+
+    def engine(self, name: str) -> Engine:
+        engine = self.engines.get(name)
+        if engine is None:
+            raise NotFound(f"no model {name!r}: call inference_models to see the ones offered.")
+        available, why = engine.availability()
+        if not available:
+            raise InvalidInput(f"model {name!r} is unavailable: {why}.")
+        return engine
+
+    async def close(self) -> None:
+        for engine in self.engines.values():
+            await engine.close()

