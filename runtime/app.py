@@ -153,20 +153,42 @@ class App:
         skill, op = found
         return skill.name, op
 
+    def arguments(self, tool_name: str, arguments: dict[str, Any]) -> tuple[str, Op[Any, Any], BaseModel]:
+        """The tool's skill, op and validated arguments; a clear error for bad ones."""
+        skill, op = self.op(tool_name)
+        try:
+            return skill, op, op.input.model_validate(arguments)
+        except ValidationError as exc:
+            raise InvalidInput(describe_validation_error(exc)) from exc
+
     async def call(
         self, tenant_id: str, tool_name: str, arguments: dict[str, Any], progress: Progress | None = None
     ) -> BaseModel:
         """Validate, run as a task, and return the op's typed output (or raise its error)."""
-        skill, op = self.op(tool_name)
-        try:
-            args = op.input.model_validate(arguments)
-        except ValidationError as exc:
-            raise InvalidInput(describe_validation_error(exc)) from exc
-        binding_key = f"{skill}.{op.name}"
-        binding = self.scheduler.binding(binding_key)
+        skill, op, args = self.arguments(tool_name, arguments)
+        binding = self.scheduler.binding(f"{skill}.{op.name}")
         outcome = await self.scheduler.run(tenant_id, binding, args.model_dump(mode="json"), progress)
         result: BaseModel = op.output.model_validate(outcome.unwrap())
         return result
+
+    def runs_long(self, tool_name: str, arguments: dict[str, Any]) -> bool:
+        """Whether a call of this tool with these arguments may take long (False for bad ones:
+        they fail at once, on the ordinary path)."""
+        try:
+            _, op, args = self.arguments(tool_name, arguments)
+        except CloudSkillsError:
+            return False
+        return bool(op.runs_long(args))
+
+    def start(self, tenant_id: str, tool_name: str, arguments: dict[str, Any]) -> str:
+        """Admit a call as a task that runs on without a waiter; its id."""
+        skill, op, args = self.arguments(tool_name, arguments)
+        binding = self.scheduler.binding(f"{skill}.{op.name}")
+        return self.scheduler.submit(tenant_id, binding, args.model_dump(mode="json"), waited=False)
+
+    def tool_of(self, skill: str, op_name: str) -> Op[Any, Any] | None:
+        found = self.registry.find(f"{skill}_{op_name}")
+        return found[1] if found else None
 
     def close(self) -> None:
         self.store.close()

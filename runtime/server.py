@@ -8,7 +8,6 @@ errors are ours: one sentence that says what to do, never a stack trace.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,11 +21,13 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.context import Context
 from mcp.server.mcpserver.resources import TextResource
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from mcp_types import Tool as MCPTool
 from pydantic import AnyHttpUrl
 
 from runtime.app import App
+from runtime.confirm import confirm
+from runtime.mcp_tasks import TasksExtension, tool_error, tool_result
 from runtime.tenants import tenant_of_key
 from scheduler.errors import CloudSkillsError, Forbidden
 from scheduler.tasks import Progress
@@ -38,10 +39,6 @@ INSTRUCTIONS = (
     "skill://<name>/SKILL.md before its first use. Every call is a task billed by the task "
     "and by what it used; billing_usage shows the charges."
 )
-
-
-def tool_error(message: str) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
 
 class KeyVerifier(TokenVerifier):
@@ -78,9 +75,15 @@ class CloudSkillsServer(MCPServer[Any]):
                 version="0.1.0",
                 token_verifier=KeyVerifier(app),
                 auth=http_auth(base_url),
+                extensions=[TasksExtension(app, lambda: self.tenant_for(None))],
             )
         else:
-            super().__init__(name="cloudskills", instructions=INSTRUCTIONS, version="0.1.0")
+            super().__init__(
+                name="cloudskills",
+                instructions=INSTRUCTIONS,
+                version="0.1.0",
+                extensions=[TasksExtension(app, lambda: self.tenant_for(None))],
+            )
         self.app = app
         self.tenant_id = tenant_id
         self._tools = self._describe_tools()
@@ -128,7 +131,12 @@ class CloudSkillsServer(MCPServer[Any]):
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
-    ) -> CallToolResult:
+    ) -> CallToolResult | InputRequiredResult:
+        found = self.app.registry.find(name)
+        if found is not None and found[1].confirm and context is not None and not self.app.settings.auto_confirm:
+            instead = await confirm(context, name, arguments)
+            if instead is not None:
+                return instead
         try:
             result = await self.app.call(self.tenant_for(context), name, arguments, progress_to(context))
         except CloudSkillsError as exc:
@@ -136,11 +144,7 @@ class CloudSkillsServer(MCPServer[Any]):
         except Exception:
             log.exception("tool %s crashed", name)
             return tool_error(f"{name} failed with an internal error, which was logged; try again later.")
-        data = result.model_dump(mode="json")
-        return CallToolResult(
-            content=[TextContent(type="text", text=json.dumps(data, ensure_ascii=False))],
-            structured_content=data,
-        )
+        return tool_result(result.model_dump(mode="json"))
 
 
 def progress_to(context: Context[Any, Any] | None) -> Progress | None:

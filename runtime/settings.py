@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Models offered besides the default: name -> engine (llama or openai), path or base_url, ...",
     )
+    auto_confirm: bool = Field(
+        default=False, description="Go ahead with destructive ops without asking the client (unattended agents)."
+    )
     image_cache: Path = Field(default_factory=default_image_cache, description="Where VM guests are built and kept.")
     prices_file: Path | None = Field(default=None, description="A price catalog overriding the built-in one.")
 

@@ -151,8 +151,11 @@ class Scheduler:
 
     # -- the caller's side -------------------------------------------------
 
-    def submit(self, tenant_id: str, binding: OpBinding, args: dict[str, Any]) -> str:
-        """Admit and store a task, then queue it; raise before any work if it is refused."""
+    def submit(self, tenant_id: str, binding: OpBinding, args: dict[str, Any], waited: bool = True) -> str:
+        """Admit and store a task, then queue it; raise before any work if it is refused.
+
+        ``waited=False``: no one in this process waits for it (an MCP task handle
+        is polled from the store instead), so its outcome is not kept in memory."""
         task_id = new_id("t")
         worst = binding.worst_case(args)
         hold = self.catalog.worst_case(binding.key, worst)
@@ -182,7 +185,8 @@ class Scheduler:
             quotas.check_tasks(session, tenant, worst)
             ledger.check_budget(self.catalog, tenant, hold)
             session.connection().execute(INSERT_TASK, row)
-        self._done[task_id] = anyio.Event()
+        if waited:
+            self._done[task_id] = anyio.Event()
         if starts_now:
             self._start(Claimed(task_id, tenant_id, binding.skill, binding.op, args, timeout_s, hold))
         else:

@@ -50,6 +50,11 @@ class Op(Generic[In, Out]):
     open_world: bool = False
     timeout_s: Callable[[In], float] = lambda args: 60.0
     worst_case: Callable[[In], Usage] = lambda args: Usage()
+    # Whether a call may take long: a client that declares MCP tasks then gets a
+    # task handle at once instead of waiting for the result.
+    runs_long: Callable[[In], bool] = lambda args: False
+    # Destroys data: the client is asked to confirm first (unless auto_confirm is set).
+    confirm: bool = False
     # Rows of a CSV rendering of the output, for `--csv` in the CLI.
     csv: Callable[[Out], list[list[str]]] | None = None
 

@@ -25,7 +25,8 @@ def anyio_backend() -> str:
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("CLOUDSKILLS_HOME", str(tmp_path / "home"))
     # A small warm pool: the pool path is exercised without starving 2 cores.
-    return load_settings(reap_interval_s=0.2, pool_size=2)
+    # auto_confirm: destructive ops go ahead; tests/runtime/test_confirm.py asks instead.
+    return load_settings(reap_interval_s=0.2, pool_size=2, auto_confirm=True)
 
 
 @pytest.fixture(scope="session")

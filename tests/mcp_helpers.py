@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+import anyio
 import httpx2
 from mcp import Client
+from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CallToolResult, EmptyResult, Request, RequestParams, Result
+from pydantic import ConfigDict, Field
 
 from runtime.app import App
 from runtime.server import CloudSkillsServer
@@ -19,15 +23,16 @@ class ToolFailed(AssertionError):
 
 
 @asynccontextmanager
-async def mcp_client(app: App, tenant: str | None = None) -> AsyncIterator[Client]:
-    async with Client(CloudSkillsServer(app, tenant or app.settings.tenant)) as client:
+async def mcp_client(app: App, tenant: str | None = None, **options: Any) -> AsyncIterator[Client]:
+    async with Client(CloudSkillsServer(app, tenant or app.settings.tenant), **options) as client:
         yield client
 
 
-def http_client(url: str, key: str | None) -> Client:
-    """An MCP client over Streamable HTTP that sends ``key`` as its bearer token."""
+def http_client(url: str, key: str | None, **options: Any) -> Client:
+    """An MCP client over Streamable HTTP that sends ``key`` as its bearer token
+    (``options``: the client's ``mode``, ``extensions``...)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return Client(streamable_http_client(url, http_client=httpx2.AsyncClient(headers=headers, timeout=300)))
+    return Client(streamable_http_client(url, http_client=httpx2.AsyncClient(headers=headers, timeout=300)), **options)
 
 
 async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
@@ -46,3 +51,76 @@ async def call_error(client: Client, tool: str, **arguments: Any) -> str:
     text = result.content[0].text  # type: ignore[union-attr]
     assert "Traceback" not in text
     return text
+
+
+# -- MCP tasks (io.modelcontextprotocol/tasks), as a client that declares the extension sees them --
+
+
+class TaskHandle(Result):
+    """A ``resultType: "task"`` answer to tools/call, or a tasks/get answer."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    result_type: Literal["task", "complete"] = Field(alias="resultType")
+    task_id: str = Field(alias="taskId")
+    status: str
+    status_message: str | None = Field(default=None, alias="statusMessage")
+    poll_interval_ms: int | None = Field(default=None, alias="pollIntervalMilliseconds")
+    result: dict[str, Any] | None = None
+
+
+class CreatedTask(TaskHandle):
+    result_type: Literal["task"] = Field(alias="resultType")  # type: ignore[assignment]
+
+
+class TaskIdParams(RequestParams):
+    task_id: str = Field(alias="taskId")
+
+
+class GetTask(Request[TaskIdParams, Literal["tasks/get"]]):
+    method: Literal["tasks/get"] = "tasks/get"
+    params: TaskIdParams
+    name_param: ClassVar[str | None] = "taskId"
+
+
+class CancelTask(Request[TaskIdParams, Literal["tasks/cancel"]]):
+    method: Literal["tasks/cancel"] = "tasks/cancel"
+    params: TaskIdParams
+    name_param: ClassVar[str | None] = "taskId"
+
+
+async def get_task(client: Client, task_id: str) -> TaskHandle:
+    return await client.session.send_request(GetTask(params=TaskIdParams(taskId=task_id)), TaskHandle)
+
+
+async def cancel_task(client: Client, task_id: str) -> None:
+    await client.session.send_request(CancelTask(params=TaskIdParams(taskId=task_id)), EmptyResult)
+
+
+async def until_done(client: Client, task_id: str, timeout_s: float = 120) -> TaskHandle:
+    with anyio.fail_after(timeout_s):
+        while True:
+            task = await get_task(client, task_id)
+            if task.status in ("completed", "failed", "cancelled"):
+                return task
+            await anyio.sleep((task.poll_interval_ms or 200) / 1000)
+
+
+async def resolve_by_polling(created: CreatedTask, ctx: ClaimContext) -> CallToolResult:
+    """What a client does with a task handle: poll until done, return the call's result."""
+    with anyio.fail_after(300):
+        while True:
+            task = await ctx.session.send_request(GetTask(params=TaskIdParams(taskId=created.task_id)), TaskHandle)
+            if task.status == "completed" and task.result is not None:
+                return CallToolResult.model_validate(task.result)
+            if task.status in ("failed", "cancelled"):
+                raise ToolFailed(f"task {created.task_id} ended {task.status}: {task.status_message}")
+            await anyio.sleep((task.poll_interval_ms or 200) / 1000)
+
+
+class PollingTasks(ClientExtension):
+    """Declares io.modelcontextprotocol/tasks and finishes task handles by polling tasks/get."""
+
+    identifier = "io.modelcontextprotocol/tasks"
+
+    def claims(self) -> list[ResultClaim[Any]]:
+        return [ResultClaim(result_type="task", model=CreatedTask, resolve=resolve_by_polling)]

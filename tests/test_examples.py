@@ -50,3 +50,19 @@ def test_the_pydantic_ai_agent_runs_offline(tmp_path: Path, docker_driver: Docke
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("The mean is 6.")
+
+
+def test_models_and_data_runs(tmp_path: Path) -> None:
+    env = {**os.environ, "CLOUDSKILLS_HOME": str(tmp_path / "home"), "CLOUDSKILLS_POOL_SIZE": "0"}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "models_and_data.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "model: The capital of France is Paris." in out.stdout
+    assert "server asks: db_delete (db_id=db_" in out.stdout
+    assert "stored: [['The capital of France is Paris.']]" in out.stdout
+    assert "deleted: True" in out.stdout

@@ -18,6 +18,7 @@ SKILL = skill_from_doc(
             m.CreateOutput,
             ops.create,
             timeout_s=lambda a: 120.0,
+            runs_long=lambda a: a.engine != "sqlite",
         ),
         Op(
             "list",
@@ -61,6 +62,7 @@ SKILL = skill_from_doc(
             m.BackupOutput,
             ops.backup,
             timeout_s=lambda a: 600.0,
+            runs_long=lambda a: True,
         ),
         Op(
             "restore",
@@ -70,7 +72,9 @@ SKILL = skill_from_doc(
             ops.restore,
             destructive=True,
             idempotent=True,
+            confirm=True,
             timeout_s=lambda a: 600.0,
+            runs_long=lambda a: True,
         ),
         Op(
             "delete",
@@ -80,6 +84,7 @@ SKILL = skill_from_doc(
             ops.delete,
             destructive=True,
             idempotent=True,
+            confirm=True,
             timeout_s=lambda a: 120.0,
         ),
     ),

@@ -43,8 +43,10 @@ def snapshot_out(snapshot: SnapshotInfo) -> m.SnapshotOut:
 async def create(ctx: TaskContext, args: m.CreateInput) -> m.CreateOutput:
     """Provision an instance; returns once it accepts connections."""
     started = time.monotonic()
+    await ctx.report(0, f"provisioning a {args.size} {args.engine} database")
     row = await manager(ctx).create(ctx.tenant_id, args.engine, args.name, args.size)
     create_ms = int((time.monotonic() - started) * 1000)
+    await ctx.report(1, f"{row.id} accepts connections after {create_ms} ms")
     return m.CreateOutput(**info(ctx, row).model_dump(), create_ms=create_ms, task_id=ctx.task_id)
 
 

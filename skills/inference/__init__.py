@@ -27,6 +27,7 @@ SKILL = skill_from_doc(
             ops.generate,
             timeout_s=lambda a: ops.GENERATE_DEADLINE_S,
             worst_case=ops.generate_worst_case,
+            runs_long=lambda a: True,
         ),
         Op(
             "embed",

@@ -19,6 +19,7 @@ SKILL = skill_from_doc(
             m.CreateOutput,
             ops.create,
             timeout_s=lambda a: BOOTS,
+            runs_long=lambda a: True,
         ),
         Op("list", "List your VMs.", m.ListInput, m.ListOutput, ops.list_, read_only=True, idempotent=True),
         Op(
@@ -63,8 +64,24 @@ SKILL = skill_from_doc(
             ops.stop,
             idempotent=True,
         ),
-        Op("start", "Boot a stopped VM again.", m.VmIdInput, m.StateOutput, ops.start, timeout_s=lambda a: BOOTS),
-        Op("reboot", "Stop and start a running VM.", m.VmIdInput, m.StateOutput, ops.reboot, timeout_s=lambda a: BOOTS),
+        Op(
+            "start",
+            "Boot a stopped VM again.",
+            m.VmIdInput,
+            m.StateOutput,
+            ops.start,
+            timeout_s=lambda a: BOOTS,
+            runs_long=lambda a: True,
+        ),
+        Op(
+            "reboot",
+            "Stop and start a running VM.",
+            m.VmIdInput,
+            m.StateOutput,
+            ops.reboot,
+            timeout_s=lambda a: BOOTS,
+            runs_long=lambda a: True,
+        ),
         Op(
             "snapshot",
             "Take a disk snapshot of a VM (running or stopped); returns snapshot_id.",
@@ -81,6 +98,7 @@ SKILL = skill_from_doc(
             ops.restore,
             destructive=True,
             timeout_s=lambda a: BOOTS,
+            runs_long=lambda a: True,
         ),
         Op(
             "delete",
@@ -90,6 +108,7 @@ SKILL = skill_from_doc(
             ops.delete,
             destructive=True,
             idempotent=True,
+            confirm=True,
         ),
     ),
 )

@@ -42,8 +42,11 @@ def info(row: Vm) -> m.VmInfo:
 async def create(ctx: TaskContext, args: m.CreateInput) -> m.CreateOutput:
     """Boot a VM; returns once its guest agent answers."""
     started = time.monotonic()
+    accel = await anyio.to_thread.run_sync(manager(ctx).driver.accel)  # probed once, by a boot
+    await ctx.report(0, f"booting a {args.flavor} VM ({accel})")
     row = await manager(ctx).create(ctx.tenant_id, args.flavor, args.ttl_s)
     boot_ms = int((time.monotonic() - started) * 1000)
+    await ctx.report(1, f"{row.id} answered after {boot_ms} ms")
     return m.CreateOutput(**info(row).model_dump(), boot_ms=boot_ms, task_id=ctx.task_id)
 
 
@@ -112,7 +115,9 @@ async def start(ctx: TaskContext, args: m.VmIdInput) -> m.StateOutput:
     row = vms.get(ctx.tenant_id, args.vm_id)
     if row.state == "running":
         return m.StateOutput(**info(row).model_dump(), task_id=ctx.task_id)
+    await ctx.report(0, f"booting {row.id}")
     started = await vms.start(row.id)
+    await ctx.report(1, f"{row.id} answered")
     return m.StateOutput(**info(started).model_dump(), task_id=ctx.task_id)
 
 

@@ -24,6 +24,7 @@ def server_env(home: Path) -> dict[str, str]:
     return {
         "CLOUDSKILLS_HOME": str(home),
         "CLOUDSKILLS_POOL_SIZE": "2",
+        "CLOUDSKILLS_AUTO_CONFIRM": "true",
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
     }

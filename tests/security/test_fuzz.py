@@ -76,7 +76,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, docker_driver: DockerDriver) -> Iterator[Served]:
-    settings_ = Settings(home=tmp_path_factory.mktemp("fuzz"), pool_size=1, reap_interval_s=0.5)
+    settings_ = Settings(home=tmp_path_factory.mktemp("fuzz"), pool_size=1, reap_interval_s=0.5, auto_confirm=True)
     settings_.home.mkdir(parents=True, exist_ok=True)
     app = App(settings_, docker_driver)
     # Small quotas: valid sandbox_create calls then hit a clear quota error, not the host's limits.

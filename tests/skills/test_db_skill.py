@@ -180,3 +180,18 @@ async def test_a_live_instance_is_billed_exactly_for_its_lifetime(app: App) -> N
     assert intervals >= 2, "metered in intervals, then once at the end"
     assert billed["database.storage_mib_ms"][0] == instance_ms * 10 * 1024
     assert lifetime_ms == 0, "billed up to the moment it was deleted"
+
+
+async def test_db_create_reports_progress(app: App) -> None:
+    messages: list[str] = []
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with mcp_client(app) as client:
+        created = await client.call_tool("db_create", {"engine": "postgres"}, progress_callback=progress)
+        assert not created.is_error
+        db = (created.structured_content or {})["db_id"]
+        await call(client, "db_delete", db_id=db)
+    assert messages[0] == "provisioning a small postgres database"
+    assert messages[-1].startswith(f"{db} accepts connections after")
