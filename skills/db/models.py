@@ -80,7 +80,7 @@ class QueryInput(OpInput):
     params: list[Any] | dict[str, Any] | None = Field(
         default=None,
         description="Values bound to the statement's placeholders, never pasted into the SQL: "
-        "a list for `?` (sqlite) or `%s` (postgres), an object for `:name` (sqlite) or `%(name)s` (postgres).",
+        "a list for `?` (sqlite) or `$1, $2, ...` (postgres), or an object for `:name` (sqlite).",
     )
     read_only: bool = Field(default=False, description="Refuse any write: the engine itself rejects it.")
     max_rows: int = Field(default=1000, ge=1, le=100_000, description="Rows returned at most; truncated says so.")

@@ -24,7 +24,7 @@ async def test_data_survives_a_server_restart(tmp_path: Path, docker_driver: Doc
         async with http_client(url, key) as client:
             db = (await call(client, "db_create", engine="postgres", name="ledger"))["db_id"]
             await call(client, "db_query", db_id=db, sql="CREATE TABLE notes (body text)")
-            await call(client, "db_query", db_id=db, sql="INSERT INTO notes VALUES (%s)", params=["kept"])
+            await call(client, "db_query", db_id=db, sql="INSERT INTO notes VALUES ($1)", params=["kept"])
         proc.send_signal(signal.SIGKILL)  # no chance to tidy up: the instance must not depend on it
         proc.wait(timeout=20)
 

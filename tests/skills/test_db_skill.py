@@ -17,8 +17,12 @@ from tests.mcp_helpers import call, call_error, mcp_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
-# Placeholders differ by engine: each test names the engine's own.
-PLACEHOLDER = {"sqlite": "?", "postgres": "%s"}
+
+def marks(engine: str, count: int) -> str:
+    """The engine's own placeholders: ?, ?, ... for SQLite; $1, $2, ... for PostgreSQL."""
+    return ", ".join("?" if engine == "sqlite" else f"${n}" for n in range(1, count + 1))
+
+
 # A statement that runs for seconds on each engine.
 SLOW = {
     "sqlite": "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
@@ -34,7 +38,6 @@ def postgres_leftovers(app: App) -> tuple[dict[str, str], dict[str, str]]:
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
 async def test_create_insert_backup_drop_restore_brings_the_rows_back(app: App, engine: str) -> None:
-    mark = PLACEHOLDER[engine]
     async with mcp_client(app) as client:
         created = await call(client, "db_create", engine=engine, name="shop")
         db = created["db_id"]
@@ -43,7 +46,7 @@ async def test_create_insert_backup_drop_restore_brings_the_rows_back(app: App, 
         await call(client, "db_query", db_id=db, sql="CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
         await call(client, "db_query", db_id=db, sql="CREATE UNIQUE INDEX items_name ON items (name)")
         sneaky = "x'); DROP TABLE items; --"
-        insert = f"INSERT INTO items (id, name) VALUES ({mark}, {mark})"
+        insert = f"INSERT INTO items (id, name) VALUES ({marks(engine, 2)})"
         for i, name in enumerate(("pen", "ink", sneaky)):
             wrote = await call(client, "db_query", db_id=db, sql=insert, params=[i, name])
             assert wrote["rowcount"] == 1
@@ -87,9 +90,8 @@ async def test_timeouts_read_only_errors_and_truncation(app: App, engine: str) -
     async with mcp_client(app) as client:
         db = (await call(client, "db_create", engine=engine))["db_id"]
         await call(client, "db_query", db_id=db, sql="CREATE TABLE t (x INTEGER)")
-        mark = PLACEHOLDER[engine]
         for i in range(5):
-            await call(client, "db_query", db_id=db, sql=f"INSERT INTO t VALUES ({mark})", params=[i])
+            await call(client, "db_query", db_id=db, sql=f"INSERT INTO t VALUES ({marks(engine, 1)})", params=[i])
 
         slow = await call_error(client, "db_query", db_id=db, sql=SLOW[engine], timeout_s=0.5)
         assert "timeout_s of 0.5 s and was cancelled" in slow
@@ -104,7 +106,7 @@ async def test_timeouts_read_only_errors_and_truncation(app: App, engine: str) -
 
         syntax = await call_error(client, "db_query", db_id=db, sql="SELEC 1")
         assert "syntax error" in syntax and "Fix the SQL" in syntax
-        wrong_params = await call_error(client, "db_query", db_id=db, sql=f"SELECT {mark}", params=[1, 2])
+        wrong_params = await call_error(client, "db_query", db_id=db, sql=f"SELECT {marks(engine, 2)}", params=[1])
         assert "param" in wrong_params.lower()
 
         await call(client, "db_delete", db_id=db)

@@ -14,8 +14,9 @@ import contextlib
 import io
 import socket
 import tarfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -45,6 +46,7 @@ T = TypeVar("T")
 LABEL_DATABASE = "cloudskills.database"
 LABEL_DATABASE_STORE = "cloudskills.database.store"
 READY_TIMEOUT_S = 60.0
+CANCEL_GRACE_S = 2.0
 CONNECT_TIMEOUT_S = 5
 RESTORE_FILE = f"{DATA_MOUNT}/restore.dump"
 
@@ -79,6 +81,8 @@ def statement_error(exc: psycopg.Error, read_only: bool, timeout_s: float) -> Ex
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction) and read_only:
         return InvalidInput("read_only is set, and this statement writes: call again without read_only to write.")
     message = exc.diag.message_primary if exc.diag.message_primary else str(exc).strip()
+    if "multiple commands" in message:
+        return InvalidInput("db_query runs one statement per call: send the statements one at a time.")
     where = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
     return InvalidInput(
         f"PostgreSQL rejected the statement: {message}{where}. Fix the SQL (db_schema shows the tables) and retry."
@@ -243,16 +247,29 @@ class PostgresEngine:
     def query(
         self, instance: Instance, sql: str, params: Params, read_only: bool, max_rows: int, timeout_s: float
     ) -> QueryResult:
+        if isinstance(params, Mapping):
+            raise InvalidInput("PostgreSQL takes params as a list, for the placeholders $1, $2, ... in order.")
+
         def statement(conn: psycopg.Connection) -> QueryResult:
-            with conn.transaction(), conn.cursor() as cursor:
-                if read_only:
-                    cursor.execute("SET TRANSACTION READ ONLY")
-                # Local to this transaction: the server cancels the statement itself.
-                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(int(timeout_s * 1000))])
-                cursor.execute(sql.encode(), params if params else None)
-                rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
-                columns = [c.name for c in cursor.description] if cursor.description else []
-                rowcount = cursor.rowcount
+            # Past the timeout (and a grace), cancel from here too: the server's own
+            # statement_timeout is the rule, this is the guarantee.
+            guard = threading.Timer(timeout_s + CANCEL_GRACE_S, conn.cancel_safe)
+            guard.start()
+            try:
+                # Pipeline mode always speaks the extended protocol, which runs exactly one
+                # statement per call: no "COMMIT; ..." stepping out of the transaction.
+                with conn.pipeline() as pipeline, conn.transaction(), psycopg.RawCursor(conn) as cursor:
+                    if read_only:
+                        cursor.execute("SET TRANSACTION READ ONLY")
+                    # Local to this transaction: the server cancels the statement itself.
+                    cursor.execute("SELECT set_config('statement_timeout', $1, true)", [str(int(timeout_s * 1000))])
+                    cursor.execute(sql.encode(), list(params or []))
+                    pipeline.sync()  # the results (and any error) are here from now on
+                    rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
+                    columns = [c.name for c in cursor.description] if cursor.description else []
+                    rowcount = cursor.rowcount
+            finally:
+                guard.cancel()
             return QueryResult(
                 columns=columns,
                 rows=[[jsonable(v) for v in row] for row in rows[:max_rows]],
@@ -265,8 +282,8 @@ class PostgresEngine:
         except psycopg.errors.ProgrammingError as exc:
             if exc.sqlstate is None:  # refused by the client: parameters that do not fit
                 raise InvalidInput(
-                    f"the parameters do not fit the statement: {exc}. Use `%s` placeholders with a list "
-                    "of params, or `%(name)s` with an object; write a literal % as %%."
+                    f"the parameters do not fit the statement: {exc}. Use the placeholders $1, $2, ... "
+                    "with a list of params, one per placeholder."
                 ) from exc
             raise statement_error(exc, read_only, timeout_s) from exc
         except psycopg.Error as exc:

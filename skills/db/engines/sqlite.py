@@ -33,7 +33,58 @@ PROGRESS_STEPS = 10_000
 BUSY_TIMEOUT_S = 5.0
 
 
+# Pragmas a tenant's SQL may use. Introspection takes any argument (a table's
+# name); a few values may only be read, since setting them would lift the
+# storage cap (max_page_count, page_size); a few harmless ones may be set. The
+# others could corrupt the file (writable_schema) or change how it is kept.
+INTROSPECTION_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+        "collation_list",
+        "function_list",
+        "pragma_list",
+    }
+)
+READ_ONLY_PRAGMAS = frozenset(
+    {"page_count", "page_size", "max_page_count", "freelist_count", "encoding", "data_version"}
+)
+SETTABLE_PRAGMAS = frozenset(
+    {"foreign_keys", "defer_foreign_keys", "recursive_triggers", "user_version", "application_id"}
+)
+
+
+def confined(action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None) -> int:
+    """SQLite's authorizer for tenant SQL: no other file (ATTACH, VACUUM INTO), no pragma
+    that could lift the storage cap or damage the file."""
+    if action == sqlite3.SQLITE_ATTACH:
+        # VACUUM attaches a nameless temporary database; any named file is another file.
+        return sqlite3.SQLITE_OK if not arg1 else sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_DETACH:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA:
+        name = (arg1 or "").lower()
+        allowed = (
+            name in INTROSPECTION_PRAGMAS or name in SETTABLE_PRAGMAS or (name in READ_ONLY_PRAGMAS and arg2 is None)
+        )
+        return sqlite3.SQLITE_OK if allowed else sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
 def engine_error(exc: sqlite3.Error) -> InvalidInput:
+    if "not authorized" in str(exc) or "authorization denied" in str(exc):
+        return InvalidInput(
+            "this statement is not allowed here: ATTACH, VACUUM INTO and pragmas that change how the "
+            "database is stored are refused. Use plain SQL on your own tables."
+        )
     return InvalidInput(f"SQLite rejected the statement: {exc}. Fix the SQL (db_schema shows the tables) and retry.")
 
 
@@ -59,6 +110,7 @@ class SqliteEngine:
                 # The size's storage is a hard cap: past it a write fails with "database or disk is full".
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {SIZES[instance.size].storage_mib * 1024 * 1024 // page_size}")
+            conn.set_authorizer(confined)
             yield conn
         finally:
             conn.close()
