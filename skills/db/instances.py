@@ -89,6 +89,8 @@ class DatabaseManager:
         self.engines = dict(engines)
         self.snapshots_dir = snapshots_dir
         self.meter_interval_s = meter_interval_s
+        # Deletes under way in this process: the reaper leaves them to finish.
+        self._deleting: set[str] = set()
 
     def engine(self, name: str) -> Engine:
         engine = self.engines.get(name)
@@ -247,12 +249,20 @@ class DatabaseManager:
         return True
 
     async def _finish_delete(self, db_id: str) -> None:
-        row = self._row(db_id)
-        await anyio.to_thread.run_sync(self.engine(row.engine).remove, instance_of(row))
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.snapshots_dir / db_id, ignore_errors=True))
+        if db_id in self._deleting:
+            return  # another call in this process is removing it now
+        self._deleting.add(db_id)
+        try:
+            row = self._row(db_id)
+            await anyio.to_thread.run_sync(self.engine(row.engine).remove, instance_of(row))
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.snapshots_dir / db_id, ignore_errors=True))
+        finally:
+            self._deleting.discard(db_id)
         with self.store.transaction() as session:
             ended = session.get(Database, db_id, with_for_update=True)
             assert ended is not None
+            if ended.state == "deleted":
+                return
             now = utcnow()
             self._bill(session, ended, now)
             ended.state, ended.deleted_at = "deleted", now

@@ -2,8 +2,8 @@
 the password exchange (most of a short query's time).
 
 Every connection is in autocommit mode with server-side prepared statements
-off; a query runs in its own explicit transaction, and a connection goes back
-to the pool only idle and after ``DISCARD ALL``, so no session state (SET,
+off; a query runs in its own explicit transaction followed by ``DISCARD ALL``,
+and a connection goes back to the pool only idle, so no session state (SET,
 temporary tables, advisory locks) leaks from one call to the next.
 """
 
@@ -30,12 +30,8 @@ class ConnectionPool:
             return idle.pop() if idle else None
 
     def give_back(self, key: str, conn: psycopg.Connection) -> None:
+        """Keep an idle connection for the next call; its user has already reset it."""
         if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
-            conn.close()
-            return
-        try:
-            conn.execute("DISCARD ALL")
-        except psycopg.Error:
             conn.close()
             return
         with self._lock:

@@ -258,16 +258,21 @@ class PostgresEngine:
             try:
                 # Pipeline mode always speaks the extended protocol, which runs exactly one
                 # statement per call: no "COMMIT; ..." stepping out of the transaction.
-                with conn.pipeline() as pipeline, conn.transaction(), psycopg.RawCursor(conn) as cursor:
-                    if read_only:
-                        cursor.execute("SET TRANSACTION READ ONLY")
-                    # Local to this transaction: the server cancels the statement itself.
-                    cursor.execute("SELECT set_config('statement_timeout', $1, true)", [str(int(timeout_s * 1000))])
-                    cursor.execute(sql.encode(), list(params or []))
-                    pipeline.sync()  # the results (and any error) are here from now on
-                    rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
-                    columns = [c.name for c in cursor.description] if cursor.description else []
-                    rowcount = cursor.rowcount
+                with conn.pipeline() as pipeline:
+                    with conn.transaction(), psycopg.RawCursor(conn) as cursor:
+                        if read_only:
+                            cursor.execute("SET TRANSACTION READ ONLY")
+                        # Local to this transaction: the server cancels the statement itself.
+                        timeout_ms = str(int(timeout_s * 1000))
+                        cursor.execute("SELECT set_config('statement_timeout', $1, true)", [timeout_ms])
+                        cursor.execute(sql.encode(), list(params or []))
+                        pipeline.sync()  # the results (and any error) are here from now on
+                        rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
+                        columns = [c.name for c in cursor.description] if cursor.description else []
+                        rowcount = cursor.rowcount
+                    # In the same round trip as the COMMIT: no session state (a SET, a
+                    # temporary table) outlives the call on this pooled connection.
+                    conn.execute("DISCARD ALL")
             finally:
                 guard.cancel()
             return QueryResult(
@@ -369,6 +374,10 @@ class PostgresEngine:
             if instance.volume:
                 with contextlib.suppress(docker.errors.NotFound):
                     self.client.volumes.get(instance.volume).remove(force=True)
+        except docker.errors.APIError as exc:  # Docker answered: it refused
+            raise BackendUnavailable(
+                f"Docker could not remove database {instance.id!r} ({exc.explanation}); the reaper retries it."
+            ) from exc
         except requests.exceptions.RequestException as exc:
             raise docker_unavailable(exc) from exc
 
