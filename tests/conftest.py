@@ -12,6 +12,7 @@ from runtime.settings import Settings, load_settings
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE
 from sandbox.images import ensure_images, stderr_progress
+from sandbox.vm_image import ensure_guest_image
 from scheduler.errors import CloudSkillsError
 from skills.db.engines import postgres_image
 
@@ -31,12 +32,14 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 @pytest.fixture(scope="session")
 def docker_driver() -> DockerDriver:
-    """The real engine with the sandbox and PostgreSQL images built; a missing engine fails the test."""
+    """The real engine with the sandbox and PostgreSQL images (and the VM guest) built; a missing
+    engine fails the test."""
     driver = DockerDriver()
     try:
         driver.version()
         ensure_images(driver)
         postgres_image.ensure_image(driver, stderr_progress)
+        ensure_guest_image(load_settings().image_cache, stderr_progress)
     except CloudSkillsError as exc:
         pytest.fail(f"Docker tests need a running Docker Engine: {exc.message}")
     return driver

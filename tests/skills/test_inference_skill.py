@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from runtime.app import App
 from runtime.settings import Settings, load_settings
+from runtime.tenants import ensure_tenant
 from scheduler.models import LedgerEntry, Task, Tenant
 from skills.inference.engines.llama import DEFAULT_MODEL, default_model_path
 from skills.inference.slots import FairSlots
@@ -224,3 +225,25 @@ async def test_slots_are_shared_fairly_between_tenants() -> None:
         await anyio.sleep(0.001)
         group.start_soon(use, "quiet")
     assert served.index("quiet") <= 2
+
+
+async def test_a_quiet_tenant_is_not_starved_by_a_busy_one(model_app: App) -> None:
+    """The model's one slot, six calls of a busy tenant queued first: the quiet tenant's one
+    call is served within the next two, not after all six."""
+    ensure_tenant(model_app.store, "quiet")
+    finished: list[str] = []
+
+    async def generate(client: Any, who: str) -> None:
+        await call(client, "inference_generate", messages=QUESTION, max_tokens=24, temperature=0)
+        finished.append(who)
+
+    async with (
+        mcp_client(model_app) as busy,
+        mcp_client(model_app, "quiet") as quiet,
+        anyio.create_task_group() as group,
+    ):
+        for _ in range(6):
+            group.start_soon(generate, busy, "busy")
+        await anyio.sleep(0.3)  # all six admitted and waiting for the slot
+        group.start_soon(generate, quiet, "quiet")
+    assert finished.index("quiet") <= 2, finished
