@@ -180,15 +180,26 @@ class App:
             return False
         return bool(op.runs_long(args))
 
-    def start(self, tenant_id: str, tool_name: str, arguments: dict[str, Any]) -> str:
-        """Admit a call as a task that runs on without a waiter; its id."""
+    async def call_or_hand_over(
+        self, tenant_id: str, tool_name: str, arguments: dict[str, Any], within_s: float
+    ) -> BaseModel | str:
+        """Run a call as a task, and answer like ``call`` if it ends within ``within_s``;
+        otherwise leave it running, unwaited, and return its task id."""
         skill, op, args = self.arguments(tool_name, arguments)
         binding = self.scheduler.binding(f"{skill}.{op.name}")
-        return self.scheduler.submit(tenant_id, binding, args.model_dump(mode="json"), waited=False)
-
-    def tool_of(self, skill: str, op_name: str) -> Op[Any, Any] | None:
-        found = self.registry.find(f"{skill}_{op_name}")
-        return found[1] if found else None
+        task_id = self.scheduler.submit(tenant_id, binding, args.model_dump(mode="json"))
+        try:
+            with anyio.move_on_after(within_s):
+                outcome = await self.scheduler.wait(task_id)
+                result: BaseModel = op.output.model_validate(outcome.unwrap())
+                return result
+        except anyio.get_cancelled_exc_class():
+            # The caller went away before it had a handle: nobody could ever poll this task.
+            with anyio.CancelScope(shield=True):
+                await self.scheduler.cancel(tenant_id, task_id)
+            raise
+        self.scheduler.forget(task_id)
+        return task_id
 
     def close(self) -> None:
         self.store.close()

@@ -1,8 +1,10 @@
 """MCP tasks (the extension ``io.modelcontextprotocol/tasks``, SEP-2663) on the scheduler's store.
 
-A client that declares the extension on a ``tools/call`` of a long-running op
-(``Op.runs_long``: a VM boot, a database backup, a model's reply...) gets a
-task handle at once (``resultType: "task"``) instead of waiting. The handle is
+A client that declares the extension on a ``tools/call`` of an op that can
+run long (``Op.runs_long``: a VM boot, a database backup, a model's reply, a
+sandbox run...) gets the ordinary answer if the call is done within a couple
+of seconds, and otherwise a task handle (``resultType: "task"``) instead of
+waiting. The handle is
 the scheduler's own task id, so it is as durable as the task: ``tasks/get``
 answers from the store, after a restart too, with the result or the error
 inline once the task is done; ``tasks/cancel`` cancels the scheduler task (its
@@ -33,6 +35,8 @@ from scheduler.tasks import outcome_of
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 POLL_INTERVAL_MS = 500
+# A long-running op still answers directly if it is done this soon; past it, a task handle.
+SYNC_WINDOW_S = 2.0
 STATUS = {
     "queued": "working",
     "running": "working",
@@ -101,11 +105,13 @@ class TasksExtension(Extension):
         if not declared(params, ctx) or not self.app.runs_long(params.name, arguments):
             return await call_next(ctx)
         try:
-            task_id = self.app.start(self.tenant_of(), params.name, arguments)
+            answer = await self.app.call_or_hand_over(self.tenant_of(), params.name, arguments, SYNC_WINDOW_S)
         except CloudSkillsError as exc:
             return tool_error(exc.message)
-        # The task row is written before submit returns: a tasks/get for it resolves now.
-        return {"resultType": "task", **self.view(self._task(task_id), detailed=False)}
+        if not isinstance(answer, str):  # done within the window: the ordinary answer
+            return tool_result(answer.model_dump(mode="json"))
+        # The task row was written before the window opened: a tasks/get for it resolves now.
+        return {"resultType": "task", **self.view(self._task(answer), detailed=False)}
 
     def _task(self, task_id: str, tenant_id: str | None = None) -> Task:
         try:

@@ -151,11 +151,8 @@ class Scheduler:
 
     # -- the caller's side -------------------------------------------------
 
-    def submit(self, tenant_id: str, binding: OpBinding, args: dict[str, Any], waited: bool = True) -> str:
-        """Admit and store a task, then queue it; raise before any work if it is refused.
-
-        ``waited=False``: no one in this process waits for it (an MCP task handle
-        is polled from the store instead), so its outcome is not kept in memory."""
+    def submit(self, tenant_id: str, binding: OpBinding, args: dict[str, Any]) -> str:
+        """Admit and store a task, then queue it; raise before any work if it is refused."""
         task_id = new_id("t")
         worst = binding.worst_case(args)
         hold = self.catalog.worst_case(binding.key, worst)
@@ -185,13 +182,18 @@ class Scheduler:
             quotas.check_tasks(session, tenant, worst)
             ledger.check_budget(self.catalog, tenant, hold)
             session.connection().execute(INSERT_TASK, row)
-        if waited:
-            self._done[task_id] = anyio.Event()
+        self._done[task_id] = anyio.Event()
         if starts_now:
             self._start(Claimed(task_id, tenant_id, binding.skill, binding.op, args, timeout_s, hold))
         else:
             self._queue.append(task_id)
         return task_id
+
+    def forget(self, task_id: str) -> None:
+        """No one in this process waits for the task any more (an MCP task handle is polled
+        from the store instead): its outcome is not kept in memory."""
+        self._done.pop(task_id, None)
+        self._outcomes.pop(task_id, None)
 
     async def wait(self, task_id: str) -> TaskOutcome:
         event = self._done.get(task_id)

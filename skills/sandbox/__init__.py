@@ -19,7 +19,7 @@ SKILL = skill_from_doc(
             ops.run,
             timeout_s=lambda a: a.timeout_s,
             worst_case=ops.run_worst_case,
-            runs_long=lambda a: a.timeout_s > 10,
+            runs_long=lambda a: True,
         ),
         Op(
             "create",
