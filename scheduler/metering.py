@@ -9,7 +9,6 @@ resource's life is billed exactly once, whoever bills it and however often.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
@@ -24,13 +23,15 @@ def bill_interval(
     posting: ledger.Posting,
     start: datetime,
     end: datetime,
-    usage_for_ms: Callable[[int], Usage],
+    per_ms: Usage,
 ) -> datetime:
-    """Charge ``[start, end)`` and return the new billed-until (``start`` plus the whole ms billed)."""
+    """Charge ``[start, end)`` at ``per_ms`` (what one millisecond uses) and return the new
+    billed-until (``start`` plus the whole ms billed)."""
     ms = int((end - start) / timedelta(milliseconds=1))
     if ms <= 0:
         return start
     key = f"{posting.key}:{int(start.timestamp() * 1_000_000)}"
     interval = ledger.Posting(key, posting.tenant_id, posting.task_id, posting.skill, posting.op)
-    ledger.post(session, catalog, interval, catalog.usage_charges(usage_for_ms(ms)))
+    usage = Usage.of({meter: quantity * ms for meter, quantity in per_ms})
+    ledger.post(session, catalog, interval, catalog.usage_charges(usage))
     return start + timedelta(milliseconds=ms)

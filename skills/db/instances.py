@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ from scheduler.models import Database, DatabaseSnapshot, utcnow
 from scheduler.pricing import PriceCatalog, Usage
 from scheduler.store import Store
 from scheduler.tasks import new_id
-from skills.db.engines.base import SIZES, Engine, Instance, Placement, Size
+from skills.db.engines.base import SIZES, Engine, Instance, Placement
 from skills.db.engines.postgres import PostgresEngine
 
 log = logging.getLogger("cloudskills.databases")
@@ -60,11 +60,6 @@ def usage_per_ms(row: Database) -> Usage:
     if row.engine != "sqlite":
         meters[f"database.instance_ms.{row.size}"] = 1
     return Usage.of(meters)
-
-
-def interval_usage(row: Database) -> Callable[[int], Usage]:
-    per_ms = usage_per_ms(row)
-    return lambda ms: Usage.of({meter: quantity * ms for meter, quantity in per_ms})
 
 
 @dataclass(frozen=True)
@@ -211,9 +206,6 @@ class DatabaseManager:
             )
             return [SnapshotInfo(r.id, r.db_id, r.size_bytes, r.created_at) for r in rows]
 
-    def size(self, row: Database) -> Size:
-        return SIZES[row.size]
-
     async def backup(self, row: Database) -> SnapshotInfo:
         snapshot_id = new_id("snap")
         suffix = "sqlite3" if row.engine == "sqlite" else "dump"
@@ -270,7 +262,7 @@ class DatabaseManager:
     def _bill(self, session: Session, row: Database, end: datetime) -> None:
         posting = ledger.Posting(f"database:{row.id}", row.tenant_id, None, "db", "instance")
         row.billed_until = metering.bill_interval(
-            session, self.catalog, posting, row.billed_until, end, interval_usage(row)
+            session, self.catalog, posting, row.billed_until, end, usage_per_ms(row)
         )
 
     def meter(self) -> int:

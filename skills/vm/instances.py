@@ -9,7 +9,6 @@ in the same transaction, so no millisecond is billed at the wrong rate or twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import anyio
@@ -36,11 +35,6 @@ def usage_per_ms(row: Vm) -> Usage:
     if row.state in POWERED_STATES:
         meters |= {"vm.vcpu_ms": row.vcpus, "vm.mib_ms": row.memory_mib}
     return Usage.of(meters)
-
-
-def interval_usage(row: Vm) -> Callable[[int], Usage]:
-    per_ms = usage_per_ms(row)
-    return lambda ms: Usage.of({meter: quantity * ms for meter, quantity in per_ms})
 
 
 def flavor_of(row: Vm) -> Flavor:
@@ -205,7 +199,7 @@ class VmManager:
     def _bill(self, session: Session, row: Vm, end: datetime) -> None:
         posting = ledger.Posting(f"vm:{row.id}", row.tenant_id, None, "vm", row.state)
         row.billed_until = metering.bill_interval(
-            session, self.catalog, posting, row.billed_until, end, interval_usage(row)
+            session, self.catalog, posting, row.billed_until, end, usage_per_ms(row)
         )
 
     def meter(self) -> int:
