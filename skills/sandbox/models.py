@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from skills.base import Money, OpInput, unsettled
+from skills.commands import ExecOutput as ExecOutput  # re-exported: the sandbox ops' answer
 
 Language = Literal["python", "bash"]
 Encoding = Literal["utf-8", "base64"]
@@ -34,17 +35,6 @@ class FileOut(BaseModel):
     encoding: Encoding
     truncated: bool = False
     error: str | None = Field(default=None, description="Why the file could not be read, if it could not.")
-
-
-class ExecOutput(BaseModel):
-    exit_code: int = Field(description="The command's exit status; 128+N when killed by signal N.")
-    stdout: str
-    stderr: str
-    stdout_truncated: bool
-    stderr_truncated: bool
-    duration_ms: int
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class RunInput(OpInput):

@@ -6,11 +6,12 @@ import anyio
 
 from sandbox.driver import AgentRequest, Command, ExecResult, FileContent, FileRead, FileWrite, Limits
 from sandbox.templates import TEMPLATES
-from scheduler.errors import InvalidInput, NotFound, Timeout
+from scheduler.errors import InvalidInput, NotFound
 from scheduler.models import Sandbox
 from scheduler.pricing import Usage
 from scheduler.sandboxes import SandboxRecord, resolve_template
 from scheduler.tasks import TaskContext
+from skills.commands import command_timed_out
 from skills.content import decode, encode
 from skills.sandbox.models import (
     CreateInput,
@@ -55,11 +56,7 @@ def file_out(content: FileContent, wanted: Encoding | None = None) -> FileOut:
 
 def exec_output(ctx: TaskContext, result: ExecResult, timeout_s: float) -> ExecOutput:
     if result.timed_out:
-        tail = result.stdout.text()[-400:] + result.stderr.text()[-400:]
-        raise Timeout(
-            f"the command ran past its timeout_s of {timeout_s:g} s and was killed; "
-            f"give it a longer timeout_s or make it finish sooner. Output before it was killed: {tail!r}"
-        )
+        raise command_timed_out(timeout_s, result.stdout.text(), result.stderr.text())
     return ExecOutput(
         exit_code=result.exit_code,
         stdout=result.stdout.text(),

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from skills.base import Money, OpInput, unsettled
+from skills.commands import ExecOutput as ExecOutput  # re-exported: vm_exec's answer
 
 FlavorName = Literal["small", "medium", "large"]
 VM_ID = Field(description="The id vm_create returned, e.g. 'vm_0123abcd4567ef89'.")
@@ -75,17 +76,6 @@ class ExecInput(OpInput):
     command: str = Field(min_length=1, description="A shell command line, run by /bin/sh as root in the guest.")
     timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Seconds before the command is killed.")
     max_output: int = Field(default=65536, ge=1, le=1 << 20, description="Bytes of stdout and of stderr kept.")
-
-
-class ExecOutput(BaseModel):
-    exit_code: int
-    stdout: str
-    stderr: str
-    stdout_truncated: bool
-    stderr_truncated: bool
-    duration_ms: int
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class WriteFileInput(OpInput):

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import anyio
 
-from scheduler.errors import Timeout
 from scheduler.models import Vm
 from scheduler.tasks import TaskContext
+from skills.commands import command_timed_out
 from skills.content import decode, encode
 from skills.services import services
 from skills.vm import models as m
@@ -68,10 +68,7 @@ async def exec_(ctx: TaskContext, args: m.ExecInput) -> m.ExecOutput:
     result = await anyio.to_thread.run_sync(vms.driver.exec, row.id, args.command, args.timeout_s, args.max_output + 1)
     stdout, stderr = result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace")
     if result.timed_out:
-        raise Timeout(
-            f"the command ran past its timeout_s of {args.timeout_s:g} s and was killed; give it a longer "
-            f"timeout_s or make it finish sooner. Output before it was killed: {(stdout + stderr)[-400:]!r}"
-        )
+        raise command_timed_out(args.timeout_s, stdout, stderr)
     return m.ExecOutput(
         exit_code=result.exit_code,
         stdout=stdout[: args.max_output],
