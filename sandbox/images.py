@@ -115,22 +115,11 @@ def build_rootfs_image(
 
     ``prepare`` edits the root filesystem before it is imported; ``changes``
     are Dockerfile instructions (USER, CMD, ENV) applied by the import."""
-    if shutil.which("debootstrap") is None:
-        raise BackendUnavailable("debootstrap is not installed: run `scripts/ensure-docker` as root, then try again.")
-    if os.geteuid() != 0:
-        raise BackendUnavailable(f"building {tag} needs root (debootstrap): run `sudo cloudskills images build`.")
+    check_can_debootstrap(tag)
     progress(f"building {tag} from Debian {DEBIAN_SUITE} packages ({', '.join(packages)}); a minute or two...")
     with tempfile.TemporaryDirectory(prefix="cloudskills-rootfs-") as work:
         root = Path(work) / "root"
-        command = [
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(packages)}",
-            DEBIAN_SUITE,
-            str(root),
-            DEBIAN_MIRROR,
-        ]
-        run_with_progress(command, progress)
+        debootstrap(root, packages, progress)
         for relative in PRUNE:
             shutil.rmtree(root / relative, ignore_errors=True)
         if prepare is not None:
@@ -143,6 +132,26 @@ def build_rootfs_image(
             str(archive), repository=repository, tag=version, changes=list(changes) or None
         )
     progress(f"built {tag}")
+
+
+def check_can_debootstrap(what: str) -> None:
+    if shutil.which("debootstrap") is None:
+        raise BackendUnavailable("debootstrap is not installed: run `scripts/ensure-docker` as root, then try again.")
+    if os.geteuid() != 0:
+        raise BackendUnavailable(f"building {what} needs root (debootstrap): run `sudo cloudskills images build`.")
+
+
+def debootstrap(root: Path, packages: tuple[str, ...], progress: Progress) -> None:
+    """A minimal Debian root filesystem at ``root``, with ``packages``, from Debian's archive."""
+    command = [
+        "debootstrap",
+        "--variant=minbase",
+        f"--include={','.join(packages)}",
+        DEBIAN_SUITE,
+        str(root),
+        DEBIAN_MIRROR,
+    ]
+    run_with_progress(command, progress)
 
 
 def add_sandbox_user(root: Path) -> None:

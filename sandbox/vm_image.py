@@ -14,14 +14,13 @@ guest under software emulation answers in seconds.
 from __future__ import annotations
 
 import lzma
-import os
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.images import DEBIAN_MIRROR, DEBIAN_SUITE, PRUNE, Progress, content_hash, run_with_progress
+from sandbox.images import DEBIAN_SUITE, PRUNE, Progress, check_can_debootstrap, content_hash, debootstrap
 from scheduler.errors import BackendUnavailable
 
 VM_RECIPE_VERSION = "1"
@@ -101,24 +100,15 @@ def ensure_guest_image(cache: Path, progress: Progress) -> GuestImage:
 
 
 def build_guest(image: GuestImage, progress: Progress) -> None:
-    for tool in ("debootstrap", "mkfs.ext4", "qemu-img"):
+    for tool in ("mkfs.ext4", "qemu-img"):
         if shutil.which(tool) is None:
             raise BackendUnavailable(f"{tool} is not installed: run `scripts/ensure-docker` as root, then try again.")
-    if os.geteuid() != 0:
-        raise BackendUnavailable("building the VM guest needs root (debootstrap): run `sudo cloudskills images build`.")
+    check_can_debootstrap("the VM guest")
     folder = image.disk.parent
     progress(f"building the VM guest {folder.name} from Debian {DEBIAN_SUITE} ({', '.join(GUEST_PACKAGES)})...")
     with tempfile.TemporaryDirectory(prefix="cloudskills-guest-") as work:
         root = Path(work) / "root"
-        command = [
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(GUEST_PACKAGES)}",
-            DEBIAN_SUITE,
-            str(root),
-            DEBIAN_MIRROR,
-        ]
-        run_with_progress(command, progress)
+        debootstrap(root, GUEST_PACKAGES, progress)
         configure_guest(root)
         progress("making the initramfs...")
         staging = Path(work) / "out"
