@@ -171,21 +171,15 @@ class App:
         result: BaseModel = op.output.model_validate(outcome.unwrap())
         return result
 
-    def runs_long(self, tool_name: str, arguments: dict[str, Any]) -> bool:
-        """Whether a call of this tool with these arguments may take long (False for bad ones:
-        they fail at once, on the ordinary path)."""
-        try:
-            _, op, args = self.arguments(tool_name, arguments)
-        except CloudSkillsError:
-            return False
-        return bool(op.runs_long(args))
-
     async def call_or_hand_over(
         self, tenant_id: str, tool_name: str, arguments: dict[str, Any], within_s: float
-    ) -> BaseModel | str:
-        """Run a call as a task, and answer like ``call`` if it ends within ``within_s``;
-        otherwise leave it running, unwaited, and return its task id."""
+    ) -> BaseModel | str | None:
+        """For an op that can run long: run the call as a task, and answer like ``call`` if
+        it ends within ``within_s``, else leave it running, unwaited, and return its task id.
+        None for any other op: the caller takes the ordinary path."""
         skill, op, args = self.arguments(tool_name, arguments)
+        if not op.runs_long(args):
+            return None
         binding = self.scheduler.binding(f"{skill}.{op.name}")
         task_id = self.scheduler.submit(tenant_id, binding, args.model_dump(mode="json"))
         try:

@@ -101,13 +101,20 @@ class TasksExtension(Extension):
     async def intercept_tool_call(
         self, params: CallToolRequestParams, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
-        arguments = dict(params.arguments or {})
-        if not declared(params, ctx) or not self.app.runs_long(params.name, arguments):
+        found = self.app.registry.find(params.name)
+        # An op that asks for confirmation asks on the ordinary path first (the
+        # question needs the call's own round trips), so it never becomes a task.
+        asks = found is not None and found[1].confirm and not self.app.settings.auto_confirm
+        if not declared(params, ctx) or found is None or asks:
             return await call_next(ctx)
         try:
-            answer = await self.app.call_or_hand_over(self.tenant_of(), params.name, arguments, SYNC_WINDOW_S)
+            answer = await self.app.call_or_hand_over(
+                self.tenant_of(), params.name, dict(params.arguments or {}), SYNC_WINDOW_S
+            )
         except CloudSkillsError as exc:
             return tool_error(exc.message)
+        if answer is None:
+            return await call_next(ctx)
         if not isinstance(answer, str):  # done within the window: the ordinary answer
             return tool_result(answer.model_dump(mode="json"))
         # The task row was written before the window opened: a tasks/get for it resolves now.

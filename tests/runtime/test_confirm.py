@@ -11,7 +11,7 @@ from mcp_types import ElicitResult
 
 from runtime.app import App
 from runtime.settings import Settings, load_settings
-from tests.mcp_helpers import call, call_error, mcp_client
+from tests.mcp_helpers import PollingTasks, call, call_error, mcp_client
 
 pytestmark = [pytest.mark.anyio]
 
@@ -62,3 +62,20 @@ async def test_a_client_that_cannot_answer_is_told_about_auto_confirm(asking_app
     asking_app.settings.auto_confirm = True  # an unattended agent's server
     async with mcp_client(asking_app) as mute:
         assert (await call(mute, "db_delete", db_id=db))["deleted"] is True
+
+
+async def test_a_client_taking_task_handles_is_asked_too(asking_app: App) -> None:
+    """db_restore can run long, so a tasks client could get a handle: it is asked first all the same."""
+    declines = answering("decline", False)
+    async with mcp_client(asking_app, extensions=[PollingTasks()], elicitation_callback=declines) as client:
+        db = (await call(client, "db_create"))["db_id"]
+        await call(client, "db_query", db_id=db, sql="CREATE TABLE kept (x)")
+        snapshot = (await call(client, "db_backup", db_id=db))["snapshot_id"]
+        await call(client, "db_query", db_id=db, sql="CREATE TABLE later (x)")
+        refused = await call_error(client, "db_restore", db_id=db, snapshot_id=snapshot)
+        assert "was not confirmed" in refused and declines.questions
+        tables = [t["name"] for t in (await call(client, "db_schema", db_id=db))["tables"]]
+        assert tables == ["kept", "later"], "nothing was restored"
+    asking_app.settings.auto_confirm = True
+    async with mcp_client(asking_app) as client:
+        await call(client, "db_delete", db_id=db)
