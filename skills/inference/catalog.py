@@ -16,7 +16,8 @@ from skills.inference.engines.openai import OpenAIEngine
 
 def specs_from(configured: Mapping[str, Mapping[str, Any]]) -> list[ModelSpec]:
     """The default model, then each configured one (a configured name replaces a default)."""
-    specs = {default_spec().name: default_spec()}
+    default = default_spec()
+    specs = {default.name: default}
     for name, fields in configured.items():
         try:
             specs[name] = ModelSpec(name=name, **fields)
