@@ -23,7 +23,8 @@ from runtime.settings import load_settings
 from runtime.tenants import update_tenant
 from sandbox.driver import AgentRequest, Command, Limits
 from sandbox.templates import TEMPLATES
-from scheduler.sandboxes import SandboxRecord
+from skills.sandbox.manager import SandboxManager
+from skills.sandbox.records import SandboxRecord
 
 ECHO = AgentRequest(command=Command(argv=("echo", "hi")))
 TRUE = AgentRequest(command=Command(argv=("true",)))
@@ -34,21 +35,24 @@ def ms_since(start: float) -> float:
 
 
 async def wait_for_pool(app: App) -> None:
-    while app.pool.ready < app.pool.size:  # noqa: ASYNC110 - the pool refills on its own schedule
+    pool = app.service(SandboxManager).pool
+    assert pool is not None
+    while pool.ready < pool.size:  # noqa: ASYNC110 - the pool refills on its own schedule
         await anyio.sleep(0.05)
 
 
 async def create(app: App, warm: bool) -> SandboxRecord:
     template = TEMPLATES["python"]
-    pool, app.sandboxes.pool = app.sandboxes.pool, (app.pool if warm else None)
+    sandboxes = app.service(SandboxManager)
+    pool, sandboxes.pool = sandboxes.pool, (sandboxes.pool if warm else None)
     try:
-        return await app.sandboxes.create("local", template, Limits(), 600, None)
+        return await sandboxes.create("local", template, Limits(), 600, None)
     finally:
-        app.sandboxes.pool = pool
+        sandboxes.pool = pool
 
 
 async def destroy(app: App, record: SandboxRecord) -> None:
-    await app.sandboxes.destroy(record.id, "bench", bill=False)
+    await app.service(SandboxManager).destroy(record.id, "bench")
 
 
 async def acquire_and_first_command(app: App, n: int) -> dict[str, list[float]]:
@@ -60,7 +64,7 @@ async def acquire_and_first_command(app: App, n: int) -> dict[str, list[float]]:
             start = time.perf_counter()
             record = await create(app, warm)
             results["warm" if warm else "cold"].append(ms_since(start))
-            await app.sandboxes.call(record, ECHO, 10)
+            await app.service(SandboxManager).call(record, ECHO, 10)
             results["first_warm" if warm else "first_cold"].append(ms_since(start))
             await destroy(app, record)
     return results
@@ -68,12 +72,12 @@ async def acquire_and_first_command(app: App, n: int) -> dict[str, list[float]]:
 
 async def exec_round_trips(app: App, n: int) -> tuple[list[float], list[float]]:
     record = await create(app, warm=True)
-    container = app.driver.client.containers.get(record.container_id)  # type: ignore[attr-defined]
+    container = app.docker.client.containers.get(record.container_id)  # type: ignore[attr-defined]
     agent, docker_exec = [], []
     try:
         for _ in range(n):
             start = time.perf_counter()
-            await app.sandboxes.call(record, TRUE, 10)
+            await app.service(SandboxManager).call(record, TRUE, 10)
             agent.append(ms_since(start))
             start = time.perf_counter()
             await anyio.to_thread.run_sync(lambda: container.exec_run(["true"], user="1000:1000"))
@@ -92,7 +96,7 @@ async def burst(app: App, count: int) -> tuple[int, list[float]]:
         start = time.perf_counter()
         try:
             record = await create(app, warm=True)
-            await app.sandboxes.call(record, ECHO, 60)
+            await app.service(SandboxManager).call(record, ECHO, 60)
         except Exception as exc:
             print(f"  burst failure: {exc}")
             return

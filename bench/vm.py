@@ -21,6 +21,7 @@ from bench.common import summary
 from runtime.app import App
 from runtime.settings import Settings
 from sandbox.qemu import FLAVORS, QemuDriver
+from skills.vm.instances import VmManager
 
 
 async def through_cloudskills(app: App, repeat: int) -> tuple[list[float], str]:
@@ -55,7 +56,7 @@ async def bench(repeat: int) -> None:
         async with app.running():
             ours, accel = await through_cloudskills(app, repeat)
             # A store id of its own: the app's reaper would take its VMs for strays.
-            alone = QemuDriver(app.vms.driver.image, "bench-baseline", Path(home) / "baseline")
+            alone = QemuDriver(app.service(VmManager).driver.image, "bench-baseline", Path(home) / "baseline")
             baseline = await anyio.to_thread.run_sync(by_hand, alone, repeat)
         app.close()
     print(f"acceleration: {accel}")

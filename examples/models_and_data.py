@@ -3,9 +3,11 @@
     .venv/bin/python examples/models_and_data.py
 
 The reply's text arrives as MCP progress notifications while the model works;
-the final result carries the usage and the exact cost. Then a SQLite database
-is made, written with bound parameters, read back and deleted. Like the
-quickstart, it starts the server itself (run `scripts/serve` once first).
+the final result carries the usage and the exact cost. The words are whatever
+the small default model says (they can differ from one CPU to another): they
+are shown as they came, not judged. Then a SQLite database is made, the reply
+written into it with bound parameters, read back, and the database deleted.
+Like the quickstart, it starts the server itself (run `scripts/serve` once first).
 """
 
 from __future__ import annotations

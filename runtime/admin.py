@@ -7,20 +7,23 @@ from collections.abc import Callable
 
 import click
 
+from common.errors import CloudSkillsError
 from runtime.settings import load_settings
 from runtime.storage import open_store
 from runtime.tenants import create_key, create_tenant, list_keys, list_tenants, revoke_key, update_tenant
-from scheduler.errors import CloudSkillsError
 from scheduler.pricing import format_money, parse_money
 from scheduler.store import Store
+from skills.registry import discover
 
-QUOTA_OPTIONS = {
+TASK_QUOTAS = {
     "max_concurrent_tasks": "Tasks queued or running at once.",
-    "max_live_sandboxes": "Sandboxes alive at once.",
-    "max_live_databases": "Databases alive at once.",
-    "max_live_vms": "VMs alive (running or stopped) at once.",
     "tasks_per_minute": "Tasks started per minute.",
     "tokens_per_minute": "Model tokens per minute.",
+}
+# Each resource kind's live-count quota, from the skills that keep resources.
+LIVE_QUOTAS = {quota.name: quota for quota in discover().quotas()}
+QUOTA_OPTIONS = TASK_QUOTAS | {
+    name: f"{quota.noun.capitalize()} alive at once (default {quota.default})." for name, quota in LIVE_QUOTAS.items()
 }
 
 
@@ -93,10 +96,10 @@ def tenants_list() -> None:
     """Every tenant with its spend, budget and quotas."""
     for t in list_tenants(store()):
         budget = format_money(t.budget_micros, "USD") if t.budget_micros is not None else "none"
+        live = "\t".join(f"{q.noun} {q.limit(t)}" for q in LIVE_QUOTAS.values())
         click.echo(
             f"{t.name}\tspent {format_money(t.spent_micros, 'USD')}\tbudget {budget}\t"
-            f"tasks {t.max_concurrent_tasks} at once, {t.tasks_per_minute}/min\tsandboxes {t.max_live_sandboxes}"
-            f"\tdatabases {t.max_live_databases}\tvms {t.max_live_vms}"
+            f"tasks {t.max_concurrent_tasks} at once, {t.tasks_per_minute}/min\t{live}"
         )
 
 

@@ -1,7 +1,14 @@
-"""The process's wiring: settings → store → scheduler, sandboxes and skills.
+"""The process's wiring: settings → store → scheduler → the skills it discovers.
 
-Both the MCP server and the CLI run every op through ``App.call``, so a call
-from either is the same durable, billed task.
+It names no resource kind: each skill that keeps resources past a call names
+the factory of its manager (``Skill.resource``), and the process builds it,
+recovers it after a restart, reaps and renews its leases (``ResourceDuties``),
+and runs what it keeps doing while serving (``serve``: a warm pool).
+
+One call path: the MCP server, the CLI and the MCP tasks extension all go
+through ``App.prepare`` (the tool resolved and its arguments validated, once)
+and the scheduler, which hands the typed arguments to the handler and stores
+the op's output with the task's id and cost added.
 """
 
 from __future__ import annotations
@@ -9,34 +16,27 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import anyio
 from pydantic import BaseModel, ValidationError
 
+from common.errors import InvalidInput, NotFound
 from runtime.settings import Settings
 from runtime.storage import open_store
 from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
-from sandbox.driver import SandboxDriver
-from sandbox.images import sandbox_image
-from sandbox.qemu import QemuDriver
-from sandbox.vm_image import guest_image
-from scheduler.errors import CloudSkillsError, InvalidInput, NotFound
-from scheduler.pool import WarmPool
+from scheduler.leases import Leases
 from scheduler.pricing import PriceCatalog
-from scheduler.sandboxes import SandboxManager
-from scheduler.tasks import Progress, Scheduler
-from skills.base import Op, binding
-from skills.db.engines.postgres import PostgresEngine
-from skills.db.engines.sqlite import SqliteEngine
-from skills.db.instances import DatabaseManager
-from skills.inference.catalog import ModelCatalog, specs_from
+from scheduler.resources import ResourceDuties, Services
+from scheduler.tasks import OpBinding, Progress, Scheduler, TaskOutcome
+from skills.base import Op, Platform, binding
 from skills.registry import Registry, discover
-from skills.services import Services
-from skills.vm.instances import VmManager
 
 log = logging.getLogger("cloudskills")
+
+T = TypeVar("T")
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -64,129 +64,112 @@ def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return error
 
 
+@dataclass(frozen=True)
+class PreparedCall:
+    """A tool call resolved and its arguments validated: what the scheduler runs."""
+
+    tool: str
+    op: Op[Any, Any]
+    binding: OpBinding
+    args: BaseModel
+
+
 class App:
-    def __init__(self, settings: Settings, driver: SandboxDriver | None = None) -> None:
+    def __init__(self, settings: Settings, docker: DockerDriver | None = None) -> None:
         self.settings = settings
         self.store = open_store(settings.db_url)
         self.catalog = PriceCatalog.load(settings.prices_file)
-        self.driver = driver or DockerDriver(settings.docker_host)
-        image = sandbox_image()
-        self.pool = WarmPool(self.driver, self.store.store_id, image, settings.pool_size, settings.pool_memory_mib)
-        self.sandboxes = SandboxManager(self.store, self.driver, self.catalog, image, self.pool)
-        self.scheduler = Scheduler(self.store, self.catalog, concurrency=settings.workers)
+        self.leases = Leases(self.store, self.catalog, settings.lease_s)
+        self.services = Services()
+        self.scheduler = Scheduler(self.store, self.catalog, self.services, concurrency=settings.workers)
         self.registry: Registry = discover()
-        self.databases = DatabaseManager(
-            self.store,
-            self.catalog,
-            {
-                "sqlite": SqliteEngine(settings.home / "databases"),
-                "postgres": PostgresEngine(DockerDriver(settings.docker_host), self.store.store_id),
-            },
-            settings.home / "snapshots",
-            settings.meter_interval_s,
-        )
-        qemu = QemuDriver(guest_image(settings.image_cache), self.store.store_id, settings.home / "vms")
-        self.vms = VmManager(self.store, self.catalog, qemu, settings.meter_interval_s)
-        self.models = ModelCatalog(specs_from(settings.models))
-        self.scheduler.services = Services(
-            self.store, self.catalog, self.scheduler, self.sandboxes, self.databases, self.vms, self.models
+        self.docker = docker or DockerDriver(settings.docker_host)
+        for shared in (self.store, self.catalog, self.scheduler, self.leases):
+            self.services.add(shared)
+        platform = Platform(
+            self.store, self.catalog, self.scheduler, self.leases, self.services, settings.home, settings, self.docker
         )
         for skill in self.registry.skills:
+            if skill.resource is not None:
+                self.services.add(skill.resource(platform))
             for op in skill.ops:
                 self.scheduler.bind(binding(skill.name, op))
+        self.duties = ResourceDuties(self.services.kinds(), self.leases)
         # Shown once by whoever starts the process; None once any tenant exists.
         self.first_key = bootstrap(self.store)
+
+    def service(self, kind: type[T]) -> T:
+        """A service of this process by its type: ``app.service(SandboxManager)``."""
+        return self.services.get(kind)
 
     @asynccontextmanager
     async def running(self, *, serving: bool = True) -> AsyncIterator[App]:
         """Run the workers while inside; a server (``serving``) also recovers what a
-        previous process left, reaps, and keeps the warm pool full.
+        previous process left, runs every kind's duties (reaping, lease renewals) and
+        what each keeps doing (a warm pool).
 
         On the way out the pool is drained and pending container removals finish."""
         try:
-            async with anyio.create_task_group() as removals:
-                self.sandboxes.background = removals
+            async with anyio.create_task_group() as group:
+                if serving:
+                    failed = self.scheduler.recover()
+                    if failed:
+                        log.warning("failed %d task(s) a previous process left running", len(failed))
+                    abandoned = await self.duties.recover()
+                    if abandoned:
+                        log.warning("removed %d resource(s) a previous process left half-made", len(abandoned))
+                    group.start_soon(self.duties.run, self.settings.reap_interval_s)
+                    for service in self.services.all():
+                        serve = getattr(service, "serve", None)
+                        if serve is not None and service is not self.scheduler:
+                            group.start_soon(serve)
+                group.start_soon(self.scheduler.serve)
                 try:
-                    async with anyio.create_task_group() as group:
-                        if serving:
-                            failed = self.scheduler.recover()
-                            if failed:
-                                log.warning("failed %d task(s) a previous process left running", len(failed))
-                            abandoned = await self.databases.recover()
-                            abandoned += await self.vms.recover()
-                            if abandoned:
-                                log.warning("removed %d resource(s) a previous process left half-made", len(abandoned))
-                            group.start_soon(self._reap_forever)
-                            group.start_soon(self.pool.run)
-                        group.start_soon(self.scheduler.serve)
-                        try:
-                            yield self
-                        finally:
-                            group.cancel_scope.cancel()
+                    yield self
                 finally:
-                    self.sandboxes.background = None
+                    group.cancel_scope.cancel()
                     with anyio.CancelScope(shield=True):
-                        await self.models.close()
+                        await self.services.close_all()
         except BaseExceptionGroup as group_error:
             # The background loops never raise; an error here is the body's own.
             raise sole_error(group_error) from None
 
-    async def _reap_forever(self) -> None:
-        while True:
-            try:
-                await self.sandboxes.reap()
-                await self.databases.reap()
-                await self.vms.reap()
-                self.databases.meter()
-                self.vms.meter()
-            except CloudSkillsError as exc:
-                log.warning("reaper: %s", exc)
-            except Exception:
-                # A background loop must never take the server down; the next pass retries.
-                log.exception("reaper pass failed")
-            await anyio.sleep(self.settings.reap_interval_s)
-
-    def op(self, tool_name: str) -> tuple[str, Op[Any, Any]]:
+    def prepare(self, tool_name: str, arguments: dict[str, Any]) -> PreparedCall:
+        """The tool's op and its arguments, validated once; a clear error for bad ones."""
         found = self.registry.find(tool_name)
         if found is None:
             raise NotFound(f"no tool {tool_name!r}: list the tools to see what exists.")
         skill, op = found
-        return skill.name, op
-
-    def arguments(self, tool_name: str, arguments: dict[str, Any]) -> tuple[str, Op[Any, Any], BaseModel]:
-        """The tool's skill, op and validated arguments; a clear error for bad ones."""
-        skill, op = self.op(tool_name)
         try:
-            return skill, op, op.input.model_validate(arguments)
+            args = op.input.model_validate(arguments)
         except ValidationError as exc:
             raise InvalidInput(describe_validation_error(exc)) from exc
+        return PreparedCall(tool_name, op, self.scheduler.binding(f"{skill.name}.{op.name}"), args)
 
     async def call(
         self, tenant_id: str, tool_name: str, arguments: dict[str, Any], progress: Progress | None = None
-    ) -> BaseModel:
-        """Validate, run as a task, and return the op's typed output (or raise its error)."""
-        skill, op, args = self.arguments(tool_name, arguments)
-        binding = self.scheduler.binding(f"{skill}.{op.name}")
-        outcome = await self.scheduler.run(tenant_id, binding, args.model_dump(mode="json"), progress)
-        result: BaseModel = op.output.model_validate(outcome.unwrap())
-        return result
+    ) -> TaskOutcome:
+        """Validate, run as a task, and return its outcome (or raise its error)."""
+        prepared = self.prepare(tool_name, arguments)
+        outcome = await self.scheduler.run(tenant_id, prepared.binding, prepared.args, progress)
+        outcome.unwrap()
+        return outcome
 
     async def call_or_hand_over(
         self, tenant_id: str, tool_name: str, arguments: dict[str, Any], within_s: float
-    ) -> BaseModel | str | None:
+    ) -> TaskOutcome | str | None:
         """For an op that can run long: run the call as a task, and answer like ``call`` if
         it ends within ``within_s``, else leave it running, unwaited, and return its task id.
         None for any other op: the caller takes the ordinary path."""
-        skill, op, args = self.arguments(tool_name, arguments)
-        if not op.runs_long(args):
+        prepared = self.prepare(tool_name, arguments)
+        if not prepared.op.runs_long(prepared.args):
             return None
-        binding = self.scheduler.binding(f"{skill}.{op.name}")
-        task_id = self.scheduler.submit(tenant_id, binding, args.model_dump(mode="json"))
+        task_id = self.scheduler.submit(tenant_id, prepared.binding, prepared.args)
         try:
             with anyio.move_on_after(within_s):
                 outcome = await self.scheduler.wait(task_id)
-                result: BaseModel = op.output.model_validate(outcome.unwrap())
-                return result
+                outcome.unwrap()
+                return outcome
         except anyio.get_cancelled_exc_class():
             # The caller went away before it had a handle: nobody could ever poll this task.
             with anyio.CancelScope(shield=True):

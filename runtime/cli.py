@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 import anyio
 import click
-from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from common.errors import CloudSkillsError
 from runtime.admin import register_admin_commands
 from runtime.doctor import doctor_checks
 from runtime.settings import load_settings
 from runtime.tenants import list_tenants
-from scheduler.errors import CloudSkillsError
+from scheduler.tasks import TaskOutcome
 from skills.base import Op
 from skills.registry import discover
 
@@ -167,14 +167,14 @@ def op_command(tool_name: str, op: Op[Any, Any]) -> click.Command:
                     value = json.loads(value)
             arguments[name] = value
         try:
-            result = anyio.run(run_op, tool_name, arguments)
+            outcome = anyio.run(run_op, tool_name, arguments)
         except CloudSkillsError as exc:
             fail(exc.message)
         if csv_path is not None and op.csv is not None:
             with open(csv_path, "w", newline="") as handle:
-                csv.writer(handle).writerows(op.csv(result))
+                csv.writer(handle).writerows(op.csv(outcome.output))
             click.echo(f"wrote {csv_path}", err=True)
-        print_result(result, as_json)
+        print_result(outcome.unwrap(), as_json)
 
     return click.Command(op.name.replace("_", "-"), params=params, callback=callback, help=op.description)
 
@@ -190,7 +190,7 @@ def field_option(name: str, field: FieldInfo, json_fields: set[str]) -> click.Op
     return click.Option([flag, name], type=kind, default=None, required=field.is_required(), help=help_text)
 
 
-async def run_op(tool_name: str, arguments: dict[str, Any]) -> BaseModel:
+async def run_op(tool_name: str, arguments: dict[str, Any]) -> TaskOutcome:
     from runtime.app import App
 
     settings = load_settings()
@@ -202,8 +202,7 @@ async def run_op(tool_name: str, arguments: dict[str, Any]) -> BaseModel:
         app.close()
 
 
-def print_result(result: BaseModel, as_json: bool) -> None:
-    data = result.model_dump(mode="json")
+def print_result(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import docker.errors
 
+from common.errors import CloudSkillsError
 from runtime.settings import Settings
 from sandbox.docker import DockerDriver
-from scheduler.errors import CloudSkillsError
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolRequestParams, CallToolResult, RequestParams, TextContent
 from pydantic import Field
 
+from common.errors import CloudSkillsError, NotFound
 from runtime.app import App
-from scheduler.errors import CloudSkillsError, NotFound
 from scheduler.models import Task
 from scheduler.tasks import outcome_of
 
@@ -116,7 +116,7 @@ class TasksExtension(Extension):
         if answer is None:
             return await call_next(ctx)
         if not isinstance(answer, str):  # done within the window: the ordinary answer
-            return tool_result(answer.model_dump(mode="json"))
+            return tool_result(answer.unwrap())
         # The task row was written before the window opened: a tasks/get for it resolves now.
         return {"resultType": "task", **self.view(self._task(answer), detailed=False)}
 

@@ -25,11 +25,12 @@ from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from mcp_types import Tool as MCPTool
 from pydantic import AnyHttpUrl
 
+from common.errors import CloudSkillsError, Forbidden
 from runtime.app import App
 from runtime.confirm import confirm
 from runtime.mcp_tasks import TasksExtension, tool_error, tool_result
+from runtime.stdio import run_stdio
 from runtime.tenants import tenant_of_key
-from scheduler.errors import CloudSkillsError, Forbidden
 from scheduler.tasks import Progress
 
 log = logging.getLogger("cloudskills.server")
@@ -106,7 +107,7 @@ class CloudSkillsServer(MCPServer[Any]):
                     name=name,
                     description=op.description,
                     input_schema=op.input.model_json_schema(),
-                    output_schema=op.output.model_json_schema(),
+                    output_schema=op.wire_output.model_json_schema(),
                     annotations=ToolAnnotations(
                         read_only_hint=op.read_only,
                         destructive_hint=op.destructive,
@@ -138,13 +139,13 @@ class CloudSkillsServer(MCPServer[Any]):
             if instead is not None:
                 return instead
         try:
-            result = await self.app.call(self.tenant_for(context), name, arguments, progress_to(context))
+            outcome = await self.app.call(self.tenant_for(context), name, arguments, progress_to(context))
         except CloudSkillsError as exc:
             return tool_error(exc.message)
         except Exception:
             log.exception("tool %s crashed", name)
             return tool_error(f"{name} failed with an internal error, which was logged; try again later.")
-        return tool_result(result.model_dump(mode="json"))
+        return tool_result(outcome.unwrap())
 
 
 def progress_to(context: Context[Any, Any] | None) -> Progress | None:
@@ -179,7 +180,7 @@ async def serve_stdio(app: App, tenant_id: str) -> None:
     serving = anyio.CancelScope()
     async with on_stop_signal(serving.cancel), app.running():
         with serving:
-            await server.run_stdio_async()
+            await run_stdio(server)
 
 
 class QuietUvicorn(uvicorn.Server):

@@ -42,8 +42,11 @@ class Settings(BaseSettings):
     reap_interval_s: float = Field(default=10.0, gt=0, description="Seconds between reaper passes.")
     pool_size: int = Field(default=8, ge=0, le=256, description="Warm sandboxes kept ready by a server.")
     pool_memory_mib: int = Field(default=4096, ge=0, description="Host memory the warm pool may hold, in MiB.")
-    meter_interval_s: float = Field(
-        default=60.0, gt=0, description="Seconds between bills of long-lived resources (databases, VMs)."
+    lease_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds of running cost a long-lived resource (session sandbox, database, VM) holds ahead; "
+        "it is billed and renewed when half of it is left.",
     )
     models: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -10,9 +11,20 @@ from alembic.config import Config
 from scheduler.store import Store
 
 
+def version_locations() -> list[str]:
+    """The core's migrations, and each skill's own (``skills/<kind>/migrations``), so a new
+    kind brings its tables in its own folder, on a branch of its own."""
+    found = [str(resources.files("runtime").joinpath("migrations", "versions"))]
+    for folder in sorted(Path(str(resources.files("skills"))).glob("*/migrations")):
+        found.append(str(folder))
+    return found
+
+
 def alembic_config(store: Store) -> Config:
     config = Config()
     config.set_main_option("script_location", str(resources.files("runtime").joinpath("migrations")))
+    config.set_main_option("version_locations", " ".join(version_locations()))
+    config.set_main_option("path_separator", "space")
     config.set_main_option("sqlalchemy.url", store.url.replace("%", "%%"))
     return config
 
@@ -22,5 +34,5 @@ def open_store(url: str) -> Store:
     with store.engine.begin() as connection:
         config = alembic_config(store)
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")
     return store

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from scheduler.errors import InvalidInput, NotFound
+from common.errors import InvalidInput, NotFound
 from scheduler.models import ApiKey, Tenant, utcnow
 from scheduler.store import Store
 from scheduler.tasks import new_id
@@ -59,8 +59,16 @@ def update_tenant(store: Store, name: str, **fields: int | None) -> Tenant:
         tenant = session.get(Tenant, name)
         if tenant is None:
             raise NotFound(f"no tenant {name!r}: `cloudskills tenants list` shows them.")
+        quotas = dict(tenant.quotas or {})
         for field, value in fields.items():
-            setattr(tenant, field, value)
+            if field.startswith("max_live_"):  # a resource kind's live-count quota
+                if value is None:
+                    quotas.pop(field, None)
+                else:
+                    quotas[field] = value
+            else:
+                setattr(tenant, field, value)
+        tenant.quotas = quotas
         return tenant
 
 

@@ -19,7 +19,7 @@ import struct
 import threading
 from typing import Any
 
-from scheduler.errors import TaskFailed
+from common.errors import TaskFailed
 
 MAX_FRAME_BYTES = 64 << 20
 STDOUT = 1

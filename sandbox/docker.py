@@ -15,12 +15,14 @@ import socket
 import struct
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import docker
 import docker.errors
 import requests.exceptions
 
+from common.errors import BackendUnavailable, CloudSkillsError, InvalidInput, NotFound, TaskFailed
 from sandbox.attach import MAX_FRAME_BYTES, Channel, ChannelBroken
 from sandbox.driver import (
     LABEL_MANAGED,
@@ -28,10 +30,10 @@ from sandbox.driver import (
     AgentRequest,
     AgentResponse,
     LabelledSandbox,
+    SandboxExit,
     SandboxHandle,
     SandboxSpec,
 )
-from scheduler.errors import BackendUnavailable, CloudSkillsError, InvalidInput, NotFound, TaskFailed
 
 AGENT_DIR = "/opt/cloudskills"
 AGENT_PATH = f"{AGENT_DIR}/agent.py"
@@ -163,18 +165,24 @@ class DockerDriver:
             raise NotFound(self._stopped_reason(handle.container_id, str(exc))) from exc
         return parse_agent_answer(wire)
 
+    def exit_of(self, container_id: str) -> SandboxExit | None:
+        try:
+            state = self._api.inspect_container(container_id)["State"]
+        except docker.errors.NotFound:
+            return SandboxExit(datetime.now(UTC), "its container was removed outside cloudskills")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise docker_unavailable(exc) from exc
+        if state.get("Running"):
+            return None
+        return SandboxExit(docker_time(state.get("FinishedAt")), exit_cause(state))
+
     def _stopped_reason(self, container_id: str, detail: str) -> str:
         """Why a sandbox stopped answering, as far as the engine can tell."""
         try:
             state = self._api.inspect_container(container_id)["State"]
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             return f"this sandbox has stopped ({detail}): destroy it and create a new one."
-        if state.get("OOMKilled"):
-            cause = "it ran out of memory"
-        elif state.get("Running"):
-            cause = "its agent was killed"
-        else:
-            cause = f"its container exited with code {state.get('ExitCode')}, out of memory or processes"
+        cause = "its agent was killed" if state.get("Running") else exit_cause(state)
         return (
             f"this sandbox has stopped while running your command ({cause}): destroy it and create "
             "a new one, and start fewer processes or use less memory."
@@ -263,6 +271,21 @@ class DockerDriver:
             )
             for c in found
         ]
+
+
+def exit_cause(state: dict[str, Any]) -> str:
+    if state.get("OOMKilled"):
+        return "it ran out of memory"
+    return f"its container exited with code {state.get('ExitCode')}, out of memory or processes"
+
+
+def docker_time(text: str | None) -> datetime:
+    """Docker's RFC 3339 time with nanoseconds (or its zero time: now)."""
+    if not text or text.startswith("0001-"):
+        return datetime.now(UTC)
+    head, _, fraction = text.rstrip("Z").partition(".")
+    micros = (fraction + "000000")[:6]
+    return datetime.fromisoformat(f"{head}.{micros}+00:00")
 
 
 def read_stream(raw: socket.socket) -> tuple[bytes, bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 LABEL_MANAGED = "cloudskills.managed"
@@ -202,6 +203,14 @@ class LabelledSandbox:
     running: bool
 
 
+@dataclass(frozen=True)
+class SandboxExit:
+    """How a sandbox's container ended: when, and why as far as the engine can tell."""
+
+    finished_at: datetime
+    reason: str
+
+
 class SandboxDriver(Protocol):
     """Start, talk to and destroy sandboxes. Blocking calls: run them off the event loop."""
 
@@ -214,3 +223,7 @@ class SandboxDriver(Protocol):
     def destroy(self, container_id: str) -> None: ...
 
     def list_labelled(self, labels: dict[str, str]) -> list[LabelledSandbox]: ...
+
+    def exit_of(self, container_id: str) -> SandboxExit | None:
+        """None while the container runs; else when and why it stopped (gone: now)."""
+        ...

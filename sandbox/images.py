@@ -25,8 +25,8 @@ from pathlib import Path
 
 import docker.errors
 
+from common.errors import BackendUnavailable
 from sandbox.docker import AGENT_DIR, AGENT_PATH, DockerDriver
-from scheduler.errors import BackendUnavailable
 
 Progress = Callable[[str], None]
 

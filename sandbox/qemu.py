@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import BackendUnavailable, InvalidInput, NotFound
 from sandbox.qga import ProtocolError, agent_answers, agent_call, qmp_call
 from sandbox.vm_image import AGENT_PORT, INIT_PATH, GuestImage
-from scheduler.errors import BackendUnavailable, InvalidInput, NotFound
 
 BOOT_TIMEOUT_S = 60.0
 KVM_PROBE_TIMEOUT_S = 10.0

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scheduler.errors import BackendUnavailable
+from common.errors import BackendUnavailable
 
 MAX_LINE_BYTES = 64 << 20
 

@@ -20,8 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import BackendUnavailable
 from sandbox.images import DEBIAN_SUITE, PRUNE, Progress, check_can_debootstrap, content_hash, debootstrap
-from scheduler.errors import BackendUnavailable
 
 VM_RECIPE_VERSION = "1"
 INIT_PATH = "/usr/local/sbin/cloudskills-init"

@@ -21,16 +21,20 @@ from typing import Any
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from scheduler.errors import BudgetExceeded, NotFound
+from common.errors import BudgetExceeded, NotFound
 from scheduler.models import LedgerEntry, Tenant, utcnow
 from scheduler.pricing import Charge, PriceCatalog
 
 # The tenant's row, locked for this transaction where the backend can lock rows
 # (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
-LOCK_TENANT = (
-    select(Tenant.id, Tenant.max_live_sandboxes, Tenant.max_live_databases, Tenant.max_live_vms)
+_MONEY = (Tenant.id, Tenant.budget_micros, Tenant.spent_micros, Tenant.held_micros)
+LOCK_TENANT = select(*_MONEY, Tenant.quotas).where(Tenant.id == bindparam("tenant_id")).with_for_update()
+# A lease's hold (see scheduler.leases): like admission's, without counting a task in.
+HOLD = (
+    update(Tenant)
     .where(Tenant.id == bindparam("tenant_id"))
-    .with_for_update()
+    .values(held_micros=Tenant.held_micros + bindparam("hold"))
+    .returning(*_MONEY)
 )
 # Admission in one statement: count the task in and hold its worst case, and
 # return the tenant as it now stands. A check that then fails raises, and the
@@ -45,10 +49,7 @@ ADMIT = (
         window_minute=bindparam("minute"),
     )
     .returning(
-        Tenant.id,
-        Tenant.budget_micros,
-        Tenant.spent_micros,
-        Tenant.held_micros,
+        *_MONEY,
         Tenant.active_tasks,
         Tenant.window_tasks,
         Tenant.max_concurrent_tasks,
@@ -82,7 +83,7 @@ def current_minute() -> int:
 
 
 def locked_tenant(session: Session, tenant_id: str) -> Any:
-    """The tenant's id and resource quotas, its row locked for this transaction."""
+    """The tenant's money and quotas, its row locked for this transaction."""
     tenant = session.connection().execute(LOCK_TENANT, {"tenant_id": tenant_id}).one_or_none()
     if tenant is None:
         raise NotFound(no_tenant(tenant_id))
@@ -99,17 +100,52 @@ def admit(session: Session, tenant_id: str, amount: int) -> Any:
     return tenant
 
 
-def check_budget(catalog: PriceCatalog, tenant: Any, amount: int) -> None:
-    """Refuse, before any work starts, a task whose worst case the budget cannot cover."""
+def hold(session: Session, tenant_id: str, amount: int) -> Any:
+    """Hold ``amount`` more on the tenant; return its money as it now stands, for ``check_budget``."""
+    tenant = session.connection().execute(HOLD, {"tenant_id": tenant_id, "hold": amount}).one_or_none()
+    if tenant is None:
+        raise NotFound(no_tenant(tenant_id))
+    return tenant
+
+
+def release(session: Session, tenant_id: str, amount: int) -> None:
+    """Let go of ``amount`` of the tenant's hold, charging nothing."""
+    if amount:
+        params = {"tenant_id": tenant_id, "total": 0, "release": amount, "ended": 0}
+        session.connection().execute(SETTLE, params)
+
+
+MONEY_OF = select(*_MONEY).where(Tenant.id == bindparam("tenant_id")).with_for_update()
+
+
+def affordable(session: Session, tenant_id: str, charges: list[Charge]) -> list[Charge]:
+    """The charges of an op never refused for money, or none when the budget cannot
+    cover them: a read or a delete is then free, and spend never passes the budget."""
+    tenant = session.connection().execute(MONEY_OF, {"tenant_id": tenant_id}).one()
+    left = left_of(tenant)
+    return charges if left is None or left >= sum(c.amount_micros for c in charges) else []
+
+
+def left_of(tenant: Any) -> int | None:
+    """What the budget still covers beyond what is spent and held; None without a budget."""
     if tenant.budget_micros is None:
-        return
-    left_after = tenant.budget_micros - tenant.spent_micros - tenant.held_micros
-    if left_after < 0:
-        left = max(left_after + amount, 0)
-        raise BudgetExceeded(
-            f"this task may cost up to {catalog.format(amount)} but only {catalog.format(left)} "
-            "of the budget is left: raise the budget, or lower timeout_s or limits."
-        )
+        return None
+    return int(tenant.budget_micros - tenant.spent_micros - tenant.held_micros)
+
+
+def check_budget(catalog: PriceCatalog, tenant: Any, amount: int, what: str | None = None) -> None:
+    """Refuse, before any work starts, what the budget cannot cover (``amount`` is
+    already held on ``tenant``: the caller's transaction rolls it back)."""
+    left_after = left_of(tenant)
+    if left_after is not None and left_after < 0:
+        raise budget_error(catalog, amount, max(left_after + amount, 0), what)
+
+
+def budget_error(catalog: PriceCatalog, amount: int, left: int, what: str | None = None) -> BudgetExceeded:
+    return BudgetExceeded(
+        f"{what or 'this task'} may cost up to {catalog.format(amount)} but only {catalog.format(max(left, 0))} "
+        "of the budget is left: raise the budget, or ask for less (a shorter timeout_s, smaller limits)."
+    )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""The durable state: tenants, tasks, sandboxes and the billing ledger.
+"""The durable state of tasks and money: tenants, keys, tasks, leases and the ledger.
+
+Each resource kind keeps its own rows in its skill (``skills/<kind>/rows.py``),
+on the same ``Base``.
 
 Plain SQLAlchemy 2 models with portable types only, so the same schema runs on
 SQLite (the embedded default) and PostgreSQL. Alembic migrations under
@@ -59,11 +62,11 @@ class Tenant(Base):
     window_tasks: Mapped[int] = mapped_column(Integer, default=0)
     # Quotas; a task or resource past one is refused with when to retry.
     max_concurrent_tasks: Mapped[int] = mapped_column(Integer, default=64)
-    max_live_sandboxes: Mapped[int] = mapped_column(Integer, default=32)
     tasks_per_minute: Mapped[int] = mapped_column(Integer, default=1200)
     tokens_per_minute: Mapped[int] = mapped_column(Integer, default=200_000)
-    max_live_databases: Mapped[int] = mapped_column(Integer, default=8)
-    max_live_vms: Mapped[int] = mapped_column(Integer, default=4)
+    # Each resource kind's live-count quota set for this tenant (``max_live_<kind>s``
+    # -> count); a kind not named here has its own default (see scheduler.resources).
+    quotas: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
 
 
 class ApiKey(Base):
@@ -109,113 +112,25 @@ class Task(Base):
     )
 
 
-class Sandbox(Base):
-    """A sandbox's record. The record is written before its container exists and
-    removed from the live set only after the container is gone, so a container
-    without a live record is always a stray a reaper may remove."""
+class Lease(Base):
+    """How a long-lived resource pays for its life (see ``scheduler.leases``): what it
+    holds ahead, the rate it is billed at, and how far it has been billed."""
 
-    __tablename__ = "sandboxes"
+    __tablename__ = "leases"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the resource's own id
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    # Set for a one-task sandbox (sandbox_run); None for a session sandbox.
-    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    template: Mapped[str] = mapped_column(String(64))
-    image: Mapped[str] = mapped_column(String(256))
-    container_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    state: Mapped[str] = mapped_column(String(16), default="starting")  # starting | running | destroyed
-    vcpus: Mapped[float] = mapped_column(Float)
-    memory_mib: Mapped[int] = mapped_column(Integer)
-    ttl_s: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    destroy_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
-
-    __table_args__ = (Index("ix_sandboxes_state", "state"),)
-
-
-class Database(Base):
-    """A database instance. Like a sandbox's, the record is written before any
-    container, volume or file exists, and marked deleted only after they are
-    gone: whatever carries this store's label without a live record is a stray."""
-
-    __tablename__ = "databases"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    name: Mapped[str] = mapped_column(String(64))
-    engine: Mapped[str] = mapped_column(String(16))  # sqlite | postgres
-    size: Mapped[str] = mapped_column(String(16))
-    storage_mib: Mapped[int] = mapped_column(Integer)
-    # creating | running | deleting | deleted | failed
-    state: Mapped[str] = mapped_column(String(16), default="creating")
-    # Where it lives: a file for sqlite; a container, volume and port for postgres.
-    path: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    container_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    volume: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # The tenant's own credentials for the server (postgres); handed to the tenant.
-    user: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    password: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # Instance time and storage are billed in intervals up to here.
+    kind: Mapped[str] = mapped_column(String(64))  # the skill: the ledger entries' `skill`
+    op: Mapped[str] = mapped_column(String(64))  # the ledger entries' `op` (e.g. the state billed)
+    # What one second of the resource uses: meter -> integer quantity.
+    rate: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    held_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     billed_until: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
-    __table_args__ = (Index("ix_databases_state", "state"), Index("ix_databases_tenant_name", "tenant_id", "name"))
-
-
-class DatabaseSnapshot(Base):
-    """A backup of a database, kept as a file in the data dir until its database is deleted."""
-
-    __tablename__ = "database_snapshots"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    db_id: Mapped[str] = mapped_column(ForeignKey("databases.id"), index=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    path: Mapped[str] = mapped_column(String(512))
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-
-
-class Vm(Base):
-    """A virtual machine: one QEMU process while running, an overlay disk while it exists.
-
-    The record is written before its disk or process exists and marked deleted
-    only after both are gone, so a QEMU process of this store with no live
-    record is a stray the reaper kills."""
-
-    __tablename__ = "vms"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    flavor: Mapped[str] = mapped_column(String(32))
-    vcpus: Mapped[int] = mapped_column(Integer)
-    memory_mib: Mapped[int] = mapped_column(Integer)
-    disk_mib: Mapped[int] = mapped_column(Integer)
-    # creating | starting | running | stopped | deleting | deleted | failed
-    state: Mapped[str] = mapped_column(String(16), default="creating")
-    accel: Mapped[str | None] = mapped_column(String(8), nullable=True)  # kvm | tcg
-    ttl_s: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # Billed in intervals up to here, at the rate of the state it was in.
-    billed_until: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    delete_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
-
-    __table_args__ = (Index("ix_vms_state", "state"),)
-
-
-class VmSnapshot(Base):
-    """A disk snapshot of a VM, kept inside its overlay until the VM is deleted."""
-
-    __tablename__ = "vm_snapshots"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    vm_id: Mapped[str] = mapped_column(ForeignKey("vms.id"), index=True)
-    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    __table_args__ = (Index("ix_leases_open", "ended_at", "lease_until"),)
 
 
 class LedgerEntry(Base):

@@ -59,15 +59,6 @@ class Usage:
     meters: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def sandbox(cls, vcpu_ms: int = 0, mib_ms: int = 0) -> Usage:
-        return cls.of({"sandbox.vcpu_ms": vcpu_ms, "sandbox.mib_ms": mib_ms})
-
-    @classmethod
-    def sandbox_for(cls, vcpus: float, memory_mib: int, ms: int) -> Usage:
-        """What a sandbox of this size is billed for living ``ms`` milliseconds."""
-        return cls.sandbox(vcpu_ms=round(vcpus * ms), mib_ms=memory_mib * ms)
-
-    @classmethod
     def tokens(cls, model: str, input: int = 0, cached_input: int = 0, output: int = 0) -> Usage:
         """Token usage; ``input`` counts only the prompt tokens that were not cached."""
         counts = {"input": input, "cached_input": cached_input, "output": output}

@@ -1,7 +1,8 @@
 """Per-tenant quotas, checked at admission in the same transaction as the task's insert.
 
 Task quotas are checked on the tenant row as ``ledger.admit`` has just updated
-it, and sandbox quotas with the row locked (``ledger.locked_tenant``): either way
+it, and live-count quotas of resource kinds (``scheduler.resources.LiveQuota``) with
+the row locked (``ledger.locked_tenant``): either way
 concurrent admissions of one tenant are serialized by the row, and a quota
 cannot be overshot by a race. A failed check rolls the admission back.
 """
@@ -15,12 +16,11 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from scheduler.errors import QuotaExceeded
-from scheduler.models import LedgerEntry, Sandbox, utcnow
+from common.errors import QuotaExceeded
+from scheduler.models import LedgerEntry, utcnow
 from scheduler.pricing import Usage
 
 WINDOW = timedelta(minutes=1)
-LIVE_SANDBOX_STATES = ("starting", "running")
 
 
 def retry_after(oldest_in_window: datetime | None) -> int:
@@ -35,11 +35,6 @@ RECENT_TOKENS = select(func.coalesce(func.sum(LedgerEntry.quantity), 0), func.mi
     LedgerEntry.tenant_id == bindparam("tenant_id"),
     LedgerEntry.item.startswith("tokens."),
     LedgerEntry.created_at >= bindparam("since"),
-)
-LIVE_SANDBOXES = (
-    select(func.count())
-    .select_from(Sandbox)
-    .where(Sandbox.tenant_id == bindparam("tenant_id"), Sandbox.state.in_(LIVE_SANDBOX_STATES))
 )
 
 
@@ -66,12 +61,3 @@ def check_tasks(session: Session, tenant: Any, worst: Usage) -> None:
                 f"this call may use {wanted} tokens and you used {used} of your {tenant.tokens_per_minute} "
                 f"tokens per minute: lower max_tokens or retry in {retry_after(first)} s."
             )
-
-
-def check_sandboxes(session: Session, tenant: Any) -> None:
-    live = session.connection().scalar(LIVE_SANDBOXES, {"tenant_id": tenant.id}) or 0
-    if live >= tenant.max_live_sandboxes:
-        raise QuotaExceeded(
-            f"you have {live} live sandboxes, your quota's most: destroy one with sandbox_destroy "
-            "(sandbox_list shows them) or wait for a sandbox_run to finish, then retry."
-        )

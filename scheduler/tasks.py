@@ -15,18 +15,14 @@ op is idempotent), and queued tasks are queued again.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 from sqlalchemy import select
 
-from scheduler import ledger, quotas
-from scheduler.errors import (
+from common.errors import (
     BackendUnavailable,
     BudgetExceeded,
     Cancelled,
@@ -37,12 +33,16 @@ from scheduler.errors import (
     QuotaExceeded,
     TaskFailed,
     Timeout,
-    error_from_code,
 )
+from scheduler import ledger, quotas
 from scheduler.models import Task, utcnow
 from scheduler.pricing import PriceCatalog, Usage
+from scheduler.resources import Services
 from scheduler.store import Store
 from scheduler.task_rows import CLAIM, FINISH, INSERT_TASK, SETTLING, Claimed
+from scheduler.task_types import OpBinding, Progress, TaskContext, TaskOutcome, as_json, new_id, outcome_of
+
+__all__ = ["OpBinding", "Progress", "Scheduler", "TaskContext", "TaskOutcome", "new_id", "outcome_of"]
 
 log = logging.getLogger("cloudskills.scheduler")
 
@@ -50,81 +50,14 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 # Errors that mean the task did no billable work when it used nothing: the
 # caller's mistake caught in the handler, or the platform's own failure.
 FREE_WHEN_UNUSED = (InvalidInput, NotFound, Forbidden, BackendUnavailable, BudgetExceeded, QuotaExceeded)
-# A result's "cost" equal to this is the task's own, filled in at settlement.
-UNSETTLED: dict[str, Any] = {"micros": 0, "amount": ""}
 # Time a task may take beyond its own timeout_s (starting a sandbox, moving files).
 DEADLINE_OVERHEAD_S = 30.0
 
 
-# progress so far (a count, e.g. tokens) and a message (e.g. the text just produced)
-Progress = Callable[[float, str | None], Awaitable[None]]
-
-
-@dataclass
-class TaskContext:
-    """What a handler gets besides its arguments."""
-
-    task_id: str
-    tenant_id: str
-    services: Any
-    usage: Usage = field(default_factory=Usage)
-    # Tells the caller how the task is going (MCP progress); a no-op when no one listens.
-    progress: Progress | None = None
-
-    def add_usage(self, usage: Usage) -> None:
-        self.usage = self.usage + usage
-
-    async def report(self, progress: float, message: str | None = None) -> None:
-        if self.progress is not None:
-            await self.progress(progress, message)
-
-
-Handler = Callable[[TaskContext, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class OpBinding:
-    """How the scheduler runs one op: its handler, deadline and worst-case usage."""
-
-    skill: str
-    op: str
-    handler: Handler
-    idempotent: bool = False
-    timeout_s: Callable[[dict[str, Any]], float] = lambda args: 60.0
-    worst_case: Callable[[dict[str, Any]], Usage] = lambda args: Usage()
-
-    @property
-    def key(self) -> str:
-        return f"{self.skill}.{self.op}"
-
-
-@dataclass(frozen=True)
-class TaskOutcome:
-    task_id: str
-    state: str
-    result: dict[str, Any] | None
-    error: CloudSkillsError | None
-    cost_micros: int
-
-    def unwrap(self) -> dict[str, Any]:
-        """The result, or the task's error raised."""
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-
-def outcome_of(task: Task) -> TaskOutcome:
-    error = error_from_code(task.error_code, task.error_message or "") if task.error_code else None
-    return TaskOutcome(task.id, task.state, task.result, error, task.cost_micros)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:16]}"
-
-
 class Scheduler:
-    def __init__(self, store: Store, catalog: PriceCatalog, services: Any = None, concurrency: int = 16) -> None:
+    def __init__(
+        self, store: Store, catalog: PriceCatalog, services: Services | None = None, concurrency: int = 16
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.services = services
@@ -138,6 +71,9 @@ class Scheduler:
         self._running: dict[str, anyio.CancelScope] = {}
         # Where running tasks report progress: the caller's listener, for tasks whose caller waits.
         self._progress: dict[str, Progress] = {}
+        # The arguments of tasks submitted here, as the caller validated them (the
+        # store's JSON copy is only read back for tasks queued by another process).
+        self._args: dict[str, Any] = {}
         # Ids of queued tasks, oldest first; free slots are the tasks that may start now.
         self._queue: deque[str] = deque()
         self._slots = concurrency
@@ -151,22 +87,24 @@ class Scheduler:
 
     # -- the caller's side -------------------------------------------------
 
-    def submit(self, tenant_id: str, binding: OpBinding, args: dict[str, Any]) -> str:
+    def submit(self, tenant_id: str, binding: OpBinding, args: Any) -> str:
         """Admit and store a task, then queue it; raise before any work if it is refused."""
         task_id = new_id("t")
         worst = binding.worst_case(args)
-        hold = self.catalog.worst_case(binding.key, worst)
+        # An op that is never refused for money holds nothing (see OpBinding).
+        hold = 0 if binding.always_admitted else self.catalog.worst_case(binding.key, worst)
         # With a slot free the task is stored already running: one transaction
         # fewer than queued-then-claimed, for what is most calls.
         starts_now = self._group is not None and self._slots > 0 and not self._queue
         now = utcnow()
         timeout_s = binding.timeout_s(args)
+        stored_args = as_json(args)
         row = {
             "id": task_id,
             "tenant_id": tenant_id,
             "skill": binding.skill,
             "op": binding.op,
-            "args": args,
+            "args": stored_args,
             "state": "running" if starts_now else "queued",
             "idempotent": binding.idempotent,
             "timeout_s": timeout_s,
@@ -183,8 +121,9 @@ class Scheduler:
             ledger.check_budget(self.catalog, tenant, hold)
             session.connection().execute(INSERT_TASK, row)
         self._done[task_id] = anyio.Event()
+        self._args[task_id] = args
         if starts_now:
-            self._start(Claimed(task_id, tenant_id, binding.skill, binding.op, args, timeout_s, hold))
+            self._start(Claimed(task_id, tenant_id, binding.skill, binding.op, stored_args, timeout_s, hold))
         else:
             self._queue.append(task_id)
         return task_id
@@ -207,9 +146,7 @@ class Scheduler:
             assert task is not None
             return outcome_of(task)
 
-    async def run(
-        self, tenant_id: str, binding: OpBinding, args: dict[str, Any], progress: Progress | None = None
-    ) -> TaskOutcome:
+    async def run(self, tenant_id: str, binding: OpBinding, args: Any, progress: Progress | None = None) -> TaskOutcome:
         task_id = self.submit(tenant_id, binding, args)
         if progress is not None:
             self._progress[task_id] = progress
@@ -288,7 +225,7 @@ class Scheduler:
         ctx = TaskContext(
             task_id=task.id, tenant_id=task.tenant_id, services=self.services, progress=self._progress.get(task.id)
         )
-        result: dict[str, Any] | None = None
+        result: Any = None
         error: CloudSkillsError | None = None
         state = "failed"
         scope = anyio.CancelScope()
@@ -298,7 +235,8 @@ class Scheduler:
                 if binding is None:
                     raise TaskFailed(f"this server does not know the op {task.skill}_{task.op}; upgrade it.")
                 try:
-                    result = await binding.handler(ctx, task.args)
+                    args = self._args.pop(task_id, None)
+                    result = await binding.handler(ctx, binding.load(task.args) if args is None else args)
                     state = "succeeded"
                 except Timeout as exc:
                     state, error = "timed_out", exc
@@ -323,30 +261,38 @@ class Scheduler:
         finally:
             self._running.pop(task_id, None)
             self._progress.pop(task_id, None)
+            self._args.pop(task_id, None)
         return self._finish(task_id, state, result, error, ctx.usage, task, claim_next=True)
 
     def _finish(
         self,
         task_id: str,
         state: str,
-        result: dict[str, Any] | None,
+        output: Any,
         error: CloudSkillsError | None,
         usage: Usage,
         claimed: Claimed | None = None,
         claim_next: bool = False,
     ) -> Claimed | None:
-        """Record the final state and settle the task's money, in one transaction.
+        """Record the final state and settle the task's money, in one transaction; the
+        stored result is the op's output with the task's id and cost added.
 
         With ``claim_next`` the same transaction also claims the oldest queued
         task, which is returned for the caller's slot to run next."""
         following: Claimed | None = None
+        self._args.pop(task_id, None)
         with self.store.transaction() as session:
             task = claimed or session.connection().execute(SETTLING, {"task_id": task_id}).one()
+            op_key = f"{task.skill}.{task.op}"
             free = isinstance(error, FREE_WHEN_UNUSED) and usage == Usage()
-            charges = [] if free else self.catalog.task_charges(f"{task.skill}.{task.op}", usage)
+            charges = [] if free else self.catalog.task_charges(op_key, usage)
+            binding = self._bindings.get(op_key)
+            if charges and binding is not None and binding.always_admitted:
+                charges = ledger.affordable(session, task.tenant_id, charges)
             cost = sum(charge.amount_micros for charge in charges)
-            if result is not None and result.get("cost") == UNSETTLED:
-                result = {**result, "cost": self.money(cost)}
+            result = None if output is None else as_json(output)
+            if result is not None and (binding is None or binding.envelope):
+                result |= {"task_id": task_id, "cost": self.money(cost)}
             final = {
                 "task_id": task_id,
                 "state": state,
@@ -366,7 +312,7 @@ class Scheduler:
                 row = session.connection().execute(CLAIM, {"task_id": self._queue.popleft(), "now": final["now"]})
                 next_row = row.one_or_none()
                 following = None if next_row is None else Claimed(*next_row)
-        outcome = TaskOutcome(task_id, state, result, error, cost)
+        outcome = TaskOutcome(task_id, state, result, error, cost, output)
         event = self._done.pop(task_id, None)
         if event is not None:
             self._outcomes[task_id] = outcome

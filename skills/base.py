@@ -1,19 +1,31 @@
-"""How a skill declares its ops: typed input and output, honest annotations, a handler.
+"""How a skill declares its ops, and the kind of resource it keeps, if any.
 
-The MCP tools and the CLI are both generated from these declarations, so the
-two always agree.
+An op is typed input and output, honest annotations and a handler. The MCP
+tools and the CLI are both generated from these declarations, so the two
+always agree. A handler returns the op's own output; the call path adds the
+task's id and cost (``Envelope``), so no output model declares them.
+
+A skill whose resources outlive a call (sandboxes, databases, VMs) also names
+the factory of its manager (``Skill.resource``): the process builds it from
+the ``Platform`` and runs it through ``scheduler.resources.ResourceKind``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from scheduler.pricing import Usage
-from scheduler.tasks import UNSETTLED, OpBinding, TaskContext
+from sandbox.docker import DockerDriver
+from scheduler.leases import Leases
+from scheduler.pricing import PriceCatalog, Usage
+from scheduler.resources import LiveQuota, Services
+from scheduler.store import Store
+from scheduler.tasks import OpBinding, Scheduler, TaskContext
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -33,8 +45,21 @@ class Money(BaseModel):
 
 
 def unsettled() -> Money:
-    """A placeholder the scheduler replaces with the task's settled cost."""
-    return Money(**UNSETTLED)
+    return Money(micros=0, amount="")
+
+
+class Envelope(BaseModel):
+    """What the call path adds to every op's output: the task that ran it and its cost."""
+
+    task_id: str
+    cost: Money = Field(default_factory=unsettled)
+
+
+@cache
+def enveloped(output: type[BaseModel]) -> type[BaseModel]:
+    """The op's output with the envelope's fields after its own: the tool's outputSchema."""
+    fields: dict[str, Any] = {name: (info.annotation, info) for name, info in Envelope.model_fields.items()}
+    return create_model(output.__name__, __base__=output, __module__=output.__module__, **fields)
 
 
 @dataclass(frozen=True)
@@ -48,6 +73,9 @@ class Op(Generic[In, Out]):
     destructive: bool = False
     idempotent: bool = False
     open_world: bool = False
+    # Ends a resource or a task (a delete, a destroy, a cancel): like a read, it is
+    # never refused for money, since it can only lower what the tenant spends.
+    releases: bool = False
     timeout_s: Callable[[In], float] = lambda args: 60.0
     worst_case: Callable[[In], Usage] = lambda args: Usage()
     # Whether a call may take long: a client that declares MCP tasks then gets a
@@ -57,6 +85,35 @@ class Op(Generic[In, Out]):
     confirm: bool = False
     # Rows of a CSV rendering of the output, for `--csv` in the CLI.
     csv: Callable[[Out], list[list[str]]] | None = None
+    # The answer carries this call's task id and cost (``Envelope``); off for ops
+    # that report on other tasks or on money themselves (tasks_*, billing_*).
+    envelope: bool = True
+
+    @property
+    def always_admitted(self) -> bool:
+        return self.read_only or self.releases
+
+    @property
+    def wire_output(self) -> type[BaseModel]:
+        return enveloped(self.output) if self.envelope else self.output
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What a skill's resource manager is built from: the shared store, money and
+    scheduler, the data dir, and the process's settings (each skill reads the
+    fields it owns)."""
+
+    store: Store
+    catalog: PriceCatalog
+    scheduler: Scheduler
+    leases: Leases
+    services: Services
+    home: Path
+    settings: Any
+    # The Docker Engine's driver, shared by every skill that starts containers
+    # (a test hands in its own).
+    docker: DockerDriver | None = None
 
 
 @dataclass(frozen=True)
@@ -65,23 +122,29 @@ class Skill:
     description: str
     doc: str  # the body of SKILL.md: how an agent should use the skill
     ops: tuple[Op[Any, Any], ...] = field(default_factory=tuple)
+    # The manager of the skill's long-lived resources, built once by the process;
+    # handlers reach it as ``ctx.service(<its class>)``.
+    resource: Callable[[Platform], object] | None = None
+    # The per-tenant cap on how many of them live at once.
+    quota: LiveQuota | None = None
+    # Front matter of SKILL.md, verbatim.
+    meta: dict[str, str] = field(default_factory=dict)
 
     def op(self, name: str) -> Op[Any, Any] | None:
         return next((op for op in self.ops if op.name == name), None)
 
 
 def binding(skill: str, op: Op[Any, Any]) -> OpBinding:
-    """The scheduler's view of an op: arguments and results as JSON-ready dicts."""
-
-    async def handle(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
-        result = await op.handler(ctx, op.input.model_validate(args))
-        return dict(result.model_dump(mode="json"))
-
+    """The scheduler's view of an op: the handler and the op's own functions take the
+    arguments as the call path validated them, once."""
     return OpBinding(
         skill=skill,
         op=op.name,
-        handler=handle,
+        handler=op.handler,
         idempotent=op.idempotent,
-        timeout_s=lambda args: op.timeout_s(op.input.model_validate(args)),
-        worst_case=lambda args: op.worst_case(op.input.model_validate(args)),
+        timeout_s=op.timeout_s,
+        worst_case=op.worst_case,
+        load=op.input.model_validate,
+        always_admitted=op.always_admitted,
+        envelope=op.envelope,
     )

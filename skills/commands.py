@@ -1,11 +1,46 @@
-"""What a shell command gives back, wherever it ran (a sandbox, a VM)."""
+"""What a shell command takes and gives back, wherever it runs (a sandbox, a VM)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import re
+from typing import Annotated
 
-from scheduler.errors import Timeout
-from skills.base import Money, unsettled
+from pydantic import AfterValidator, BaseModel, Field
+from pydantic_core import PydanticCustomError
+
+from common.errors import Timeout
+
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
+
+
+def checked_env(env: dict[str, str]) -> dict[str, str]:
+    """Refuse what no process environment can hold, before anything runs or is charged."""
+    for name, value in env.items():
+        if not re.fullmatch(ENV_NAME, name):
+            raise PydanticCustomError(
+                "env_name",
+                "{name} is not an environment variable name: use up to 256 letters, digits and '_', "
+                "not starting with a digit",
+                {"name": repr(name[:60])},
+            )
+        if "\0" in value:
+            raise PydanticCustomError(
+                "env_value",
+                "the value of {name} holds a NUL byte, which no environment can hold: remove it",
+                {"name": name},
+            )
+    return env
+
+
+EnvVars = Annotated[
+    dict[str, Annotated[str, Field(max_length=32768)]],
+    Field(
+        max_length=100,
+        description="Environment variables for the command: names are letters, digits and '_'.",
+        json_schema_extra={"propertyNames": {"pattern": ENV_NAME}},
+    ),
+    AfterValidator(checked_env),
+]
 
 
 class ExecOutput(BaseModel):
@@ -15,8 +50,6 @@ class ExecOutput(BaseModel):
     stdout_truncated: bool
     stderr_truncated: bool
     duration_ms: int
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 def command_timed_out(timeout_s: float, stdout: str, stderr: str) -> Timeout:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Literal
 
-from scheduler.errors import InvalidInput
+from common.errors import InvalidInput
 
 Encoding = Literal["utf-8", "base64"]
 
@@ -20,11 +21,29 @@ def decode(content: str, encoding: Encoding, path: str) -> bytes:
         raise InvalidInput(f"the content for {path!r} is not valid base64: fix it or use encoding 'utf-8'.") from exc
 
 
+# JSON spells each of these control characters as six bytes ("\u0000"): as text,
+# a file of them would cost six times its size on the way out, as base64 4/3.
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def clean_text(data: bytes) -> str | None:
+    """The data as text when it is UTF-8 with no control characters but tab and line ends, else None."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return None if CONTROL.search(text) else text
+
+
 def encode(data: bytes, wanted: Encoding | None) -> tuple[str, Encoding]:
+    """Clean text as it is, anything else as base64, which JSON never escapes."""
     if wanted != "base64":
-        try:
-            return data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            if wanted == "utf-8":
-                raise InvalidInput("the file is not UTF-8 text: read it with encoding 'base64'.") from None
+        text = clean_text(data)
+        if text is not None:
+            return text, "utf-8"
+        if wanted == "utf-8":
+            raise InvalidInput(
+                "the file is not plain UTF-8 text (it has invalid UTF-8, NUL or other control bytes): "
+                "read it with encoding 'base64'."
+            )
     return base64.b64encode(data).decode(), "base64"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import skills
-from skills.base import Op, Skill
+from scheduler.resources import LiveQuota
+from skills.base import Op, Platform, Skill
 
 
 def front_matter(text: str) -> tuple[dict[str, str], str]:
@@ -29,10 +31,18 @@ def skill_doc(package: str) -> str:
     return resources.files(package).joinpath("SKILL.md").read_text()
 
 
-def skill_from_doc(package: str, ops: tuple[Op[Any, Any], ...]) -> Skill:
-    """A skill named and described by its package's SKILL.md front matter, the body its guide."""
+def skill_from_doc(
+    package: str,
+    ops: tuple[Op[Any, Any], ...],
+    resource: Callable[[Platform], object] | None = None,
+    quota: LiveQuota | None = None,
+) -> Skill:
+    """A skill named and described by its package's SKILL.md front matter, the body its guide;
+    ``resource`` builds the manager of what it keeps alive past a call, if anything."""
     meta, body = front_matter(skill_doc(package))
-    return Skill(name=meta["name"], description=meta["description"], doc=body, ops=ops)
+    return Skill(
+        name=meta["name"], description=meta["description"], doc=body, ops=ops, resource=resource, quota=quota, meta=meta
+    )
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,9 @@ class Registry:
                 if op is not None:
                     return skill, op
         return None
+
+    def quotas(self) -> list[LiveQuota]:
+        return [skill.quota for skill in self.skills if skill.quota is not None]
 
     def tools(self) -> list[tuple[str, Skill, Op[Any, Any]]]:
         return [(f"{skill.name}_{op.name}", skill, op) for skill in self.skills for op in skill.ops]

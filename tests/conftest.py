@@ -7,14 +7,27 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import CloudSkillsError
 from runtime.app import App
 from runtime.settings import Settings, load_settings
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE
 from sandbox.images import ensure_images, stderr_progress
 from sandbox.vm_image import ensure_guest_image
-from scheduler.errors import CloudSkillsError
 from skills.db.engines import postgres_image
+from skills.db.instances import DatabaseManager
+from skills.sandbox.manager import SandboxManager
+from skills.vm.instances import VmManager
+
+# What makes a test part of the real tiers; every other test is in the fast tier
+# (`pytest -m fast`, run first by scripts/test), on in-memory drivers and SQLite.
+REAL_BACKENDS = ("docker", "model")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in REAL_BACKENDS):
+            item.add_marker(pytest.mark.fast)
 
 
 @pytest.fixture
@@ -51,8 +64,9 @@ def containers_of(driver: DockerDriver, app: App) -> list[str]:
 
 def sandboxes_in_use(app: App) -> list[str]:
     """The app's containers but the warm ones its pool holds."""
-    found = app.driver.list_labelled({LABEL_STORE: app.store.store_id})
-    return [c.container_id for c in found if not app.pool.holds(c.labels.get(LABEL_SANDBOX, ""))]
+    found = app.docker.list_labelled({LABEL_STORE: app.store.store_id})
+    pool = app.service(SandboxManager).pool
+    return [c.container_id for c in found if pool is None or not pool.holds(c.labels.get(LABEL_SANDBOX, ""))]
 
 
 @pytest.fixture
@@ -64,12 +78,12 @@ async def app(settings: Settings, docker_driver: DockerDriver) -> AsyncIterator[
     leftovers = containers_of(docker_driver, application)
     for container_id in leftovers:
         docker_driver.destroy(container_id)
-    databases = application.databases.list_all_live()
+    databases = application.service(DatabaseManager).list_all_live()
     for database in databases:
-        await application.databases.delete(database)
-    vms = [vm.id for vm in application.vms.list_live()]
+        await application.service(DatabaseManager).delete(database)
+    vms = [vm.id for vm in application.service(VmManager).list_live()]
     for vm in vms:
-        await application.vms.delete(vm, "test_cleanup")
+        await application.service(VmManager).delete(vm, "test_cleanup")
     application.close()
     assert not leftovers, f"the test left {len(leftovers)} container(s) behind"
     assert not databases, f"the test left {len(databases)} database(s) behind"

@@ -41,7 +41,7 @@ async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
     if result.is_error:
         raise ToolFailed(result.content[0].text)  # type: ignore[union-attr]
     assert result.structured_content is not None
-    return result.structured_content
+    return dict(result.structured_content)
 
 
 async def call_error(client: Client, tool: str, **arguments: Any) -> str:
@@ -69,7 +69,7 @@ class TaskHandle(Result):
 
 
 class CreatedTask(TaskHandle):
-    result_type: Literal["task"] = Field(alias="resultType")  # type: ignore[assignment]
+    result_type: Literal["task"] = Field(alias="resultType")
 
 
 class TaskIdParams(RequestParams):

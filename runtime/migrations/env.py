@@ -6,6 +6,10 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from scheduler.models import Base
+from skills.registry import discover
+
+# Every skill's rows join Base's metadata as its package is imported.
+discover()
 
 config = context.config
 connection = config.attributes.get("connection")

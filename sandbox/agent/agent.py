@@ -150,19 +150,36 @@ def run_command(spec: dict) -> dict:
             os.unlink(script)
 
 
+def checked_env(env: dict) -> dict:
+    """The request's environment variables, refused whole if one cannot be set."""
+    checked = {}
+    for name, value in env.items():
+        name, value = str(name), str(value)
+        if not name or "=" in name or "\0" in name or "\0" in value:
+            raise AgentError(
+                "invalid_input",
+                f"cannot set the environment variable {name[:100]!r}: a name is letters, digits and '_', "
+                "and neither a name nor a value may hold a NUL byte.",
+            )
+        checked[name] = value
+    return checked
+
+
 def child_env(spec: dict) -> dict:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8", "USER": "sandbox"}
-    env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    env.update(checked_env(spec.get("env") or {}))
     return env
 
 
-def start(argv: list[str], cwd: str, env: dict, stdin: int, pass_fds: tuple = ()) -> subprocess.Popen:
+def start(
+    argv: list[str], cwd: str, env: dict, stdin: int, pass_fds: tuple = (), output: int = subprocess.PIPE
+) -> subprocess.Popen:
     try:
         return subprocess.Popen(
             argv,
             stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=output,
+            stderr=output,
             cwd=resolve(cwd),
             env=env,
             start_new_session=True,
@@ -278,32 +295,62 @@ def read_frame(stream) -> bytes | None:
 
 
 class Kernel:
-    """The sandbox's persistent Python interpreter (kernel.py), started ahead of need."""
+    """The sandbox's persistent Python interpreter (kernel.py), started ahead of need.
+
+    Each run hands the kernel a fresh pair of stdout and stderr pipes along
+    with its code, and the kernel lets go of them when the run ends. A process
+    the code left running keeps only its own run's pipes, which this agent
+    closes once it has the answer: it can never write into a later call's output."""
 
     def __init__(self) -> None:
         self.proc = None
-        self.control = None
+        self.control = None  # our end of a socket pair: code and pipes go out, answers come back
 
     def ensure(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
-        read_end, write_end = os.pipe()
-        env = child_env({})
-        argv = ["python3", "-u", KERNEL_PATH, str(write_end)]  # it answers on that inherited fd
-        self.proc = start(argv, WORK_DIR, env, subprocess.PIPE, pass_fds=(write_end,))
-        os.close(write_end)
-        self.control = os.fdopen(read_end, "rb", buffering=0)
+        if self.control is not None:  # the line to a kernel that died between runs
+            self.control.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = ["python3", "-u", KERNEL_PATH, str(theirs.fileno())]
+        try:
+            # Between runs the kernel's own stdout and stderr lead nowhere.
+            self.proc = start(
+                argv, WORK_DIR, child_env({}), subprocess.DEVNULL, (theirs.fileno(),), output=subprocess.DEVNULL
+            )
+        except AgentError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.control = ours
+
+    def send(self, frame: bytes, pipes: tuple) -> None:
+        """The frame's header travels with the run's pipes; the rest follows."""
+        header = struct.pack(">I", len(frame))
+        socket.send_fds(self.control, [header], list(pipes))
+        self.control.sendall(frame)
 
     def run(self, spec: dict) -> dict:
+        env = checked_env(spec.get("env") or {})
         self.ensure()
         started = time.monotonic()
-        pump = Pump(self.proc.stdout, self.proc.stderr, int(spec.get("max_output", 64 * 1024)))
-        frame = json.dumps({"code": spec.get("code", ""), "env": spec.get("env") or {}}).encode()
+        frame = json.dumps({"code": spec.get("code", ""), "env": env}).encode()
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        stdout = os.fdopen(out_read, "rb", buffering=0)
+        stderr = os.fdopen(err_read, "rb", buffering=0)
         try:
-            write_frame(self.proc.stdin, frame)
-        except BrokenPipeError:
+            self.send(frame, (out_write, err_write))
+        except OSError:
+            stdout.close()
+            stderr.close()
             self.kill()
             raise AgentError("invalid_input", "the Python interpreter had exited: run the code again.")
+        finally:
+            os.close(out_write)
+            os.close(err_write)
+        pump = Pump(stdout, stderr, int(spec.get("max_output", 64 * 1024)))
         deadline = started + float(spec.get("timeout_s", 60))
         pump.selector.register(self.control, selectors.EVENT_READ)
         answer = None
@@ -314,20 +361,20 @@ class Kernel:
                 break
             for key, _ in pump.selector.select(timeout=left):
                 if key.fileobj is self.control:
-                    answer = read_frame(self.control)  # None: the kernel died (exit, crash, OOM)
+                    answer = recv_frame(self.control)  # None: the kernel died (exit, crash, OOM)
                     finished = True
                 else:
                     pump.read(key.fileobj)
         pump.selector.unregister(self.control)
+        # The kernel flushed and let go of the pipes before it answered: what it
+        # wrote is all there. What a leftover process writes later goes nowhere.
         pump.drain()
-        result = pump.result(self.proc.stdout, self.proc.stderr)
+        pump.selector.close()
+        result = pump.result(stdout, stderr)
+        stdout.close()
+        stderr.close()
         timed_out = not finished
-        if answer is None:
-            exit_code = self.kill()
-        else:
-            exit_code = int(json.loads(answer)["exit_code"])
-            for pipe in (self.proc.stdout, self.proc.stderr):
-                os.set_blocking(pipe.fileno(), True)
+        exit_code = self.kill() if answer is None else int(json.loads(answer)["exit_code"])
         return {
             "exit_code": exit_code,
             "timed_out": timed_out,
@@ -339,10 +386,28 @@ class Kernel:
         """Stop the interpreter (its state is lost; the next run starts a new one)."""
         kill_group(self.proc.pid)
         code = self.proc.wait()
-        for handle in (self.proc.stdin, self.proc.stdout, self.proc.stderr, self.control):
-            handle.close()
+        self.control.close()
         self.proc = None
         return 128 - code if code < 0 else code
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        try:
+            chunk = sock.recv(size - len(data))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def recv_frame(sock: socket.socket) -> bytes | None:
+    """One length-prefixed frame from a socket, or None once it is closed."""
+    header = recv_exactly(sock, 4)
+    return None if header is None else recv_exactly(sock, struct.unpack(">I", header)[0])
 
 
 KERNEL = Kernel()
@@ -375,21 +440,32 @@ def handle(request: dict) -> dict:
 
 
 def answer(request: dict) -> dict:
+    """The response to one request; never raises, so no request can stop the agent."""
     try:
+        if not isinstance(request, dict):
+            raise TypeError("the request is not a JSON object")
         return handle(request)
     except AgentError as exc:
         return {"ok": False, "kind": exc.kind, "error": str(exc)}
     except (ValueError, KeyError, TypeError) as exc:
         return {"ok": False, "kind": "invalid_input", "error": f"bad request to the sandbox agent: {exc}"}
+    except Exception as exc:  # RecursionError, MemoryError, ...: refuse this request, serve the next
+        detail = f"{type(exc).__name__}: {exc}"[:200]
+        return {
+            "ok": False,
+            "kind": "invalid_input",
+            "error": f"the sandbox could not carry out this request ({detail}); make it smaller or simpler.",
+        }
 
 
 def answer_frame(frame: bytes) -> bytes:
     try:
         request = json.loads(frame)
-        response = answer(request)
     except ValueError:
-        request, response = {}, {"ok": False, "kind": "invalid_input", "error": "the request is not JSON"}
-    response["id"] = request.get("id")
+        request, response = None, {"ok": False, "kind": "invalid_input", "error": "the request is not JSON"}
+    else:
+        response = answer(request)
+    response["id"] = request.get("id") if isinstance(request, dict) else None
     return json.dumps(response).encode()
 
 
@@ -417,11 +493,14 @@ def serve() -> None:
     while True:
         for key, _ in selector.select():
             if key.fileobj is listener:
-                connection, _ = listener.accept()
-                with connection, connection.makefile("rwb") as stream:
-                    frame = read_frame(stream)
-                    if frame is not None:
-                        write_frame(stream, answer_frame(frame))
+                try:
+                    connection, _ = listener.accept()
+                    with connection, connection.makefile("rwb") as stream:
+                        frame = read_frame(stream)
+                        if frame is not None:
+                            write_frame(stream, answer_frame(frame))
+                except OSError:  # the relay went away: its answer has nowhere to go
+                    pass
                 continue
             # Requests on stdin are lines of ASCII JSON: Docker reads the attached
             # stdin for its detach keys, so no control byte may ever pass there.

@@ -2,28 +2,48 @@
 
 The exec agent starts it once and sends it code; variables, imports and
 definitions persist between calls, as in a notebook. Code arrives as
-length-prefixed JSON frames on stdin; after each run the kernel flushes
-stdout and stderr and answers on the file descriptor named in its argv, so
-the agent knows every byte of output is already in the pipes.
+length-prefixed JSON frames on the unix socket named in its argv, each with
+the stdout and stderr pipes of its run attached (SCM_RIGHTS). The kernel puts
+them on fds 1 and 2 for the run; afterwards it flushes, points fds 1 and 2 back
+at /dev/null and answers, so the agent knows every byte of the run's output is
+already in the pipes, and nothing the run left behind can reach the next one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import sys
 import traceback
 
 
-def read_exactly(stream, size):  # type: ignore[no-untyped-def]
+def recv_exactly(sock: socket.socket, size: int) -> bytes | None:
     data = b""
     while len(data) < size:
-        chunk = stream.read(size - len(data))
+        chunk = sock.recv(size - len(data))
         if not chunk:
             return None
         data += chunk
     return data
+
+
+def receive(sock: socket.socket) -> tuple[dict | None, list[int]]:  # type: ignore[type-arg]
+    """The next frame and the pipes that came with it; (None, []) once the agent is gone."""
+    header, fds, _, _ = socket.recv_fds(sock, 4, 2)
+    if header and len(header) < 4:
+        header += recv_exactly(sock, 4 - len(header)) or b""
+    body = recv_exactly(sock, struct.unpack(">I", header)[0]) if len(header) == 4 else None
+    if body is None:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    try:
+        frame = json.loads(body)
+    except ValueError:
+        frame = None
+    return (frame if isinstance(frame, dict) else {}), fds
 
 
 def run(code: str, namespace: dict) -> int:  # type: ignore[type-arg]
@@ -44,22 +64,48 @@ def run(code: str, namespace: dict) -> int:  # type: ignore[type-arg]
     return 0
 
 
+def flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # the code closed or replaced it
+            pass
+
+
+def execute(frame: dict, namespace: dict) -> int:  # type: ignore[type-arg]
+    """Run one frame's code with its environment; never raises."""
+    try:
+        os.environ.update(frame.get("env") or {})
+    except (TypeError, ValueError) as exc:
+        print(f"cloudskills: cannot set the environment ({exc}); names are letters, digits and '_'.", file=sys.stderr)
+        return 2
+    return run(str(frame.get("code") or ""), namespace)
+
+
 def main() -> None:
-    control_in = sys.stdin.buffer
-    control_out = os.fdopen(int(sys.argv[1]), "wb", buffering=0)
-    sys.stdin = open(os.devnull)  # user code must not read the control pipe
+    control = socket.socket(fileno=int(sys.argv[1]))
+    # What the code starts must not hold the agent's line to us: the agent
+    # could then never see this kernel die.
+    os.set_inheritable(control.fileno(), False)
+    sys.stdin = open(os.devnull)  # user code must not read the control socket
+    nowhere = os.open(os.devnull, os.O_WRONLY)
     namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}  # type: ignore[type-arg]
     while True:
-        header = read_exactly(control_in, 4)
-        if header is None:
+        frame, pipes = receive(control)
+        if frame is None:
             return
-        frame = json.loads(read_exactly(control_in, struct.unpack(">I", header)[0]) or b"{}")
-        os.environ.update(frame.get("env") or {})
-        status = run(frame.get("code", ""), namespace)
-        sys.stdout.flush()
-        sys.stderr.flush()
+        if len(pipes) == 2:
+            os.dup2(pipes[0], 1)
+            os.dup2(pipes[1], 2)
+        for fd in pipes:
+            os.close(fd)
+        status = execute(frame, namespace) if len(pipes) == 2 else 2
+        flush()
+        # Let go of the run's pipes: only what the run left running still holds them.
+        os.dup2(nowhere, 1)
+        os.dup2(nowhere, 2)
         answer = json.dumps({"exit_code": status}).encode()
-        control_out.write(struct.pack(">I", len(answer)) + answer)
+        control.sendall(struct.pack(">I", len(answer)) + answer)
 
 
 if __name__ == "__main__":

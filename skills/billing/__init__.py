@@ -17,6 +17,7 @@ SKILL = skill_from_doc(
             m.UsageOutput,
             ops.usage,
             read_only=True,
+            envelope=False,
             idempotent=True,
         ),
         Op(
@@ -26,6 +27,7 @@ SKILL = skill_from_doc(
             m.BalanceOutput,
             ops.balance,
             read_only=True,
+            envelope=False,
             idempotent=True,
         ),
         Op(
@@ -35,6 +37,7 @@ SKILL = skill_from_doc(
             m.InvoiceOutput,
             ops.invoice,
             read_only=True,
+            envelope=False,
             idempotent=True,
             csv=ops.invoice_csv,
         ),

@@ -49,14 +49,27 @@ class BalanceInput(OpInput):
     pass
 
 
+class StoppedResource(BaseModel):
+    resource_id: str = Field(description="A sandbox_id, db_id or vm_id.")
+    kind: str = Field(description="Its skill: sandbox, db or vm.")
+    stopped_at: str = Field(description="When its billing ended (ISO 8601, UTC).")
+
+
 class BalanceOutput(BaseModel):
     tenant: str
     spent: Money
-    held: Money = Field(description="Reserved by tasks still queued or running (their worst case).")
+    held: Money = Field(
+        description="Reserved ahead: the worst case of tasks still queued or running, and the current lease "
+        "of every live session sandbox, database and VM."
+    )
     budget: Money | None = Field(description="The hard budget; null when there is none.")
     left: Money | None = Field(description="Budget minus spent minus held; null without a budget.")
     alert_at: Money | None = Field(description="The soft alert threshold; null when none is set.")
     alert: bool = Field(description="True once spending has reached the alert threshold.")
+    stopped_for_budget: list[StoppedResource] = Field(
+        default_factory=list,
+        description="Resources stopped because the budget could not cover their next lease, newest first.",
+    )
 
 
 class InvoiceInput(OpInput):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from sqlalchemy import select
+
+from common.errors import NotFound
 from scheduler import ledger
-from scheduler.errors import NotFound
-from scheduler.models import Tenant, utcnow
+from scheduler.models import Lease, Tenant, utcnow
+from scheduler.pricing import PriceCatalog
+from scheduler.store import Store
 from scheduler.tasks import TaskContext
 from skills.base import Money
 from skills.billing.models import (
@@ -15,11 +19,11 @@ from skills.billing.models import (
     InvoiceInput,
     InvoiceLine,
     InvoiceOutput,
+    StoppedResource,
     UsageInput,
     UsageOutput,
     UsageRow,
 )
-from skills.services import Services, services
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -28,43 +32,50 @@ def utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def money(svc: Services, micros: int) -> Money:
-    return Money(**svc.scheduler.money(micros))
+def money(catalog: PriceCatalog, micros: int) -> Money:
+    return Money(micros=micros, amount=catalog.format(micros))
 
 
 async def usage(ctx: TaskContext, args: UsageInput) -> UsageOutput:
     """The caller's charges, grouped as asked."""
-    svc = services(ctx)
+    store, prices = ctx.service(Store), ctx.service(PriceCatalog)
     since, until = utc(args.since), utc(args.until)
     group_by = list(dict.fromkeys(args.group_by))
-    with svc.store.transaction() as session:
+    with store.transaction() as session:
         lines = ledger.usage_lines(session, ctx.tenant_id, group_by, since, until)
         versions = ledger.catalog_versions(session, ctx.tenant_id, since, until)
     rows = [
-        UsageRow(**line.key, quantity=line.quantity, entries=line.entries, cost=money(svc, line.amount_micros))
+        UsageRow(**line.key, quantity=line.quantity, entries=line.entries, cost=money(prices, line.amount_micros))
         for line in lines
     ]
     total = sum(line.amount_micros for line in lines)
-    return UsageOutput(rows=rows, total=money(svc, total), catalog_versions=versions)
+    return UsageOutput(rows=rows, total=money(prices, total), catalog_versions=versions)
 
 
 async def balance(ctx: TaskContext, args: BalanceInput) -> BalanceOutput:
     """What the caller has spent, holds, and has left."""
-    svc = services(ctx)
-    with svc.store.transaction() as session:
+    store, prices = ctx.service(Store), ctx.service(PriceCatalog)
+    with store.transaction() as session:
         tenant = session.get(Tenant, ctx.tenant_id)
         if tenant is None:
             raise NotFound("your tenant no longer exists: ask the operator for a new key.")
         budget, alert_at = tenant.budget_micros, tenant.alert_micros
         return BalanceOutput(
             tenant=tenant.name,
-            spent=money(svc, tenant.spent_micros),
-            held=money(svc, tenant.held_micros),
-            budget=None if budget is None else money(svc, budget),
-            left=None if budget is None else money(svc, budget - tenant.spent_micros - tenant.held_micros),
-            alert_at=None if alert_at is None else money(svc, alert_at),
+            spent=money(prices, tenant.spent_micros),
+            held=money(prices, tenant.held_micros),
+            budget=None if budget is None else money(prices, budget),
+            left=None if budget is None else money(prices, budget - tenant.spent_micros - tenant.held_micros),
+            alert_at=None if alert_at is None else money(prices, alert_at),
             alert=alert_at is not None and tenant.spent_micros >= alert_at,
+            stopped_for_budget=[
+                StoppedResource(resource_id=lease.id, kind=lease.kind, stopped_at=lease.billed_until.isoformat())
+                for lease in session.scalars(STOPPED_FOR_BUDGET.where(Lease.tenant_id == ctx.tenant_id))
+            ],
         )
+
+
+STOPPED_FOR_BUDGET = select(Lease).where(Lease.end_reason == "budget").order_by(Lease.ended_at.desc()).limit(20)
 
 
 def month_bounds(period: str | None) -> tuple[str, datetime, datetime]:
@@ -79,9 +90,9 @@ def month_bounds(period: str | None) -> tuple[str, datetime, datetime]:
 
 async def invoice(ctx: TaskContext, args: InvoiceInput) -> InvoiceOutput:
     """A month's charges as invoice lines with the total."""
-    svc = services(ctx)
+    store, prices = ctx.service(Store), ctx.service(PriceCatalog)
     period, start, end = month_bounds(args.period)
-    with svc.store.transaction() as session:
+    with store.transaction() as session:
         lines = ledger.usage_lines(session, ctx.tenant_id, ["skill", "op", "model", "item"], start, end)
         versions = ledger.catalog_versions(session, ctx.tenant_id, start, end)
     invoice_lines = [
@@ -92,7 +103,7 @@ async def invoice(ctx: TaskContext, args: InvoiceInput) -> InvoiceOutput:
             item=line.key["item"] or "",
             quantity=line.quantity,
             entries=line.entries,
-            amount=money(svc, line.amount_micros),
+            amount=money(prices, line.amount_micros),
         )
         for line in lines
     ]
@@ -102,8 +113,8 @@ async def invoice(ctx: TaskContext, args: InvoiceInput) -> InvoiceOutput:
         start=start.isoformat(),
         end=end.isoformat(),
         lines=invoice_lines,
-        total=money(svc, sum(line.amount_micros for line in lines)),
-        currency=svc.catalog.currency,
+        total=money(prices, sum(line.amount_micros for line in lines)),
+        currency=prices.currency,
         catalog_versions=versions,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from skills.base import Op
 from skills.db import models as m
 from skills.db import ops
+from skills.db.instances import QUOTA, from_platform
 from skills.registry import skill_from_doc
 
 SKILL = skill_from_doc(
@@ -83,9 +84,12 @@ SKILL = skill_from_doc(
             m.DeleteOutput,
             ops.delete,
             destructive=True,
+            releases=True,
             idempotent=True,
             confirm=True,
             timeout_s=lambda a: 120.0,
         ),
     ),
+    resource=from_platform,
+    quota=QUOTA,
 )

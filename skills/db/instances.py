@@ -3,8 +3,10 @@
 An instance's record is written (``creating``) before its engine makes
 anything, and marked ``deleted`` only after the engine has removed it all, so
 whatever carries this store's label with no live record is a stray the reaper
-removes. A live instance is billed in intervals (see ``scheduler.metering``):
-its size's instance time while a server runs for it, and its storage.
+removes. A live instance pays on a lease (see ``scheduler.leases``): its
+size's instance time while a server runs for it, and its storage. When the
+budget cannot cover the next lease the instance is suspended, its data kept and
+its billing ended; its next use resumes it once the budget covers a lease again.
 """
 
 from __future__ import annotations
@@ -18,21 +20,26 @@ from datetime import datetime
 from pathlib import Path
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from scheduler import ledger, metering
-from scheduler.errors import CloudSkillsError, InvalidInput, NotFound, QuotaExceeded
-from scheduler.models import Database, DatabaseSnapshot, utcnow
-from scheduler.pricing import PriceCatalog, Usage
+from common.errors import BudgetExceeded, CloudSkillsError, InvalidInput, NotFound
+from scheduler.leases import Leases
+from scheduler.models import utcnow
+from scheduler.pricing import Usage
+from scheduler.resources import LiveQuota
 from scheduler.store import Store
 from scheduler.tasks import new_id
+from skills.base import Platform
 from skills.db.engines.base import SIZES, Engine, Instance, Placement
 from skills.db.engines.postgres import PostgresEngine
+from skills.db.engines.sqlite import SqliteEngine
+from skills.db.rows import Database, DatabaseSnapshot
 
 log = logging.getLogger("cloudskills.databases")
 
-LIVE_STATES = ("creating", "running", "deleting")
+LIVE_STATES = ("creating", "running", "suspended", "deleting")
+KIND = "db"
 APP_USER = "app"
 # Names PostgreSQL keeps for itself.
 RESERVED_NAMES = ("postgres", "template0", "template1", APP_USER)
@@ -54,12 +61,20 @@ def instance_of(row: Database) -> Instance:
     )
 
 
-def usage_per_ms(row: Database) -> Usage:
-    """What a millisecond of this instance costs: storage always, a server's time when one runs."""
-    meters = {"database.storage_mib_ms": row.storage_mib}
+def per_second(row: Database) -> Usage:
+    """What a second of this instance uses: storage always, a server's time when one runs."""
+    meters = {"database.storage_mib_ms": row.storage_mib * 1000}
     if row.engine != "sqlite":
-        meters[f"database.instance_ms.{row.size}"] = 1
+        meters[f"database.instance_ms.{row.size}"] = 1000
     return Usage.of(meters)
+
+
+def count_live(session: Session, tenant_id: str) -> int:
+    query = select(func.count()).where(Database.tenant_id == tenant_id, Database.state.in_(LIVE_STATES))
+    return int(session.scalar(query) or 0)
+
+
+QUOTA = LiveQuota("max_live_databases", 8, "databases", "delete one with db_delete (db_list shows them)", count_live)
 
 
 @dataclass(frozen=True)
@@ -71,19 +86,13 @@ class SnapshotInfo:
 
 
 class DatabaseManager:
-    def __init__(
-        self,
-        store: Store,
-        catalog: PriceCatalog,
-        engines: Mapping[str, Engine],
-        snapshots_dir: Path,
-        meter_interval_s: float = 60.0,
-    ) -> None:
+    kind = KIND
+
+    def __init__(self, store: Store, leases: Leases, engines: Mapping[str, Engine], snapshots_dir: Path) -> None:
         self.store = store
-        self.catalog = catalog
+        self.leases = leases
         self.engines = dict(engines)
         self.snapshots_dir = snapshots_dir
-        self.meter_interval_s = meter_interval_s
         # Deletes under way in this process: the reaper leaves them to finish.
         self._deleting: set[str] = set()
 
@@ -112,6 +121,8 @@ class DatabaseManager:
         )
         with self.store.transaction() as session:
             self._check_admission(session, tenant_id, row.name)
+            # Refused here, before any server starts, if the budget cannot cover a lease.
+            self.leases.check(session, tenant_id, "database", per_second(row))
             session.add(row)  # the record first: nothing the engine makes is ever a stray
         try:
             placement = await anyio.to_thread.run_sync(engine.provision, instance_of(row), size)
@@ -119,38 +130,41 @@ class DatabaseManager:
             with anyio.CancelScope(shield=True):
                 await self._abandon(row.id)
             raise
-        return self._mark_running(db_id, placement)
+        return await self._mark_running(db_id, placement)
 
     def _check_admission(self, session: Session, tenant_id: str, name: str) -> None:
-        tenant = ledger.locked_tenant(session, tenant_id)
-        live = list(
-            session.scalars(
-                select(Database.name).where(Database.tenant_id == tenant_id, Database.state.in_(LIVE_STATES))
-            )
+        QUOTA.check(session, tenant_id)
+        live = session.scalars(
+            select(Database.name).where(Database.tenant_id == tenant_id, Database.state.in_(LIVE_STATES))
         )
-        if len(live) >= tenant.max_live_databases:
-            raise QuotaExceeded(
-                f"you have {len(live)} live databases, your quota's most: delete one with db_delete "
-                "(db_list shows them), then retry."
-            )
-        if name in live:
+        if name in set(live):
             raise InvalidInput(f"you already have a database named {name!r}: pick another name, or use that one.")
         if name in RESERVED_NAMES:
             raise InvalidInput(f"{name!r} is a name PostgreSQL keeps for itself: pick another name.")
 
-    def _mark_running(self, db_id: str, placement: Placement) -> Database:
-        with self.store.transaction() as session:
-            row = session.get(Database, db_id)
-            assert row is not None
-            row.path, row.container_id, row.volume, row.port = (
-                placement.path,
-                placement.container_id,
-                placement.volume,
-                placement.port,
-            )
-            row.state = "running"
-            row.billed_until = utcnow()  # billed from the moment it answers
-            return row
+    async def _mark_running(self, db_id: str, placement: Placement) -> Database:
+        try:
+            with self.store.transaction() as session:
+                row = session.get(Database, db_id)
+                assert row is not None
+                row.path, row.container_id, row.volume, row.port = (
+                    placement.path,
+                    placement.container_id,
+                    placement.volume,
+                    placement.port,
+                )
+                row.state = "running"
+                self._open_lease(session, row)  # billed from the moment it answers
+                return row
+        except BudgetExceeded:
+            with anyio.CancelScope(shield=True):
+                await self._abandon(db_id)
+            raise
+
+    def _open_lease(self, session: Session, row: Database) -> None:
+        self.leases.open(
+            session, kind=KIND, resource_id=row.id, tenant_id=row.tenant_id, op="instance", per_s=per_second(row)
+        )
 
     async def _abandon(self, db_id: str) -> None:
         """A create that failed or was cancelled: remove what the engine made, bill nothing."""
@@ -169,15 +183,52 @@ class DatabaseManager:
             assert row is not None
             return row
 
-    def get(self, tenant_id: str, db_id: str) -> Database:
-        """A running instance of this tenant; another tenant's looks exactly like a missing one."""
+    def find(self, tenant_id: str, db_id: str) -> Database:
+        """A live instance of this tenant in any state; another tenant's looks exactly like a missing one."""
         with self.store.transaction() as session:
             row = session.get(Database, db_id)
             if row is None or row.tenant_id != tenant_id:
                 raise NotFound(f"no database {db_id!r}: call db_list to see yours, or db_create.")
-            if row.state != "running":
+            if row.state in ("deleted", "failed"):
                 raise NotFound(f"database {db_id!r} is {row.state}: db_list shows the ones you can use.")
             return row
+
+    async def get(self, tenant_id: str, db_id: str) -> Database:
+        """A running instance of this tenant: a suspended one is resumed first, if the
+        budget now covers a lease."""
+        row = self.find(tenant_id, db_id)
+        if row.state == "suspended":
+            return await self.resume(row)
+        if row.state != "running":
+            raise NotFound(f"database {db_id!r} is {row.state}: db_list shows the ones you can use.")
+        return row
+
+    async def resume(self, row: Database) -> Database:
+        with self.store.transaction() as session:
+            try:
+                self.leases.check(session, row.tenant_id, "database", per_second(row))
+            except BudgetExceeded as exc:
+                raise BudgetExceeded(
+                    f"database {row.id!r} is suspended, its data kept, because the budget ran out; "
+                    f"{exc.message[0].lower()}{exc.message[1:]}"
+                ) from exc
+        await anyio.to_thread.run_sync(self.engine(row.engine).resume, instance_of(row))
+        with self.store.transaction() as session:
+            resumed = session.get(Database, row.id, with_for_update=True)
+            assert resumed is not None
+            if resumed.state == "suspended":
+                resumed.state = "running"
+                self._open_lease(session, resumed)
+            return resumed
+
+    async def stop_for_budget(self, resource_id: str) -> None:
+        """Suspend: the server stops, the data stays, billing has ended."""
+        with self.store.transaction() as session:
+            row = session.get(Database, resource_id, with_for_update=True)
+            if row is None or row.state != "running":
+                return
+            row.state = "suspended"
+        await anyio.to_thread.run_sync(self.engine(row.engine).suspend, instance_of(row))
 
     def owns(self, tenant_id: str, db_id: str) -> bool:
         with self.store.transaction() as session:
@@ -234,7 +285,7 @@ class DatabaseManager:
         """Remove an instance and everything it has, billing it up to now; False if it was already gone."""
         with self.store.transaction() as session:
             row = session.get(Database, db_id)
-            if row is None or row.state not in ("running", "deleting"):
+            if row is None or row.state not in ("running", "suspended", "deleting"):
                 return False
             row.state = "deleting"
         await self._finish_delete(db_id)
@@ -256,26 +307,8 @@ class DatabaseManager:
             if ended.state == "deleted":
                 return
             now = utcnow()
-            self._bill(session, ended, now)
+            self.leases.close(session, db_id, "deleted", now)
             ended.state, ended.deleted_at = "deleted", now
-
-    def _bill(self, session: Session, row: Database, end: datetime) -> None:
-        posting = ledger.Posting(f"database:{row.id}", row.tenant_id, None, "db", "instance")
-        row.billed_until = metering.bill_interval(
-            session, self.catalog, posting, row.billed_until, end, usage_per_ms(row)
-        )
-
-    def meter(self) -> int:
-        """Bill every running instance up to now, where its last interval is old enough; how many were billed."""
-        now = utcnow()
-        billed = 0
-        with self.store.transaction() as session:
-            rows = session.scalars(select(Database).where(Database.state.in_(("running", "deleting"))))
-            for row in rows:
-                if (now - row.billed_until).total_seconds() >= self.meter_interval_s:
-                    self._bill(session, row, now)
-                    billed += 1
-        return billed
 
     async def reap(self) -> list[str]:
         """Finish deletes a dead process left, and remove strays no live record owns."""
@@ -320,3 +353,13 @@ class DatabaseManager:
             except CloudSkillsError as exc:
                 log.warning("could not remove half-made database %s: %s", db_id, exc)
         return abandoned
+
+
+def from_platform(platform: Platform) -> DatabaseManager:
+    """Both engines: SQLite files in the data dir, PostgreSQL servers on the process's Docker Engine."""
+    assert platform.docker is not None
+    engines: dict[str, Engine] = {
+        "sqlite": SqliteEngine(platform.home / "databases"),
+        "postgres": PostgresEngine(platform.docker, platform.store.store_id),
+    }
+    return DatabaseManager(platform.store, platform.leases, engines, platform.home / "snapshots")

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from skills.base import Money, OpInput, unsettled
+from skills.base import OpInput
 
 EngineName = Literal["sqlite", "postgres"]
 SizeName = Literal["small", "medium", "large"]
@@ -50,8 +50,6 @@ class DatabaseInfo(BaseModel):
 
 class CreateOutput(DatabaseInfo):
     create_ms: int = Field(description="Milliseconds until the instance accepted connections.")
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class DescribeInput(OpInput):
@@ -60,8 +58,6 @@ class DescribeInput(OpInput):
 
 class DescribeOutput(DatabaseInfo):
     snapshots: list[SnapshotOut]
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class ListInput(OpInput):
@@ -70,8 +66,6 @@ class ListInput(OpInput):
 
 class ListOutput(BaseModel):
     databases: list[DatabaseInfo]
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class QueryInput(OpInput):
@@ -93,8 +87,6 @@ class QueryOutput(BaseModel):
     rowcount: int = Field(description="Rows returned, or rows changed by a write.")
     truncated: bool = Field(description="True when there were more than max_rows rows.")
     duration_ms: int
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class SchemaInput(OpInput):
@@ -123,8 +115,6 @@ class TableOut(BaseModel):
 
 class SchemaOutput(BaseModel):
     tables: list[TableOut]
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class BackupInput(OpInput):
@@ -133,8 +123,6 @@ class BackupInput(OpInput):
 
 class BackupOutput(SnapshotOut):
     db_id: str
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class RestoreInput(OpInput):
@@ -145,8 +133,6 @@ class RestoreInput(OpInput):
 class RestoreOutput(BaseModel):
     db_id: str
     snapshot_id: str
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class DeleteInput(OpInput):
@@ -156,5 +142,3 @@ class DeleteInput(OpInput):
 class DeleteOutput(BaseModel):
     db_id: str
     deleted: bool = Field(description="False when it was already deleted: deleting twice is fine.")
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from skills.base import Op
 from skills.inference import models as m
 from skills.inference import ops
+from skills.inference.catalog import from_platform
 from skills.registry import skill_from_doc
 
 SKILL = skill_from_doc(
@@ -41,4 +42,5 @@ SKILL = skill_from_doc(
             worst_case=ops.embed_worst_case,
         ),
     ),
+    resource=from_platform,
 )

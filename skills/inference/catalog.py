@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from scheduler.errors import InvalidInput, NotFound
+from common.errors import InvalidInput, NotFound
+from skills.base import Platform
 from skills.inference.engines.base import Engine, ModelSpec
 from skills.inference.engines.llama import LlamaEngine, default_spec
 from skills.inference.engines.openai import OpenAIEngine
@@ -43,6 +44,11 @@ class ModelCatalog:
             raise InvalidInput(f"model {name!r} is unavailable: {why}.")
         return engine
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         for engine in self.engines.values():
             await engine.close()
+
+
+def from_platform(platform: Platform) -> ModelCatalog:
+    """The default model and the ones the settings add."""
+    return ModelCatalog(specs_from(platform.settings.models))

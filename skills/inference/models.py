@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from skills.base import Money, OpInput, unsettled
+from skills.base import Money, OpInput
 from skills.inference.engines.llama import DEFAULT_MODEL
 
 MODEL = Field(default=DEFAULT_MODEL, description="A model's name from inference_models.")
@@ -34,8 +34,6 @@ class ModelInfo(BaseModel):
 
 class ModelsOutput(BaseModel):
     models: list[ModelInfo]
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class MessageIn(BaseModel):
@@ -66,8 +64,6 @@ class GenerateOutput(BaseModel):
     max_tokens: int = Field(description="max_tokens as applied (clamped to what the context leaves).")
     time_to_first_token_ms: int | None
     duration_ms: int
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class EmbedInput(OpInput):
@@ -82,5 +78,3 @@ class EmbedOutput(BaseModel):
     vectors: list[list[float]]
     dimensions: int
     prompt_tokens: int
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)

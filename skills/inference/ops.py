@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import time
 
-from scheduler.errors import InvalidInput
+from common.errors import InvalidInput
 from scheduler.pricing import PriceCatalog, Usage, format_money
 from scheduler.tasks import TaskContext
 from skills.base import Money
 from skills.inference import models as m
 from skills.inference.catalog import ModelCatalog
 from skills.inference.engines.base import GenerateRequest, Message, prompt_bound
-from skills.services import services
 
 # Beyond the engine's own time: loading the model on first use, queueing for a slot.
 GENERATE_DEADLINE_S = 600.0
 
 
 def catalog(ctx: TaskContext) -> ModelCatalog:
-    return services(ctx).models
+    return ctx.service(ModelCatalog)
 
 
 def money(catalog: PriceCatalog, micros: int) -> Money:
@@ -43,7 +42,7 @@ def check_priced(prices: PriceCatalog, model: str) -> None:
 
 
 async def models(ctx: TaskContext, args: m.ModelsInput) -> m.ModelsOutput:
-    prices = services(ctx).catalog
+    prices = ctx.service(PriceCatalog)
     listed = []
     for name, engine in catalog(ctx).engines.items():
         available, detail = engine.availability()
@@ -59,13 +58,13 @@ async def models(ctx: TaskContext, args: m.ModelsInput) -> m.ModelsOutput:
                 embeddings=engine.spec.embeddings or engine.spec.engine == "llama",
             )
         )
-    return m.ModelsOutput(models=listed, task_id=ctx.task_id)
+    return m.ModelsOutput(models=listed)
 
 
 async def generate(ctx: TaskContext, args: m.GenerateInput) -> m.GenerateOutput:
     """Generate a reply; its text streams to the caller as progress while it is produced."""
     engine = catalog(ctx).engine(args.model)
-    check_priced(services(ctx).catalog, args.model)
+    check_priced(ctx.service(PriceCatalog), args.model)
     context = engine.spec.context_length
     if args.max_tokens >= context:
         raise InvalidInput(
@@ -108,7 +107,6 @@ async def generate(ctx: TaskContext, args: m.GenerateInput) -> m.GenerateOutput:
         max_tokens=args.max_tokens,
         time_to_first_token_ms=int((first[0] - started) * 1000) if first else None,
         duration_ms=int((time.monotonic() - started) * 1000),
-        task_id=ctx.task_id,
     )
 
 
@@ -119,7 +117,7 @@ def generate_worst_case(args: m.GenerateInput) -> Usage:
 
 async def embed(ctx: TaskContext, args: m.EmbedInput) -> m.EmbedOutput:
     engine = catalog(ctx).engine(args.model)
-    check_priced(services(ctx).catalog, args.model)
+    check_priced(ctx.service(PriceCatalog), args.model)
     if engine.spec.engine != "llama" and not engine.spec.embeddings:
         raise InvalidInput(f"model {args.model!r} does not make embeddings: inference_models says which do.")
     result = await engine.embed(ctx.tenant_id, args.input)
@@ -130,7 +128,6 @@ async def embed(ctx: TaskContext, args: m.EmbedInput) -> m.EmbedOutput:
         vectors=result.vectors,
         dimensions=dimensions,
         prompt_tokens=result.prompt_tokens,
-        task_id=ctx.task_id,
     )
 
 

@@ -6,6 +6,8 @@ from skills.base import Op
 from skills.registry import skill_from_doc
 from skills.sandbox import models as m
 from skills.sandbox import ops
+from skills.sandbox.manager import from_platform
+from skills.sandbox.records import QUOTA
 
 SKILL = skill_from_doc(
     __name__,
@@ -86,7 +88,10 @@ SKILL = skill_from_doc(
             m.DestroyOutput,
             ops.destroy,
             destructive=True,
+            releases=True,
             idempotent=True,
         ),
     ),
+    resource=from_platform,
+    quota=QUOTA,
 )

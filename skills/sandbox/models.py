@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+from pydantic_core import PydanticCustomError
 
-from skills.base import Money, OpInput, unsettled
+from skills.base import OpInput
+from skills.commands import EnvVars
 from skills.commands import ExecOutput as ExecOutput  # re-exported: the sandbox ops' answer
 
 Language = Literal["python", "bash"]
@@ -20,10 +22,34 @@ MAX_OUTPUT = Field(
     le=1 << 20,
     description="Bytes of stdout and of stderr kept; the rest is cut with a marker.",
 )
+MAX_PATH_CHARS = 1024
+MAX_PATH_DEPTH = 64
+
+
+def checked_path(path: str) -> str:
+    """Refuse a path no sandbox needs, before it reaches one: no NUL, at most MAX_PATH_DEPTH deep."""
+    if "\0" in path:
+        raise PydanticCustomError("sandbox_path", "a path cannot hold a NUL byte: remove it")
+    depth = sum(1 for part in path.split("/") if part)
+    if depth > MAX_PATH_DEPTH:
+        raise PydanticCustomError(
+            "sandbox_path",
+            "the path is {depth} directories deep, more than the {limit} a sandbox path may have: use a shorter path",
+            {"depth": depth, "limit": MAX_PATH_DEPTH},
+        )
+    return path
+
+
+# Every path argument of the sandbox skill: bounded in length and depth.
+SandboxPath = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_PATH_CHARS),
+    AfterValidator(checked_path),
+]
 
 
 class FileIn(BaseModel):
-    path: str = Field(min_length=1, description="Where to write it; relative paths are under /work.")
+    path: SandboxPath = Field(description="Where to write it; relative paths are under /work.")
     content: str = Field(description="The file's content, as text or base64 (see encoding).")
     encoding: Encoding = "utf-8"
 
@@ -42,10 +68,12 @@ class RunInput(OpInput):
     code: str | None = Field(default=None, description="Code to run. Give this or `command`.")
     command: str | None = Field(default=None, description="A shell command line to run with bash. Or give `code`.")
     files: list[FileIn] = Field(default_factory=list, max_length=100, description="Files to write before running.")
-    outputs: list[str] = Field(default_factory=list, max_length=100, description="Paths to read back after running.")
+    outputs: list[SandboxPath] = Field(
+        default_factory=list, max_length=100, description="Paths to read back after running."
+    )
     timeout_s: float = TIMEOUT
     max_output: int = MAX_OUTPUT
-    env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the command.")
+    env: EnvVars = Field(default_factory=dict)
     template: str = Field(default="python", description="The sandbox template (see sandbox_create).")
 
 
@@ -75,8 +103,7 @@ class SandboxInfo(BaseModel):
 
 
 class CreateOutput(SandboxInfo):
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
+    pass
 
 
 class ExecInput(OpInput):
@@ -84,8 +111,8 @@ class ExecInput(OpInput):
     command: str = Field(min_length=1, description="A shell command line, run with bash in /work.")
     timeout_s: float = TIMEOUT
     max_output: int = MAX_OUTPUT
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = Field(default=None, description="Working directory; default /work.")
+    env: EnvVars = Field(default_factory=dict)
+    cwd: SandboxPath | None = Field(default=None, description="Working directory; default /work.")
 
 
 class RunCodeInput(OpInput):
@@ -98,7 +125,7 @@ class RunCodeInput(OpInput):
 
 class WriteFileInput(OpInput):
     sandbox_id: str = SANDBOX_ID
-    path: str = Field(min_length=1, description="Relative paths are under /work.")
+    path: SandboxPath = Field(description="Relative paths are under /work.")
     content: str
     encoding: Encoding = "utf-8"
 
@@ -106,25 +133,22 @@ class WriteFileInput(OpInput):
 class WriteFileOutput(BaseModel):
     path: str
     size: int
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class ReadFileInput(OpInput):
     sandbox_id: str = SANDBOX_ID
-    path: str = Field(min_length=1)
+    path: SandboxPath
     encoding: Encoding | None = Field(default=None, description="Default: utf-8 when the file is text, else base64.")
     max_bytes: int = Field(default=1 << 20, ge=1, le=10 << 20)
 
 
 class ReadFileOutput(FileOut):
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
+    pass
 
 
 class ListFilesInput(OpInput):
     sandbox_id: str = SANDBOX_ID
-    path: str = Field(default="/work")
+    path: SandboxPath = Field(default="/work")
 
 
 class FileEntry(BaseModel):
@@ -137,8 +161,6 @@ class FileEntry(BaseModel):
 class ListFilesOutput(BaseModel):
     path: str
     entries: list[FileEntry]
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class ListInput(OpInput):
@@ -147,8 +169,6 @@ class ListInput(OpInput):
 
 class ListOutput(BaseModel):
     sandboxes: list[SandboxInfo]
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class DestroyInput(OpInput):
@@ -158,5 +178,3 @@ class DestroyInput(OpInput):
 class DestroyOutput(BaseModel):
     sandbox_id: str
     destroyed: bool = Field(description="False when it was already gone (destroy is idempotent).")
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)

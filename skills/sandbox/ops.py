@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import anyio
 
+from common.errors import InvalidInput, NotFound
 from sandbox.driver import AgentRequest, Command, ExecResult, FileContent, FileRead, FileWrite, Limits
 from sandbox.templates import TEMPLATES
-from scheduler.errors import InvalidInput, NotFound
-from scheduler.models import Sandbox
 from scheduler.pricing import Usage
-from scheduler.sandboxes import SandboxRecord, resolve_template
 from scheduler.tasks import TaskContext
 from skills.commands import command_timed_out
 from skills.content import decode, encode
+from skills.sandbox.manager import SandboxManager
 from skills.sandbox.models import (
     CreateInput,
     CreateOutput,
@@ -37,7 +36,8 @@ from skills.sandbox.models import (
     WriteFileInput,
     WriteFileOutput,
 )
-from skills.services import services
+from skills.sandbox.records import SandboxRecord, resolve_template, usage_for
+from skills.sandbox.rows import Sandbox
 
 # A one-call sandbox lives a little longer than its command: start, files, teardown.
 RUN_OVERHEAD_S = 30
@@ -64,7 +64,6 @@ def exec_output(ctx: TaskContext, result: ExecResult, timeout_s: float) -> ExecO
         stdout_truncated=result.stdout.truncated,
         stderr_truncated=result.stderr.truncated,
         duration_ms=result.duration_ms,
-        task_id=ctx.task_id,
     )
 
 
@@ -93,7 +92,7 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
     command = run_command(args)
     writes = tuple(file_write(spec) for spec in args.files)
     template = resolve_template(args.template)
-    sandboxes = services(ctx).sandboxes
+    sandboxes = ctx.service(SandboxManager)
     ttl_s = int(args.timeout_s + RUN_OVERHEAD_S)
     record = await sandboxes.create(ctx.tenant_id, template, template.limits, ttl_s, ctx.task_id)
     try:
@@ -102,7 +101,7 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
     finally:
         with anyio.CancelScope(shield=True):
             # Billed up to now; the container is removed off the caller's path.
-            ctx.add_usage(await sandboxes.destroy(record.id, "task_done", bill=False, wait=False))
+            ctx.add_usage(await sandboxes.destroy(record.id, "task_done", wait=False))
     assert response.exec is not None
     output = exec_output(ctx, response.exec, args.timeout_s)
     return RunOutput(**output.model_dump(), files=[file_out(f) for f in response.reads])
@@ -112,7 +111,7 @@ def run_worst_case(args: RunInput) -> Usage:
     # An unknown template is refused when the task runs; its hold is the default size.
     template = TEMPLATES.get(args.template)
     limits = template.limits if template is not None else Limits()
-    return Usage.sandbox_for(limits.vcpus, limits.memory_mib, int((args.timeout_s + RUN_OVERHEAD_S) * 1000))
+    return usage_for(limits.vcpus, limits.memory_mib, int((args.timeout_s + RUN_OVERHEAD_S) * 1000))
 
 
 def row_info(row: Sandbox) -> SandboxInfo:
@@ -133,15 +132,15 @@ async def create(ctx: TaskContext, args: CreateInput) -> CreateOutput:
     template = resolve_template(args.template)
     # /work lives in the sandbox's memory: give it half.
     limits = Limits(vcpus=args.vcpus, memory_mib=args.memory_mib, disk_mib=args.memory_mib // 2)
-    sandboxes = services(ctx).sandboxes
+    sandboxes = ctx.service(SandboxManager)
     record = await sandboxes.create(ctx.tenant_id, template, limits, args.ttl_s, None)
-    return CreateOutput(**row_info(sandboxes.row(record.id)).model_dump(), task_id=ctx.task_id)
+    return CreateOutput(**row_info(sandboxes.row(record.id)).model_dump())
 
 
 async def session_call(
     ctx: TaskContext, sandbox_id: str, request: AgentRequest, deadline_s: float = 60.0
 ) -> tuple[SandboxRecord, ExecResult | None, tuple[FileContent, ...], tuple[FileEntry, ...]]:
-    sandboxes = services(ctx).sandboxes
+    sandboxes = ctx.service(SandboxManager)
     record = sandboxes.get(ctx.tenant_id, sandbox_id)
     response = await sandboxes.call(record, request, deadline_s)
     entries = tuple(FileEntry(name=e.name, path=e.path, type=e.type, size=e.size) for e in response.listing)
@@ -164,7 +163,7 @@ async def exec_(ctx: TaskContext, args: ExecInput) -> ExecOutput:
 
 async def run_code(ctx: TaskContext, args: RunCodeInput) -> ExecOutput:
     """Run code in a session sandbox, in the template's language unless told otherwise."""
-    record = services(ctx).sandboxes.get(ctx.tenant_id, args.sandbox_id)
+    record = ctx.service(SandboxManager).get(ctx.tenant_id, args.sandbox_id)
     language = args.language or resolve_template(record.template).language
     command = Command(
         code=args.code, language=language, timeout_s=args.timeout_s, max_output=args.max_output, persistent=True
@@ -180,7 +179,7 @@ async def write_file(ctx: TaskContext, args: WriteFileInput) -> WriteFileOutput:
     request = AgentRequest(writes=(FileWrite(path=args.path, data=data),), list_path=None)
     await session_call(ctx, args.sandbox_id, request)
     path = args.path if args.path.startswith("/") else f"/work/{args.path}"
-    return WriteFileOutput(path=path, size=len(data), task_id=ctx.task_id)
+    return WriteFileOutput(path=path, size=len(data))
 
 
 async def read_file(ctx: TaskContext, args: ReadFileInput) -> ReadFileOutput:
@@ -188,30 +187,30 @@ async def read_file(ctx: TaskContext, args: ReadFileInput) -> ReadFileOutput:
     request = AgentRequest(reads=(FileRead(args.path, args.max_bytes),))
     _, _, reads, _ = await session_call(ctx, args.sandbox_id, request)
     out = file_out(reads[0], args.encoding)
-    return ReadFileOutput(**out.model_dump(), task_id=ctx.task_id)
+    return ReadFileOutput(**out.model_dump())
 
 
 async def list_files(ctx: TaskContext, args: ListFilesInput) -> ListFilesOutput:
     """List a directory of a session sandbox."""
     _, _, _, entries = await session_call(ctx, args.sandbox_id, AgentRequest(list_path=args.path))
-    return ListFilesOutput(path=args.path, entries=list(entries), task_id=ctx.task_id)
+    return ListFilesOutput(path=args.path, entries=list(entries))
 
 
 async def list_(ctx: TaskContext, args: ListInput) -> ListOutput:
     """The caller's live session sandboxes."""
-    rows = services(ctx).sandboxes.list_live(ctx.tenant_id)
-    return ListOutput(sandboxes=[row_info(r) for r in rows], task_id=ctx.task_id)
+    rows = ctx.service(SandboxManager).list_live(ctx.tenant_id)
+    return ListOutput(sandboxes=[row_info(r) for r in rows])
 
 
 async def destroy(ctx: TaskContext, args: DestroyInput) -> DestroyOutput:
     """Destroy a session sandbox and bill its lifetime; destroying it again is fine."""
-    sandboxes = services(ctx).sandboxes
+    sandboxes = ctx.service(SandboxManager)
     try:
         record = sandboxes.get(ctx.tenant_id, args.sandbox_id)
     except NotFound:
         if not sandboxes.owns(ctx.tenant_id, args.sandbox_id):
             raise
-        return DestroyOutput(sandbox_id=args.sandbox_id, destroyed=False, task_id=ctx.task_id)
+        return DestroyOutput(sandbox_id=args.sandbox_id, destroyed=False)
     with anyio.CancelScope(shield=True):
-        await sandboxes.destroy(record.id, "destroyed_by_owner", bill=True)
-    return DestroyOutput(sandbox_id=args.sandbox_id, destroyed=True, task_id=ctx.task_id)
+        await sandboxes.destroy(record.id, "destroyed_by_owner")
+    return DestroyOutput(sandbox_id=args.sandbox_id, destroyed=True)

@@ -8,10 +8,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from scheduler.models import Task
-from scheduler.tasks import TaskContext
+from scheduler.store import Store
+from scheduler.tasks import Scheduler, TaskContext
 from skills.base import Money, Op, OpInput
 from skills.registry import skill_from_doc
-from skills.services import services
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
 TASK_ID = Field(description="The task_id a tool call returned, e.g. 't_0123abcd4567ef89'.")
@@ -64,31 +64,31 @@ def info(ctx: TaskContext, task: Task) -> dict[str, Any]:
         "started_at": task.started_at.isoformat() if task.started_at else None,
         "finished_at": task.finished_at.isoformat() if task.finished_at else None,
         "attempts": task.attempts,
-        "cost": services(ctx).scheduler.money(task.cost_micros),
+        "cost": ctx.service(Scheduler).money(task.cost_micros),
         "error": {"code": task.error_code, "message": task.error_message or ""} if task.error_code else None,
     }
 
 
 async def list_(ctx: TaskContext, args: ListInput) -> ListOutput:
     """The caller's tasks, newest first (this call itself is left out)."""
-    svc = services(ctx)
+    store = ctx.service(Store)
     query = select(Task).where(Task.tenant_id == ctx.tenant_id, Task.id != ctx.task_id)
     if args.state is not None:
         query = query.where(Task.state == args.state)
-    with svc.store.transaction() as session:
+    with store.transaction() as session:
         tasks = session.scalars(query.order_by(Task.created_at.desc()).limit(args.limit)).all()
         return ListOutput(tasks=[TaskInfo(**info(ctx, t)) for t in tasks])
 
 
 async def get(ctx: TaskContext, args: GetInput) -> TaskDetail:
     """One of the caller's tasks, with its result or error."""
-    task = services(ctx).scheduler.get(ctx.tenant_id, args.task_id)
+    task = ctx.service(Scheduler).get(ctx.tenant_id, args.task_id)
     return TaskDetail(**info(ctx, task), result=task.result)
 
 
 async def cancel(ctx: TaskContext, args: CancelInput) -> TaskDetail:
     """Cancel one of the caller's queued or running tasks."""
-    scheduler = services(ctx).scheduler
+    scheduler = ctx.service(Scheduler)
     await scheduler.cancel(ctx.tenant_id, args.task_id)
     task = scheduler.get(ctx.tenant_id, args.task_id)
     return TaskDetail(**info(ctx, task), result=task.result)
@@ -97,7 +97,16 @@ async def cancel(ctx: TaskContext, args: CancelInput) -> TaskDetail:
 SKILL = skill_from_doc(
     __name__,
     (
-        Op("list", "Your recent tasks, newest first.", ListInput, ListOutput, list_, read_only=True, idempotent=True),
+        Op(
+            "list",
+            "Your recent tasks, newest first.",
+            ListInput,
+            ListOutput,
+            list_,
+            read_only=True,
+            idempotent=True,
+            envelope=False,
+        ),
         Op(
             "get",
             "One task: state, timing, cost, and its result or error.",
@@ -105,6 +114,7 @@ SKILL = skill_from_doc(
             TaskDetail,
             get,
             read_only=True,
+            envelope=False,
             idempotent=True,
         ),
         Op(
@@ -114,6 +124,8 @@ SKILL = skill_from_doc(
             TaskDetail,
             cancel,
             destructive=True,
+            releases=True,
+            envelope=False,
             idempotent=True,
         ),
     ),

@@ -6,6 +6,7 @@ from skills.base import Op
 from skills.registry import skill_from_doc
 from skills.vm import models as m
 from skills.vm import ops
+from skills.vm.instances import QUOTA, from_platform
 
 BOOTS = ops.BOOT_DEADLINE_S  # a boot under software emulation takes seconds
 
@@ -107,8 +108,11 @@ SKILL = skill_from_doc(
             m.DeleteOutput,
             ops.delete,
             destructive=True,
+            releases=True,
             idempotent=True,
             confirm=True,
         ),
     ),
+    resource=from_platform,
+    quota=QUOTA,
 )

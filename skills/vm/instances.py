@@ -1,40 +1,56 @@
 """VM records in the store, QEMU for the real thing, billing by state.
 
-A VM is billed in contiguous intervals (``scheduler.metering``) at the rate
-of the state it was in: its vCPUs, memory and disk while it boots or runs, its
-disk alone while stopped. Every change of state bills up to that moment first,
-in the same transaction, so no millisecond is billed at the wrong rate or twice.
+A VM pays on a lease (``scheduler.leases``) at the rate of the state it is in:
+its vCPUs, memory and disk while it boots or runs, its disk alone while
+stopped. Every change of state bills up to that moment at the old rate and
+holds the next lease at the new one, in the same transaction, so no
+millisecond is billed at the wrong rate or twice. A start the budget cannot
+cover is refused; a VM whose lease the budget cannot renew is stopped, its
+disk kept and its billing ended, until a start finds the budget again.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import anyio
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from common.errors import BudgetExceeded, CloudSkillsError, InvalidInput, NotFound
 from sandbox.qemu import FLAVORS, Flavor, QemuDriver
-from scheduler import ledger, metering
-from scheduler.errors import CloudSkillsError, InvalidInput, NotFound, QuotaExceeded
-from scheduler.models import Vm, VmSnapshot, utcnow
-from scheduler.pricing import PriceCatalog, Usage
+from sandbox.vm_image import guest_image
+from scheduler.leases import Leases
+from scheduler.models import utcnow
+from scheduler.pricing import Usage
+from scheduler.resources import LiveQuota
 from scheduler.store import Store
 from scheduler.tasks import new_id
+from skills.base import Platform
+from skills.vm.rows import Vm, VmSnapshot
 
 log = logging.getLogger("cloudskills.vms")
 
 LIVE_STATES = ("creating", "starting", "running", "stopping", "stopped", "deleting")
 # Billed for vCPUs and memory: booting, running, or shutting down.
 POWERED_STATES = ("creating", "starting", "running", "stopping")
+KIND = "vm"
 
 
-def usage_per_ms(row: Vm) -> Usage:
-    meters = {"vm.disk_mib_ms": row.disk_mib}
-    if row.state in POWERED_STATES:
-        meters |= {"vm.vcpu_ms": row.vcpus, "vm.mib_ms": row.memory_mib}
+def per_second(row: Vm, state: str) -> Usage:
+    """What a second of this VM uses in ``state``: its disk always, vCPUs and memory when powered."""
+    meters = {"vm.disk_mib_ms": row.disk_mib * 1000}
+    if state in POWERED_STATES:
+        meters |= {"vm.vcpu_ms": row.vcpus * 1000, "vm.mib_ms": row.memory_mib * 1000}
     return Usage.of(meters)
+
+
+def count_live(session: Session, tenant_id: str) -> int:
+    return int(session.scalar(select(func.count()).where(Vm.tenant_id == tenant_id, Vm.state.in_(LIVE_STATES))) or 0)
+
+
+QUOTA = LiveQuota("max_live_vms", 4, "VMs", "delete one with vm_delete (vm_list shows them)", count_live)
 
 
 def flavor_of(row: Vm) -> Flavor:
@@ -42,11 +58,18 @@ def flavor_of(row: Vm) -> Flavor:
 
 
 class VmManager:
-    def __init__(self, store: Store, catalog: PriceCatalog, driver: QemuDriver, meter_interval_s: float = 60.0) -> None:
+    kind = KIND
+
+    def __init__(self, store: Store, leases: Leases, driver: QemuDriver) -> None:
         self.store = store
-        self.catalog = catalog
+        self.leases = leases
         self.driver = driver
-        self.meter_interval_s = meter_interval_s
+
+    def _price_state(self, session: Session, row: Vm, state: str) -> None:
+        """Bill up to now at the old state's rate and hold a lease at ``state``'s."""
+        self.leases.set_rate(
+            session, kind=KIND, resource_id=row.id, tenant_id=row.tenant_id, op=state, per_s=per_second(row, state)
+        )
 
     async def create(self, tenant_id: str, flavor_name: str, ttl_s: int) -> Vm:
         flavor = FLAVORS.get(flavor_name)
@@ -64,14 +87,9 @@ class VmManager:
             ttl_s=ttl_s,
         )
         with self.store.transaction() as session:
-            tenant = ledger.locked_tenant(session, tenant_id)
-            live = session.scalar(select(func.count()).where(Vm.tenant_id == tenant_id, Vm.state.in_(LIVE_STATES)))
-            if (live or 0) >= tenant.max_live_vms:
-                raise QuotaExceeded(
-                    f"you have {live} VMs, your quota's most: delete one with vm_delete (vm_list shows them), "
-                    "then retry."
-                )
+            QUOTA.check(session, tenant_id)
             session.add(row)  # the record first: its disk and process are never strays
+            self._price_state(session, row, "creating")  # refused here, before a boot, if the budget is short
         vm_id = row.id
         try:
             await anyio.to_thread.run_sync(self.driver.create, vm_id, flavor)
@@ -84,6 +102,7 @@ class VmManager:
         with self.store.transaction() as session:
             started = session.get(Vm, vm_id, with_for_update=True)
             assert started is not None
+            self._price_state(session, started, "running")
             started.state, started.accel = "running", accel
             return started
 
@@ -122,14 +141,24 @@ class VmManager:
             query = select(VmSnapshot).where(VmSnapshot.vm_id == vm_id).order_by(VmSnapshot.created_at)
             return list(session.scalars(query))
 
-    def _change_state(self, vm_id: str, state: str, expected: tuple[str, ...]) -> Vm:
-        """Bill up to now at the old state's rate, then move to ``state``."""
+    def _change_state(self, vm_id: str, state: str, expected: tuple[str, ...], bill: bool = True) -> Vm:
+        """Bill up to now at the old state's rate, then move to ``state`` (priced at its rate).
+
+        Powering up is refused when the budget cannot cover its lease; powering down
+        never is: when even the disk's lease is past the budget, billing ends there.
+        ``bill=False`` moves a VM whose billing has ended already (stopped for money)."""
         with self.store.transaction() as session:
             row = session.get(Vm, vm_id, with_for_update=True)
             assert row is not None
             if row.state not in expected:
                 raise InvalidInput(f"VM {vm_id!r} is {row.state}, so it cannot be made {state}: vm_describe shows it.")
-            self._bill(session, row, utcnow())
+            if bill:
+                try:
+                    self._price_state(session, row, state)
+                except BudgetExceeded:
+                    if state in POWERED_STATES:
+                        raise
+                    self.leases.close(session, vm_id, "budget")
             row.state = state
             return row
 
@@ -181,7 +210,7 @@ class VmManager:
             row = session.get(Vm, vm_id, with_for_update=True)
             if row is None or row.state not in LIVE_STATES or row.state == "creating":
                 return False
-            self._bill(session, row, utcnow())
+            self.leases.close(session, vm_id, reason)  # nothing is billed past this moment
             row.state, row.delete_reason = "deleting", reason
         await anyio.to_thread.run_sync(self.driver.delete, vm_id)
         self._end(vm_id, "deleted", reason)
@@ -192,25 +221,20 @@ class VmManager:
             row = session.get(Vm, vm_id, with_for_update=True)
             assert row is not None
             now = utcnow()
-            if state == "deleted":
-                self._bill(session, row, now)
+            # A VM that never booted (a failed start) costs nothing.
+            self.leases.close(session, vm_id, reason, now if state == "deleted" else row.created_at)
             row.state, row.deleted_at, row.delete_reason = state, now, reason
 
-    def _bill(self, session: Session, row: Vm, end: datetime) -> None:
-        posting = ledger.Posting(f"vm:{row.id}", row.tenant_id, None, "vm", row.state)
-        row.billed_until = metering.bill_interval(
-            session, self.catalog, posting, row.billed_until, end, usage_per_ms(row)
-        )
-
-    def meter(self) -> int:
-        now = utcnow()
-        billed = 0
+    async def stop_for_budget(self, resource_id: str) -> None:
+        """Stop a running VM whose lease the budget no longer covers; its disk stays."""
         with self.store.transaction() as session:
-            for row in session.scalars(select(Vm).where(Vm.state.in_(LIVE_STATES))):
-                if (now - row.billed_until).total_seconds() >= self.meter_interval_s:
-                    self._bill(session, row, now)
-                    billed += 1
-        return billed
+            row = session.get(Vm, resource_id)
+            if row is None or row.state != "running":
+                return
+        self._change_state(resource_id, "stopping", ("running",), bill=False)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.driver.stop, resource_id)
+        self._change_state(resource_id, "stopped", ("stopping",), bill=False)
 
     async def recover(self) -> list[str]:
         """On a server's start: VMs a dead process was creating or deleting are removed."""
@@ -247,3 +271,9 @@ class VmManager:
         with self.store.transaction() as session:
             row = session.get(Vm, vm_id)
             return row is not None and row.state in (*POWERED_STATES, "deleting")
+
+
+def from_platform(platform: Platform) -> VmManager:
+    """VMs on QEMU, from the guest image built in the machine's image cache."""
+    qemu = QemuDriver(guest_image(platform.settings.image_cache), platform.store.store_id, platform.home / "vms")
+    return VmManager(platform.store, platform.leases, qemu)

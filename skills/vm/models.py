@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from skills.base import Money, OpInput, unsettled
+from skills.base import OpInput
 from skills.commands import ExecOutput as ExecOutput  # re-exported: vm_exec's answer
 
 FlavorName = Literal["small", "medium", "large"]
@@ -42,8 +42,6 @@ class VmInfo(BaseModel):
 
 class CreateOutput(VmInfo):
     boot_ms: int = Field(description="Milliseconds from the call until the guest agent answered.")
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class VmIdInput(OpInput):
@@ -51,14 +49,11 @@ class VmIdInput(OpInput):
 
 
 class StateOutput(VmInfo):
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
+    pass
 
 
 class DescribeOutput(VmInfo):
     snapshots: list[SnapshotOut]
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class ListInput(OpInput):
@@ -67,8 +62,6 @@ class ListInput(OpInput):
 
 class ListOutput(BaseModel):
     vms: list[VmInfo]
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class ExecInput(OpInput):
@@ -88,8 +81,6 @@ class WriteFileInput(OpInput):
 class WriteFileOutput(BaseModel):
     path: str
     size: int
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class ReadFileInput(OpInput):
@@ -106,8 +97,6 @@ class ReadFileOutput(BaseModel):
     content: str
     encoding: Literal["utf-8", "base64"]
     truncated: bool
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class RestoreInput(OpInput):
@@ -117,12 +106,8 @@ class RestoreInput(OpInput):
 
 class SnapshotOutput(SnapshotOut):
     vm_id: str
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)
 
 
 class DeleteOutput(BaseModel):
     vm_id: str
     deleted: bool = Field(description="False when it was already deleted: deleting twice is fine.")
-    task_id: str
-    cost: Money = Field(default_factory=unsettled)

@@ -7,13 +7,12 @@ from datetime import timedelta
 
 import anyio
 
-from scheduler.models import Vm
 from scheduler.tasks import TaskContext
 from skills.commands import command_timed_out
 from skills.content import decode, encode
-from skills.services import services
 from skills.vm import models as m
 from skills.vm.instances import VmManager
+from skills.vm.rows import Vm
 
 # Beyond a command's own timeout: the agent's round trips.
 EXEC_OVERHEAD_S = 30.0
@@ -21,7 +20,7 @@ BOOT_DEADLINE_S = 180.0
 
 
 def manager(ctx: TaskContext) -> VmManager:
-    return services(ctx).vms
+    return ctx.service(VmManager)
 
 
 def info(row: Vm) -> m.VmInfo:
@@ -47,18 +46,18 @@ async def create(ctx: TaskContext, args: m.CreateInput) -> m.CreateOutput:
     row = await manager(ctx).create(ctx.tenant_id, args.flavor, args.ttl_s)
     boot_ms = int((time.monotonic() - started) * 1000)
     await ctx.report(1, f"{row.id} answered after {boot_ms} ms")
-    return m.CreateOutput(**info(row).model_dump(), boot_ms=boot_ms, task_id=ctx.task_id)
+    return m.CreateOutput(**info(row).model_dump(), boot_ms=boot_ms)
 
 
 async def list_(ctx: TaskContext, args: m.ListInput) -> m.ListOutput:
-    return m.ListOutput(vms=[info(r) for r in manager(ctx).list_live(ctx.tenant_id)], task_id=ctx.task_id)
+    return m.ListOutput(vms=[info(r) for r in manager(ctx).list_live(ctx.tenant_id)])
 
 
 async def describe(ctx: TaskContext, args: m.VmIdInput) -> m.DescribeOutput:
     vms = manager(ctx)
     row = vms.get(ctx.tenant_id, args.vm_id)
     snapshots = [m.SnapshotOut(snapshot_id=s.id, created_at=s.created_at.isoformat()) for s in vms.snapshots(row.id)]
-    return m.DescribeOutput(**info(row).model_dump(), snapshots=snapshots, task_id=ctx.task_id)
+    return m.DescribeOutput(**info(row).model_dump(), snapshots=snapshots)
 
 
 async def exec_(ctx: TaskContext, args: m.ExecInput) -> m.ExecOutput:
@@ -76,7 +75,6 @@ async def exec_(ctx: TaskContext, args: m.ExecInput) -> m.ExecOutput:
         stdout_truncated=len(result.stdout) > args.max_output,
         stderr_truncated=len(result.stderr) > args.max_output,
         duration_ms=result.duration_ms,
-        task_id=ctx.task_id,
     )
 
 
@@ -85,7 +83,7 @@ async def write_file(ctx: TaskContext, args: m.WriteFileInput) -> m.WriteFileOut
     row = vms.running(ctx.tenant_id, args.vm_id)
     data = decode(args.content, args.encoding, args.path)
     await anyio.to_thread.run_sync(vms.driver.write_file, row.id, args.path, data)
-    return m.WriteFileOutput(path=args.path, size=len(data), task_id=ctx.task_id)
+    return m.WriteFileOutput(path=args.path, size=len(data))
 
 
 async def read_file(ctx: TaskContext, args: m.ReadFileInput) -> m.ReadFileOutput:
@@ -93,9 +91,7 @@ async def read_file(ctx: TaskContext, args: m.ReadFileInput) -> m.ReadFileOutput
     row = vms.running(ctx.tenant_id, args.vm_id)
     data, truncated = await anyio.to_thread.run_sync(vms.driver.read_file, row.id, args.path, args.max_bytes)
     content, encoding = encode(data, args.encoding)
-    return m.ReadFileOutput(
-        path=args.path, content=content, encoding=encoding, truncated=truncated, task_id=ctx.task_id
-    )
+    return m.ReadFileOutput(path=args.path, content=content, encoding=encoding, truncated=truncated)
 
 
 async def stop(ctx: TaskContext, args: m.VmIdInput) -> m.StateOutput:
@@ -104,18 +100,18 @@ async def stop(ctx: TaskContext, args: m.VmIdInput) -> m.StateOutput:
     row = vms.get(ctx.tenant_id, args.vm_id)
     with anyio.CancelScope(shield=True):
         stopped = await vms.stop(row.id)
-    return m.StateOutput(**info(stopped).model_dump(), task_id=ctx.task_id)
+    return m.StateOutput(**info(stopped).model_dump())
 
 
 async def start(ctx: TaskContext, args: m.VmIdInput) -> m.StateOutput:
     vms = manager(ctx)
     row = vms.get(ctx.tenant_id, args.vm_id)
     if row.state == "running":
-        return m.StateOutput(**info(row).model_dump(), task_id=ctx.task_id)
+        return m.StateOutput(**info(row).model_dump())
     await ctx.report(0, f"booting {row.id}")
     started = await vms.start(row.id)
     await ctx.report(1, f"{row.id} answered")
-    return m.StateOutput(**info(started).model_dump(), task_id=ctx.task_id)
+    return m.StateOutput(**info(started).model_dump())
 
 
 async def reboot(ctx: TaskContext, args: m.VmIdInput) -> m.StateOutput:
@@ -124,7 +120,7 @@ async def reboot(ctx: TaskContext, args: m.VmIdInput) -> m.StateOutput:
     with anyio.CancelScope(shield=True):
         await vms.stop(row.id)
     started = await vms.start(row.id)
-    return m.StateOutput(**info(started).model_dump(), task_id=ctx.task_id)
+    return m.StateOutput(**info(started).model_dump())
 
 
 async def snapshot(ctx: TaskContext, args: m.VmIdInput) -> m.SnapshotOutput:
@@ -132,16 +128,14 @@ async def snapshot(ctx: TaskContext, args: m.VmIdInput) -> m.SnapshotOutput:
     vms = manager(ctx)
     row = vms.get(ctx.tenant_id, args.vm_id)
     taken = await vms.snapshot(row)
-    return m.SnapshotOutput(
-        snapshot_id=taken.id, created_at=taken.created_at.isoformat(), vm_id=row.id, task_id=ctx.task_id
-    )
+    return m.SnapshotOutput(snapshot_id=taken.id, created_at=taken.created_at.isoformat(), vm_id=row.id)
 
 
 async def restore(ctx: TaskContext, args: m.RestoreInput) -> m.StateOutput:
     vms = manager(ctx)
     row = vms.get(ctx.tenant_id, args.vm_id)
     restored = await vms.restore(row, args.snapshot_id)
-    return m.StateOutput(**info(restored).model_dump(), task_id=ctx.task_id)
+    return m.StateOutput(**info(restored).model_dump())
 
 
 async def delete(ctx: TaskContext, args: m.VmIdInput) -> m.DeleteOutput:
@@ -151,7 +145,7 @@ async def delete(ctx: TaskContext, args: m.VmIdInput) -> m.DeleteOutput:
         vms.get(ctx.tenant_id, args.vm_id)  # the same NotFound as any unknown id
     with anyio.CancelScope(shield=True):
         deleted = await vms.delete(args.vm_id, "deleted_by_owner")
-    return m.DeleteOutput(vm_id=args.vm_id, deleted=deleted, task_id=ctx.task_id)
+    return m.DeleteOutput(vm_id=args.vm_id, deleted=deleted)
 
 
 def exec_timeout(args: m.ExecInput) -> float:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_STORE
 from scheduler.models import LedgerEntry, Task
-from scheduler.pool import LABEL_POOL
+from skills.sandbox.pool import LABEL_POOL
 from tests.e2e.conftest import Served, server_env, store_of
 from tests.mcp_helpers import call, http_client
 from tests.polling import until
@@ -60,7 +60,7 @@ async def assert_clean_and_billed(home: Path, docker_driver: DockerDriver) -> No
     assert set(states.values()) == {"succeeded"}
     assert {"create", "write_file", "run_code", "destroy", "run", "lifetime"} <= ops
     assert total and total > 0
-    assert total == task_costs + lifetime  # every micro-unit is a task's cost or a sandbox's lifetime
+    assert total == (task_costs or 0) + (lifetime or 0)  # every micro-unit is a task's cost or a sandbox's lifetime
 
 
 async def test_over_stdio(tmp_path: Path, docker_driver: DockerDriver) -> None:

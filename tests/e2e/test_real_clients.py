@@ -56,7 +56,7 @@ async def test_the_python_client_at_both_protocol_versions(
 
     headers = {"Authorization": f"Bearer {http_server.key}"}
     transport = streamable_http_client(http_server.url, http_client=httpx2.AsyncClient(headers=headers, timeout=60))
-    async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(transport, mode=mode) as client:
         expected = "2025-11-25" if mode == "legacy" else "2026-07-28"
         assert client.protocol_version == expected
         out = await call(client, "sandbox_run", code="print('v', 1)")

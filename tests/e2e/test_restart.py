@@ -92,7 +92,7 @@ async def test_kill_9_mid_tasks_then_restart(tmp_path: Path, docker_driver: Dock
         assert all("server stopped" in (t.error_message or "") for t in lost)
         assert charged_to_lost == 0
         assert tenant.held_micros == 0
-        assert ledger_total == settled + lifetime == tenant.spent_micros
+        assert ledger_total == (settled or 0) + (lifetime or 0) == tenant.spent_micros
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -29,7 +29,7 @@ def answering(action: str, confirm: bool) -> Any:
 
     async def elicit(context: Any, params: Any) -> ElicitResult:
         questions.append(params.message)
-        return ElicitResult(action=action, content={"confirm": confirm} if action == "accept" else None)  # type: ignore[arg-type]
+        return ElicitResult(action=action, content={"confirm": confirm} if action == "accept" else None)
 
     elicit.questions = questions  # type: ignore[attr-defined]
     return elicit

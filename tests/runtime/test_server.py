@@ -27,10 +27,11 @@ async def test_every_op_is_a_tool_with_schemas_and_honest_annotations(offline_ap
         assert tool.output_schema is not None and tool.output_schema["type"] == "object"
         assert tool.input_schema["type"] == "object"
         assert tool.description
-    assert tools["sandbox_destroy"].annotations.destructive_hint is True
-    assert tools["sandbox_destroy"].annotations.idempotent_hint is True
-    assert tools["sandbox_read_file"].annotations.read_only_hint is True
-    assert tools["sandbox_run"].annotations.read_only_hint is False
+    annotations = {name: tool.annotations for name, tool in tools.items() if tool.annotations is not None}
+    assert annotations["sandbox_destroy"].destructive_hint is True
+    assert annotations["sandbox_destroy"].idempotent_hint is True
+    assert annotations["sandbox_read_file"].read_only_hint is True
+    assert annotations["sandbox_run"].read_only_hint is False
     assert tools["sandbox_run"].input_schema.get("required", []) == []  # `{}`-style defaults
     assert tools["sandbox_create"].input_schema.get("required", []) == []
 

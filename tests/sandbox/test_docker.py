@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from common.errors import InvalidInput, NotFound
 from sandbox.docker import DockerDriver
 from sandbox.driver import (
     LABEL_SANDBOX,
@@ -20,7 +21,6 @@ from sandbox.driver import (
     SandboxSpec,
 )
 from sandbox.images import sandbox_image
-from scheduler.errors import InvalidInput, NotFound
 
 pytestmark = pytest.mark.docker
 

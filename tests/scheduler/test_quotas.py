@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from common.errors import QuotaExceeded
 from runtime.tenants import ensure_tenant, update_tenant
 from scheduler import ledger
-from scheduler.errors import QuotaExceeded
 from scheduler.pricing import PriceCatalog, Usage
 from scheduler.store import Store
 from scheduler.tasks import OpBinding, Scheduler, TaskContext

@@ -12,12 +12,12 @@ import anyio
 import pytest
 from sqlalchemy import func, select
 
+from common.errors import BudgetExceeded, InvalidInput
 from runtime.tenants import ensure_tenant
-from scheduler.errors import BudgetExceeded, InvalidInput
 from scheduler.models import LedgerEntry, Task, Tenant
 from scheduler.pricing import PriceCatalog, Rate, Usage
 from scheduler.store import Store
-from scheduler.tasks import UNSETTLED, OpBinding, Scheduler, TaskContext
+from scheduler.tasks import OpBinding, Scheduler, TaskContext
 
 pytestmark = pytest.mark.anyio
 
@@ -32,12 +32,12 @@ def scheduler_on(store: Store) -> Scheduler:
 
 
 async def ok_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
-    ctx.add_usage(Usage.sandbox(vcpu_ms=args.get("vcpu_ms", 0)))
-    return {"echo": args.get("value"), "cost": UNSETTLED}
+    ctx.add_usage(Usage.of({"sandbox.vcpu_ms": args.get("vcpu_ms", 0)}))
+    return {"echo": args.get("value")}
 
 
 async def sleepy_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
-    ctx.add_usage(Usage.sandbox(vcpu_ms=5))
+    ctx.add_usage(Usage.of({"sandbox.vcpu_ms": 5}))
     await anyio.sleep(60)
     return {}
 
@@ -50,7 +50,7 @@ async def crashing_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, 
     raise RuntimeError("secret internals")
 
 
-OK = OpBinding("t", "ok", ok_handler, worst_case=lambda a: Usage.sandbox(vcpu_ms=1000))
+OK = OpBinding("t", "ok", ok_handler, worst_case=lambda a: Usage.of({"sandbox.vcpu_ms": 1000}))
 SLEEPY = OpBinding("t", "sleepy", sleepy_handler, timeout_s=lambda a: float(a.get("timeout_s", 60)))
 BAD = OpBinding("t", "bad", bad_input_handler)
 CRASH = OpBinding("t", "crash", crashing_handler)
@@ -147,7 +147,7 @@ async def test_cancel_of_another_tenants_task_is_not_found(store: Store) -> None
 
 
 async def test_budget_admits_only_what_it_covers(store: Store) -> None:
-    worst = CATALOG.worst_case("t.ok", Usage.sandbox(vcpu_ms=1000))
+    worst = CATALOG.worst_case("t.ok", Usage.of({"sandbox.vcpu_ms": 1000}))
     with store.transaction() as session:
         row = session.get(Tenant, "acme")
         assert row is not None
@@ -163,8 +163,8 @@ async def test_budget_admits_only_what_it_covers(store: Store) -> None:
 async def test_settling_twice_charges_once(store: Store) -> None:
     scheduler = scheduler_on(store)
     task_id = scheduler.submit("acme", OK, {})
-    scheduler._finish(task_id, "succeeded", {}, None, Usage.sandbox(vcpu_ms=100))
-    scheduler._finish(task_id, "succeeded", {}, None, Usage.sandbox(vcpu_ms=100))
+    scheduler._finish(task_id, "succeeded", {}, None, Usage.of({"sandbox.vcpu_ms": 100}))
+    scheduler._finish(task_id, "succeeded", {}, None, Usage.of({"sandbox.vcpu_ms": 100}))
     assert ledger_total(store) == 110
     with store.transaction() as session:
         assert session.scalar(select(func.count()).select_from(LedgerEntry)) == 2
@@ -190,7 +190,7 @@ async def test_recovery_fails_orphans_and_reruns_idempotent_ones(store: Store) -
         group.cancel_scope.cancel()
     assert outcome.state == "succeeded"
     failed = await second.wait(plain)
-    assert failed.state == "failed" and "server stopped" in failed.error.message
-    assert outcome.result["echo"] == 2
+    assert failed.state == "failed" and failed.error is not None and "server stopped" in failed.error.message
+    assert outcome.result is not None and outcome.result["echo"] == 2
     assert tenant(store).held_micros == 0
     assert ledger_total(store) == 10  # only the retried task ran and was charged

@@ -154,7 +154,7 @@ TOOLS = [
 def check(served: Served, name: str, arguments: Any) -> None:
     result = served.portal.call(served.client.call_tool, name, arguments)
     if result.is_error:
-        text = result.content[0].text  # type: ignore[union-attr]
+        text = result.content[0].text
         assert text.strip(), f"{name}: an error without a message"
         assert "Traceback" not in text, f"{name}: a stack trace reached the agent"
         assert "internal error" not in text, f"{name} crashed on {arguments!r}: {text}"

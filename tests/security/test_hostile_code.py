@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from runtime.app import App
 from scheduler.models import LedgerEntry, Task
+from skills.sandbox.manager import SandboxManager
 from tests.conftest import sandboxes_in_use
 from tests.mcp_helpers import call, call_error, mcp_client
 from tests.polling import until
@@ -153,12 +154,12 @@ async def test_a_sandbox_slept_past_its_ttl_is_destroyed(app: App) -> None:
     async with mcp_client(app) as client:
         sid = (await call(client, "sandbox_create", ttl_s=10))["sandbox_id"]
         await call(client, "sandbox_exec", sandbox_id=sid, command="sleep 0.1")
-        from scheduler.models import Sandbox
+        from skills.sandbox.rows import Sandbox
 
         with app.store.transaction() as session:  # as if it had idled for a long time
             row = session.get(Sandbox, sid)
             assert row is not None
             row.last_used_at = row.last_used_at.replace(year=2000)
-        await until(lambda: app.sandboxes.row(sid).state == "destroyed", "the reaper")
+        await until(lambda: app.service(SandboxManager).row(sid).state == "destroyed", "the reaper")
         message = await call_error(client, "sandbox_exec", sandbox_id=sid, command="true")
     assert "was destroyed (idle_ttl)" in message

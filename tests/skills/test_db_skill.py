@@ -11,8 +11,10 @@ from sqlalchemy import func, select
 
 from runtime.app import App
 from runtime.tenants import ensure_tenant
-from scheduler.models import Database, LedgerEntry
+from scheduler.models import Lease, LedgerEntry
 from skills.db.engines.postgres import PostgresEngine
+from skills.db.instances import DatabaseManager
+from skills.db.rows import Database
 from tests.mcp_helpers import call, call_error, mcp_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -31,7 +33,7 @@ SLOW = {
 
 
 def postgres_leftovers(app: App) -> tuple[dict[str, str], dict[str, str]]:
-    engine = app.databases.engines["postgres"]
+    engine = app.service(DatabaseManager).engines["postgres"]
     assert isinstance(engine, PostgresEngine)
     return engine.leftovers()
 
@@ -146,7 +148,7 @@ async def test_another_tenant_reaches_neither_the_instance_nor_its_server(app: A
         own = psycopg.conninfo.conninfo_to_dict(theirs["connection_string"])
         target = psycopg.conninfo.conninfo_to_dict(mine["connection_string"])
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-            psycopg.connect(**{**own, "port": target["port"]}, connect_timeout=5)
+            psycopg.connect(psycopg.conninfo.make_conninfo("", **{**own, "port": target["port"]}), connect_timeout=5)
         # Its real owner connects with what db_create handed over.
         with psycopg.connect(mine["connection_string"], connect_timeout=5, autocommit=True) as conn:
             assert conn.execute("SELECT current_user").fetchone() == ("app",)
@@ -162,13 +164,13 @@ async def test_another_tenant_reaches_neither_the_instance_nor_its_server(app: A
 async def test_a_live_instance_is_billed_exactly_for_its_lifetime(app: App) -> None:
     async with mcp_client(app) as client:
         db = (await call(client, "db_create", engine="postgres", size="medium"))["db_id"]
-        app.databases.meter_interval_s = 0  # bill at every metering pass
-        for _ in range(3):
-            app.databases.meter()
+        for _ in range(3):  # renew its lease now, whatever is left of it: one interval billed each time
+            assert app.leases.renew_due(within_s=app.leases.lease_s) == []
         await call(client, "db_delete", db_id=db)
     with app.store.transaction() as session:
         row = session.get(Database, db)
-        assert row is not None and row.deleted_at is not None
+        lease = session.get(Lease, db)
+        assert row is not None and row.deleted_at is not None and lease is not None
         lines: list[Any] = list(
             session.execute(
                 select(LedgerEntry.item, func.sum(LedgerEntry.quantity), func.count())
@@ -176,12 +178,13 @@ async def test_a_live_instance_is_billed_exactly_for_its_lifetime(app: App) -> N
                 .group_by(LedgerEntry.item)
             )
         )
-        lifetime_ms = int((row.deleted_at - row.billed_until).total_seconds() * 1000)
+        unbilled_ms = int((row.deleted_at - lease.billed_until).total_seconds() * 1000)
     billed = {item: (quantity, entries) for item, quantity, entries in lines}
     instance_ms, intervals = billed["database.instance_ms.medium"]
     assert intervals >= 2, "metered in intervals, then once at the end"
     assert billed["database.storage_mib_ms"][0] == instance_ms * 10 * 1024
-    assert lifetime_ms == 0, "billed up to the moment it was deleted"
+    assert unbilled_ms == 0, "billed up to the moment it was deleted"
+    assert lease.held_micros == 0 and lease.end_reason == "deleted"
 
 
 async def test_db_create_reports_progress(app: App) -> None:
@@ -191,7 +194,7 @@ async def test_db_create_reports_progress(app: App) -> None:
         messages.append(message or "")
 
     async with mcp_client(app) as client:
-        created = await client.call_tool("db_create", {"engine": "postgres"}, progress_callback=progress)
+        created = await client.call_tool("db_create", {"engine": "postgres"}, progress_callback=progress)  # type: ignore[arg-type]
         assert not created.is_error
         db = (created.structured_content or {})["db_id"]
         await call(client, "db_delete", db_id=db)

@@ -10,7 +10,9 @@ from sqlalchemy import select
 from runtime.app import App
 from runtime.tenants import ensure_tenant, update_tenant
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, SandboxSpec
-from scheduler.models import LedgerEntry, Sandbox, Task
+from scheduler.models import LedgerEntry, Task
+from skills.sandbox.manager import SandboxManager
+from skills.sandbox.rows import Sandbox
 from tests.conftest import containers_of, sandboxes_in_use
 from tests.mcp_helpers import call, call_error, mcp_client
 from tests.polling import until
@@ -144,18 +146,18 @@ async def test_the_reaper_destroys_idle_sandboxes_and_strays(app: App) -> None:
         sid = (await call(client, "sandbox_create", ttl_s=10))["sandbox_id"]
     # A container with our labels but no record, as a crash between the two would leave.
     labels = {LABEL_STORE: app.store.store_id, LABEL_SANDBOX: "sb_ghost"}
-    stray = app.driver.create(SandboxSpec(image=app.sandboxes.image, labels=labels))
+    stray = app.docker.create(SandboxSpec(image=app.service(SandboxManager).image, labels=labels))
     with app.store.transaction() as session:
         row = session.get(Sandbox, sid)
         assert row is not None
         row.last_used_at = row.last_used_at.replace(year=2000)
     # The app's own reaper runs every 0.2 s here.
-    await until(lambda: stray.container_id not in containers_of(app.driver, app), "the stray to be removed")
-    await until(lambda: app.sandboxes.row(sid).state == "destroyed", "the idle sandbox to be reaped")
-    assert app.sandboxes.row(sid).destroy_reason == "idle_ttl"
+    await until(lambda: stray.container_id not in containers_of(app.docker, app), "the stray to be removed")
+    await until(lambda: app.service(SandboxManager).row(sid).state == "destroyed", "the idle sandbox to be reaped")
+    assert app.service(SandboxManager).row(sid).destroy_reason == "idle_ttl"
     with app.store.transaction() as session:
         billed = session.scalars(
-            select(LedgerEntry).where(LedgerEntry.idempotency_key.startswith(f"sandbox:{sid}"))
+            select(LedgerEntry).where(LedgerEntry.idempotency_key.startswith(f"lease:{sid}:"))
         ).all()
         assert billed
 

@@ -10,7 +10,9 @@ from sqlalchemy import func, select
 
 from runtime.app import App
 from sandbox.qemu import FLAVORS, marker
-from scheduler.models import LedgerEntry, Vm
+from scheduler.models import LedgerEntry
+from skills.vm.instances import VmManager
+from skills.vm.rows import Vm
 from tests.mcp_helpers import call, call_error, mcp_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -60,7 +62,7 @@ async def test_the_whole_life_of_a_vm(app: App) -> None:
         gone = await call_error(client, "vm_exec", vm_id=vm, command="true")
         assert "was deleted" in gone
 
-    assert vm not in app.vms.driver.processes(), "a QEMU process outlived its VM"
+    assert vm not in app.service(VmManager).driver.processes(), "a QEMU process outlived its VM"
     assert not await anyio.Path(app.settings.home / "vms" / vm).exists(), "the VM's disk was left behind"
     with app.store.transaction() as session:
         row = session.get(Vm, vm)
@@ -92,12 +94,12 @@ async def test_bad_input_gets_clear_errors(app: App) -> None:
 
 
 async def test_the_reaper_kills_a_qemu_process_with_no_record(app: App) -> None:
-    driver = app.vms.driver
+    driver = app.service(VmManager).driver
     folder = Path(driver.folder("vm_0000000000000000"))
     driver.create("vm_0000000000000000", FLAVORS["small"])
     driver._launch(folder, marker(driver.store_id, "vm_0000000000000000"), FLAVORS["small"], "tcg")
     assert "vm_0000000000000000" in driver.processes()
-    reaped = await app.vms.reap()
+    reaped = await app.service(VmManager).reap()
     assert "vm_0000000000000000" in reaped
     for _ in range(100):
         if "vm_0000000000000000" not in driver.processes():

@@ -116,6 +116,14 @@ class Engine(Protocol):
         """Remove everything the instance has (idempotent)."""
         ...
 
+    def suspend(self, instance: Instance) -> None:
+        """Stop serving the instance, keeping its data (its budget ran out)."""
+        ...
+
+    def resume(self, instance: Instance) -> None:
+        """Serve a suspended instance again; return once it accepts connections."""
+        ...
+
     def connection_string(self, instance: Instance) -> str: ...
 
 

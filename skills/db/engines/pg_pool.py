@@ -10,12 +10,29 @@ temporary tables, advisory locks) leaks from one call to the next.
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
 IDLE_PER_INSTANCE = 4
+
+
+def dropped(conn: psycopg.Connection) -> bool:
+    """Whether the server has let go of an idle connection (it restarted, or ended the backend).
+
+    An idle connection hears nothing from a live server; one that ends it sends
+    a last error and closes, so its socket turns readable. Checked before a
+    statement is sent, so no statement is ever sent twice."""
+    if conn.closed:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
+    except (psycopg.Error, OSError, ValueError):
+        return True
 
 
 class ConnectionPool:
@@ -25,9 +42,14 @@ class ConnectionPool:
         self._lock = threading.Lock()
 
     def take(self, key: str) -> psycopg.Connection | None:
-        with self._lock:
-            idle = self._idle.get(key)
-            return idle.pop() if idle else None
+        """An idle connection the server still holds open, or None."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(key)
+                conn = idle.pop() if idle else None
+            if conn is None or not dropped(conn):
+                return conn
+            conn.close()
 
     def give_back(self, key: str, conn: psycopg.Connection) -> None:
         """Keep an idle connection for the next call; its user has already reset it."""

@@ -25,10 +25,11 @@ import psycopg
 import psycopg.errors
 import requests.exceptions
 
+from common.errors import BackendUnavailable, InvalidInput, Timeout
 from sandbox.docker import DockerDriver, docker_unavailable
 from sandbox.driver import LABEL_MANAGED, LABEL_TENANT
-from scheduler.errors import BackendUnavailable, InvalidInput, Timeout
 from skills.db.engines.base import (
+    SIZES,
     ColumnInfo,
     IndexInfo,
     Instance,
@@ -47,6 +48,8 @@ LABEL_DATABASE = "cloudskills.database"
 LABEL_DATABASE_STORE = "cloudskills.database.store"
 READY_TIMEOUT_S = 60.0
 CANCEL_GRACE_S = 2.0
+# How long a lost connection waits for the server's log to tell why.
+LOST_LOG_WAIT_S = 3.0
 CONNECT_TIMEOUT_S = 5
 RESTORE_FILE = f"{DATA_MOUNT}/restore.dump"
 
@@ -81,6 +84,11 @@ def statement_error(exc: psycopg.Error, read_only: bool, timeout_s: float) -> Ex
     if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction) and read_only:
         return InvalidInput("read_only is set, and this statement writes: call again without read_only to write.")
     message = exc.diag.message_primary if exc.diag.message_primary else str(exc).strip()
+    if isinstance(exc, psycopg.errors.OutOfMemory):
+        return InvalidInput(
+            f"PostgreSQL ran out of memory for this statement ({message}); nothing it did was kept. Use less "
+            "memory per statement (smaller values, fewer rows at once), or make the database on a larger size."
+        )
     if "multiple commands" in message:
         return InvalidInput("db_query runs one statement per call: send the statements one at a time.")
     where = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
@@ -167,6 +175,27 @@ class PostgresEngine:
                     raise BackendUnavailable("no free port for the database after 3 tries: try again.") from exc
         raise AssertionError("unreachable")
 
+    def suspend(self, instance: Instance) -> None:
+        """Stop the server; its volume keeps the data (and no container stands running)."""
+        self.pool.close(instance.id)
+        try:
+            self.client.containers.get(container_name(instance)).stop(timeout=10)
+        except docker.errors.NotFound:
+            return
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise docker_unavailable(exc) from exc
+
+    def resume(self, instance: Instance) -> None:
+        try:
+            self.client.containers.get(container_name(instance)).start()
+        except docker.errors.NotFound as exc:
+            raise BackendUnavailable(
+                "the database's server is gone: db_delete it and restore a snapshot into a new one."
+            ) from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise docker_unavailable(exc) from exc
+        self._wait_ready(instance)
+
     def _wait_ready(self, instance: Instance) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
@@ -215,17 +244,14 @@ class PostgresEngine:
         )
 
     def run(self, instance: Instance, work: Callable[[psycopg.Connection], T]) -> T:
-        """``work`` on a pooled connection (or a fresh one), translating a lost server.
+        """``work`` on a pooled connection (or a fresh one), translating a server that does not answer.
 
-        A pooled connection the server has since dropped (a restart) fails
-        before any statement ran; the work is then tried once on a fresh one."""
+        The pool hands out only connections the server still holds (none from
+        before a restart), so ``work`` runs once: a connection lost in the middle
+        of it is the caller's to explain, never a reason to run it again."""
         pooled = self.pool.take(instance.id)
         if pooled is not None:
-            try:
-                return self._on(instance, pooled, work)
-            except psycopg.OperationalError as exc:
-                if exc.sqlstate is not None:
-                    raise
+            return self._on(instance, pooled, work)
         try:
             conn = self._new_connection(instance)
         except psycopg.OperationalError as exc:
@@ -282,8 +308,13 @@ class PostgresEngine:
                 truncated=len(rows) > max_rows,
             )
 
+        started = time.time()
         try:
             return self.run(instance, statement)
+        except psycopg.OperationalError as exc:
+            if exc.sqlstate is None or exc.sqlstate.startswith("57P"):  # the server ended the connection
+                raise self._lost(instance, exc, started) from exc
+            raise statement_error(exc, read_only, timeout_s) from exc
         except psycopg.errors.ProgrammingError as exc:
             if exc.sqlstate is None:  # refused by the client: parameters that do not fit
                 raise InvalidInput(
@@ -293,6 +324,46 @@ class PostgresEngine:
             raise statement_error(exc, read_only, timeout_s) from exc
         except psycopg.Error as exc:
             raise statement_error(exc, read_only, timeout_s) from exc
+
+    def _lost(self, instance: Instance, exc: psycopg.Error, started: float) -> Exception:
+        """What to tell the caller whose statement lost its connection: if the kernel killed a
+        server process for memory (PostgreSQL then restarts, cutting every connection), say so
+        once the instance answers again."""
+        memory = f"{SIZES[instance.size].memory_mib} MiB" if instance.size in SIZES else "the memory of its size"
+        if self._killed_for_memory(instance, started):
+            self.pool.close(instance.id)  # every connection of the old server is gone
+            try:
+                self._wait_ready(instance)
+                now = "it has restarted and answers again"
+            except BackendUnavailable:
+                now = "it is restarting: try again in a moment"
+            return InvalidInput(
+                f"database {instance.id!r} ran out of memory while this statement ran: it has {memory}, the kernel "
+                f"killed a PostgreSQL process and PostgreSQL restarted, which cut every open connection; {now}. "
+                "Nothing the statement did was kept. Use less memory per statement (smaller values, fewer rows at "
+                "once), or make the database on a larger size."
+            )
+        return BackendUnavailable(
+            f"database {instance.id!r} closed the connection while this statement ran ({str(exc).strip()}); "
+            "nothing it did was kept. Try again in a moment, or db_describe it to see its state."
+        )
+
+    def _killed_for_memory(self, instance: Instance, since: float) -> bool:
+        """Whether the server's log tells, since ``since``, of a process killed by SIGKILL: in a
+        container with a memory limit, that is the kernel's OOM killer."""
+        deadline = time.monotonic() + LOST_LOG_WAIT_S
+        while True:
+            try:
+                container = self.client.containers.get(container_name(instance))
+                log = bytes(container.logs(since=int(since) - 1)).decode(errors="replace")
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                return False
+            if "terminated by signal 9" in log:
+                return True
+            # The postmaster logs the death a moment after the client sees its connection close.
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
     def schema(self, instance: Instance) -> list[TableInfo]:
         def read(conn: psycopg.Connection) -> tuple[list[Any], list[Any]]:

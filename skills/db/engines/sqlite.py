@@ -1,19 +1,31 @@
 """SQLite: one database file per instance in the data dir (the embedded default).
 
-There is no server: a query opens the file, runs on a worker thread, and
-closes it. A statement past its timeout is interrupted by SQLite's progress
-handler; ``read_only`` opens the file read-only, so SQLite itself refuses writes.
+There is no server. A tenant's statement runs in a worker process
+(``sqlite_worker``) whose memory is capped, so no statement can take the
+server's: the worker opens the file, runs the statement and closes it. A
+statement past its timeout is interrupted by SQLite's progress handler, and a
+worker that still does not answer is killed; ``read_only`` opens the file
+read-only, so SQLite itself refuses writes. Schemas, backups and restores run
+our own SQL, here, on a connection confined the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import select
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from scheduler.errors import InvalidInput, NotFound, Timeout
+from common.errors import BackendUnavailable, InvalidInput, NotFound, Timeout, error_from_code
+from skills.db.engines import sqlite_worker
 from skills.db.engines.base import (
     SIZES,
     ColumnInfo,
@@ -24,68 +36,146 @@ from skills.db.engines.base import (
     QueryResult,
     Size,
     TableInfo,
-    jsonable,
 )
+from skills.db.engines.sqlite_worker import HEADER, RESULT_MAX_BYTES, open_database
 
-# SQLite calls the progress handler every this many virtual machine steps.
-PROGRESS_STEPS = 10_000
-# How long a writer waits for another writer's lock before giving up.
-BUSY_TIMEOUT_S = 5.0
-
-
-# Pragmas a tenant's SQL may use. Introspection takes any argument (a table's
-# name); a few values may only be read, since setting them would lift the
-# storage cap (max_page_count, page_size); a few harmless ones may be set. The
-# others could corrupt the file (writable_schema) or change how it is kept.
-INTROSPECTION_PRAGMAS = frozenset(
-    {
-        "table_info",
-        "table_xinfo",
-        "table_list",
-        "index_list",
-        "index_info",
-        "index_xinfo",
-        "foreign_key_list",
-        "foreign_key_check",
-        "integrity_check",
-        "quick_check",
-        "collation_list",
-        "function_list",
-        "pragma_list",
-    }
-)
-READ_ONLY_PRAGMAS = frozenset(
-    {"page_count", "page_size", "max_page_count", "freelist_count", "encoding", "data_version"}
-)
-SETTABLE_PRAGMAS = frozenset(
-    {"foreign_keys", "defer_foreign_keys", "recursive_triggers", "user_version", "application_id"}
-)
+# Statements that may run at once; more wait for a worker. Each worker may take
+# sqlite_worker.MEMORY_MAX_BYTES, so this bounds what tenant SQL takes in all.
+WORKERS_MAX = 8
+# Time a worker gets past the statement's own timeout to answer: open, fetch, commit.
+ANSWER_GRACE_S = 5.0
+# The largest answer read from a worker: its rows and a little around them.
+ANSWER_MAX_BYTES = RESULT_MAX_BYTES + (1 << 20)
+# All a worker keeps of the server's environment: no secret is within reach of tenant SQL.
+WORKER_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SQLITE_TMPDIR")
 
 
-def confined(action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None) -> int:
-    """SQLite's authorizer for tenant SQL: no other file (ATTACH, VACUUM INTO), no pragma
-    that could lift the storage cap or damage the file."""
-    if action == sqlite3.SQLITE_ATTACH:
-        # VACUUM attaches a nameless temporary database; any named file is another file.
-        return sqlite3.SQLITE_OK if not arg1 else sqlite3.SQLITE_DENY
-    if action == sqlite3.SQLITE_DETACH:
-        return sqlite3.SQLITE_DENY
-    if action == sqlite3.SQLITE_PRAGMA:
-        name = (arg1 or "").lower()
-        allowed = (
-            name in INTROSPECTION_PRAGMAS or name in SETTABLE_PRAGMAS or (name in READ_ONLY_PRAGMAS and arg2 is None)
+class WorkerGone(Exception):
+    """A worker exited, or stopped answering, in the middle of a statement."""
+
+
+class Worker:
+    """One ``sqlite_worker`` process, running one statement at a time."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", sqlite_worker.__file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={name: os.environ[name] for name in WORKER_ENV if name in os.environ},
+            # Its own session: a Ctrl-C in the server's terminal is the server's to handle;
+            # a worker ends when the server closes its pipe.
+            start_new_session=True,
         )
-        return sqlite3.SQLITE_OK if allowed else sqlite3.SQLITE_DENY
-    return sqlite3.SQLITE_OK
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def ask(self, request: bytes, deadline: float) -> bytes:
+        """Send one request; its answer, or ``WorkerGone`` (then close this worker)."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write(HEADER.pack(len(request)) + request)
+            self.process.stdin.flush()
+        except OSError as exc:
+            raise WorkerGone("it had exited") from exc
+        (size,) = HEADER.unpack(self._read(HEADER.size, deadline))
+        if size > ANSWER_MAX_BYTES:
+            raise WorkerGone(f"it sent an answer of {size} bytes")
+        return self._read(size, deadline)
+
+    def _read(self, size: int, deadline: float) -> bytes:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        chunks = []
+        while size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                raise TimeoutError
+            chunk = os.read(fd, min(size, 1 << 20))
+            if not chunk:
+                raise WorkerGone("it exited")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> str:
+        """Stop the worker; how it ended, for a message."""
+        if self.alive:
+            self.process.kill()
+        code = self.process.wait()
+        assert self.process.stderr is not None
+        said = self.process.stderr.read()[-300:].decode(errors="replace").strip()
+        for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
+            with contextlib.suppress(OSError):
+                if pipe is not None:
+                    pipe.close()
+        return f"exit status {code}" + (f", last words {said!r}" if said else "")
 
 
-def engine_error(exc: sqlite3.Error) -> InvalidInput:
-    if "not authorized" in str(exc) or "authorization denied" in str(exc):
-        return InvalidInput(
-            "this statement is not allowed here: ATTACH, VACUUM INTO and pragmas that change how the "
-            "database is stored are refused. Use plain SQL on your own tables."
-        )
-    return InvalidInput(f"SQLite rejected the statement: {exc}. Fix the SQL (db_schema shows the tables) and retry.")
+class WorkerPool:
+    """Warm workers, shared by every SQLite database of this process; at most ``size`` busy."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle: list[Worker] = []
+        self._lock = threading.Lock()
+
+    def run(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Run a statement's request on a worker; the worker's answer."""
+        try:
+            body = json.dumps(request).encode()
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"the params are not plain JSON values ({exc}): pass numbers, text or null.") from exc
+        if not self._slots.acquire(timeout=timeout_s):
+            raise BackendUnavailable(
+                f"all {self.size} SQLite workers of the server stayed busy for this statement's timeout_s of "
+                f"{timeout_s:g} s: try again in a moment."
+            )
+        try:
+            worker = self._take()
+            try:
+                answer = worker.ask(body, time.monotonic() + timeout_s + ANSWER_GRACE_S)
+            except TimeoutError as exc:
+                worker.close()
+                raise Timeout(
+                    f"the statement ran past its timeout_s of {timeout_s:g} s and was cancelled; nothing it did "
+                    "was kept. Give it a longer timeout_s or make it cheaper."
+                ) from exc
+            except WorkerGone as exc:
+                raise BackendUnavailable(
+                    f"the process running this statement died ({exc}; {worker.close()}) before it answered: "
+                    "try again, and if it happens again, simplify the statement."
+                ) from exc
+            except BaseException:
+                worker.close()
+                raise
+            self._give_back(worker)
+        finally:
+            self._slots.release()
+        decoded: dict[str, Any] = json.loads(answer)
+        return decoded
+
+    def _take(self) -> Worker:
+        with self._lock:
+            while self._idle:
+                worker = self._idle.pop()
+                if worker.alive:
+                    return worker
+                worker.close()
+        return Worker()
+
+    def _give_back(self, worker: Worker) -> None:
+        with self._lock:
+            self._idle.append(worker)
+
+
+WORKERS = WorkerPool(WORKERS_MAX)
 
 
 class SqliteEngine:
@@ -95,22 +185,20 @@ class SqliteEngine:
         self.directory = directory
 
     def file(self, instance: Instance) -> Path:
+        """The instance's file; NotFound if it is gone."""
         assert instance.path is not None
-        return Path(instance.path)
+        path = Path(instance.path)
+        if not path.exists():
+            raise NotFound(f"the file of database {instance.id!r} is gone: delete it with db_delete.")
+        return path
+
+    def storage_bytes(self, instance: Instance) -> int | None:
+        return SIZES[instance.size].storage_mib << 20 if instance.size in SIZES else None
 
     @contextlib.contextmanager
     def connect(self, instance: Instance, read_only: bool = False) -> Iterator[sqlite3.Connection]:
-        path = self.file(instance)
-        if not path.exists():
-            raise NotFound(f"the file of database {instance.id!r} is gone: delete it with db_delete.")
-        mode = "ro" if read_only else "rw"
-        conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        conn = open_database(str(self.file(instance)), read_only, self.storage_bytes(instance))
         try:
-            if not read_only and instance.size in SIZES:
-                # The size's storage is a hard cap: past it a write fails with "database or disk is full".
-                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-                conn.execute(f"PRAGMA max_page_count = {SIZES[instance.size].storage_mib * 1024 * 1024 // page_size}")
-            conn.set_authorizer(confined)
             yield conn
         finally:
             conn.close()
@@ -128,38 +216,21 @@ class SqliteEngine:
     def query(
         self, instance: Instance, sql: str, params: Params, read_only: bool, max_rows: int, timeout_s: float
     ) -> QueryResult:
-        deadline = time.monotonic() + timeout_s
-        with self.connect(instance, read_only) as conn:
-            # Returning non-zero interrupts the statement with "interrupted".
-            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
-            try:
-                cursor = conn.execute(sql, params if params is not None else ())
-                rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
-                conn.commit()
-            except sqlite3.OperationalError as exc:
-                if "interrupted" in str(exc):
-                    raise Timeout(
-                        f"the statement ran past its timeout_s of {timeout_s:g} s and was cancelled; "
-                        "nothing it did was kept. Give it a longer timeout_s or make it cheaper."
-                    ) from exc
-                if read_only and "readonly" in str(exc).replace(" ", "").lower():
-                    raise InvalidInput(
-                        "read_only is set, and this statement writes: call again without read_only to write."
-                    ) from exc
-                raise engine_error(exc) from exc
-            except sqlite3.ProgrammingError as exc:
-                raise InvalidInput(
-                    f"SQLite could not run this: {exc}. Send one statement per call, with one parameter per "
-                    "placeholder (`?` or `:name`)."
-                ) from exc
-            except sqlite3.Error as exc:
-                raise engine_error(exc) from exc
-        columns = [d[0] for d in cursor.description] if cursor.description else []
+        request = {
+            "path": str(self.file(instance)),
+            "storage_bytes": self.storage_bytes(instance),
+            "sql": sql,
+            "params": params,
+            "read_only": read_only,
+            "max_rows": max_rows,
+            "timeout_s": timeout_s,
+        }
+        answer = WORKERS.run(request, timeout_s)
+        if "error" in answer:
+            raise error_from_code(answer["error"], answer["message"])
+        result = answer["result"]
         return QueryResult(
-            columns=columns,
-            rows=[[jsonable(v) for v in row] for row in rows[:max_rows]],
-            rowcount=len(rows[:max_rows]) if cursor.description else max(cursor.rowcount, 0),
-            truncated=len(rows) > max_rows,
+            columns=result["columns"], rows=result["rows"], rowcount=result["rowcount"], truncated=result["truncated"]
         )
 
     def schema(self, instance: Instance) -> list[TableInfo]:
@@ -209,6 +280,12 @@ class SqliteEngine:
             return
         for suffix in ("", "-wal", "-shm"):
             Path(instance.path + suffix).unlink(missing_ok=True)
+
+    def suspend(self, instance: Instance) -> None:
+        """Nothing runs for a SQLite file: the manager refuses its use while suspended."""
+
+    def resume(self, instance: Instance) -> None:
+        """Nothing to start: the file is there."""
 
     def connection_string(self, instance: Instance) -> str:
         return f"sqlite:///{instance.path}"

@@ -24,7 +24,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
-from scheduler.errors import BackendUnavailable, InvalidInput
+from common.errors import BackendUnavailable, InvalidInput
 from skills.inference.engines.base import (
     Completion,
     Embeddings,

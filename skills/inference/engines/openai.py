@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx2 as httpx
 
-from scheduler.errors import BackendTimeout, BackendUnavailable, InvalidInput
+from common.errors import BackendTimeout, BackendUnavailable, InvalidInput
 from skills.inference.engines.base import (
     Completion,
     Embeddings,

@@ -4,18 +4,26 @@ A sandbox's record is written before its container is created, and marked
 destroyed only after the container is gone. So every container carrying this
 store's label either has a live record or is a stray, and the reaper can
 remove strays without ever racing a sandbox that is being born.
+
+A session sandbox pays for its life on a lease (``scheduler.leases``), opened
+in its record's transaction: created only if the budget covers the first
+lease, stopped (destroyed: a sandbox's state is its memory) when a renewal
+cannot be covered. A one-task sandbox (``sandbox_run``) is paid by its task,
+whose hold covers its worst case. A sandbox whose container died is marked
+``failed`` with the reason, and billed up to the moment it died.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 from anyio.abc import TaskGroup
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from common.errors import CloudSkillsError, NotFound
 from sandbox.driver import (
     LABEL_SANDBOX,
     LABEL_STORE,
@@ -24,90 +32,66 @@ from sandbox.driver import (
     AgentResponse,
     Limits,
     SandboxDriver,
-    SandboxHandle,
     SandboxSpec,
 )
-from sandbox.templates import MAX_LIMITS, TEMPLATES, Template
-from scheduler import ledger, quotas
-from scheduler.errors import CloudSkillsError, InvalidInput, NotFound
-from scheduler.models import Sandbox, Task, utcnow
-from scheduler.pool import WarmPool
-from scheduler.pricing import PriceCatalog, Usage
+from sandbox.images import sandbox_image
+from sandbox.templates import Template
+from scheduler.leases import Leases
+from scheduler.models import Task, utcnow
+from scheduler.pricing import Usage
 from scheduler.store import Store
 from scheduler.tasks import new_id
+from skills.base import Platform
+from skills.sandbox.pool import WarmPool
+from skills.sandbox.records import (
+    KIND,
+    LIVE_STATES,
+    QUOTA,
+    SandboxRecord,
+    check_limits,
+    ended_because,
+    lifetime_usage,
+    per_second,
+)
+from skills.sandbox.rows import Sandbox
 
 log = logging.getLogger("cloudskills.sandboxes")
 
-LIVE_STATES = ("starting", "running")
-
-
-@dataclass(frozen=True)
-class SandboxRecord:
-    """A snapshot of a sandbox's row, safe to use outside its transaction."""
-
-    id: str
-    tenant_id: str
-    task_id: str | None
-    template: str
-    container_id: str | None
-    state: str
-    vcpus: float
-    memory_mib: int
-    ttl_s: int
-
-    @classmethod
-    def of(cls, row: Sandbox) -> SandboxRecord:
-        return cls(
-            row.id,
-            row.tenant_id,
-            row.task_id,
-            row.template,
-            row.container_id,
-            row.state,
-            row.vcpus,
-            row.memory_mib,
-            row.ttl_s,
-        )
-
-    @property
-    def handle(self) -> SandboxHandle:
-        assert self.container_id is not None
-        return SandboxHandle(container_id=self.container_id, name=f"cloudskills-{self.id}")
-
-
-def lifetime_usage(row: Sandbox) -> Usage:
-    end = row.destroyed_at or utcnow()
-    ms = max(int((end - row.created_at) / timedelta(milliseconds=1)), 0)
-    return Usage.sandbox_for(row.vcpus, row.memory_mib, ms)
-
-
-def resolve_template(name: str) -> Template:
-    template = TEMPLATES.get(name)
-    if template is None:
-        raise InvalidInput(f"unknown template {name!r}: use one of {', '.join(sorted(TEMPLATES))}.")
-    return template
-
-
-def check_limits(limits: Limits) -> Limits:
-    for field in ("vcpus", "memory_mib", "pids", "disk_mib"):
-        value, most = getattr(limits, field), getattr(MAX_LIMITS, field)
-        if not 0 < value <= most:
-            raise InvalidInput(f"{field} must be above 0 and at most {most:g}; you asked for {value:g}.")
-    return limits
-
 
 class SandboxManager:
+    kind = KIND
+
     def __init__(
-        self, store: Store, driver: SandboxDriver, catalog: PriceCatalog, image: str, pool: WarmPool | None = None
+        self, store: Store, driver: SandboxDriver, leases: Leases, image: str, pool: WarmPool | None = None
     ) -> None:
         self.store = store
         self.driver = driver
-        self.catalog = catalog
+        self.leases = leases
         self.image = image
         self.pool = pool
-        # Where background container removals run (set while the app runs).
+        # Where background container removals run (set while the process serves).
         self.background: TaskGroup | None = None
         self._removing: set[str] = set()
+
+    async def serve(self) -> None:
+        """While the process serves: keep the warm pool full, and remove destroyed
+        sandboxes' containers off the callers' path. On the way out the pool is
+        drained and pending removals finish."""
+        try:
+            async with anyio.create_task_group() as removals:
+                self.background = removals
+                if self.pool is not None:
+                    await self.pool.run()
+                else:
+                    await anyio.sleep_forever()
+        finally:
+            self.background = None
+
+    async def recover(self) -> list[str]:
+        return []  # a sandbox outlives a restart; the reaper judges it
+
+    async def stop_for_budget(self, resource_id: str) -> None:
+        await self.destroy(resource_id, "budget", wait=False)
 
     async def create(
         self,
@@ -120,7 +104,9 @@ class SandboxManager:
         """A running sandbox for the tenant: warm from the pool when it fits, else started cold."""
         check_limits(limits)
         with self.store.transaction() as session:
-            quotas.check_sandboxes(session, ledger.locked_tenant(session, tenant_id))
+            QUOTA.check(session, tenant_id)
+            if task_id is None:  # refused here, before any container, if the budget is short
+                self.leases.check(session, tenant_id, KIND, per_second(limits.vcpus, limits.memory_mib))
         row = Sandbox(
             tenant_id=tenant_id,
             task_id=task_id,
@@ -137,6 +123,7 @@ class SandboxManager:
             try:
                 with self.store.transaction() as session:
                     session.add(row)
+                    self._open_lease(session, row)
                     return SandboxRecord.of(row)
             finally:
                 # Recorded (or failed): either way the pool's hold ends; without a
@@ -148,6 +135,7 @@ class SandboxManager:
         sandbox_id = row.id = new_id("sb")
         with self.store.transaction() as session:
             session.add(row)  # the record first: its container is never a stray
+            self._open_lease(session, row)
         spec = SandboxSpec(
             image=self.image,
             limits=limits,
@@ -158,7 +146,7 @@ class SandboxManager:
             handle = await anyio.to_thread.run_sync(self.driver.create, spec)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._mark_destroyed(sandbox_id, "failed_to_start", bill=False)
+                await self._mark_ended(sandbox_id, "destroyed", "failed_to_start", bill=False)
             raise
         with self.store.transaction() as session:
             started = session.get(Sandbox, sandbox_id)
@@ -167,6 +155,13 @@ class SandboxManager:
             started.state = "running"
             return SandboxRecord.of(started)
 
+    def _open_lease(self, session: Session, row: Sandbox) -> None:
+        if row.task_id is None:
+            per_s = per_second(row.vcpus, row.memory_mib)
+            self.leases.open(
+                session, kind=KIND, resource_id=row.id, tenant_id=row.tenant_id, op="lifetime", per_s=per_s
+            )
+
     def get(self, tenant_id: str, sandbox_id: str) -> SandboxRecord:
         """A live sandbox of this tenant; another tenant's looks exactly like a missing one."""
         with self.store.transaction() as session:
@@ -174,10 +169,7 @@ class SandboxManager:
             if row is None or row.tenant_id != tenant_id or row.task_id is not None:
                 raise NotFound(f"no sandbox {sandbox_id!r}: call sandbox_list to see yours, or sandbox_create.")
             if row.state not in LIVE_STATES:
-                raise NotFound(
-                    f"sandbox {sandbox_id!r} was destroyed ({row.destroy_reason}): "
-                    "create a new one with sandbox_create."
-                )
+                raise NotFound(f"sandbox {sandbox_id!r} {ended_because(row)}: create a new one with sandbox_create.")
             row.last_used_at = utcnow()
             return SandboxRecord.of(row)
 
@@ -205,23 +197,27 @@ class SandboxManager:
     async def call(self, record: SandboxRecord, request: AgentRequest, deadline_s: float) -> AgentResponse:
         # abandon_on_cancel: on a deadline or cancel the caller moves on at once;
         # destroying the container then breaks the blocked call's socket.
-        return await anyio.to_thread.run_sync(
-            self.driver.call, record.handle, request, deadline_s, abandon_on_cancel=True
-        )
+        try:
+            return await anyio.to_thread.run_sync(
+                self.driver.call, record.handle, request, deadline_s, abandon_on_cancel=True
+            )
+        except NotFound:
+            # It stopped answering: if its container died, the books say so from now on.
+            if record.task_id is None and record.container_id is not None:
+                await self.mark_dead(record.id, record.container_id)
+            raise
 
-    async def destroy(self, sandbox_id: str, reason: str, bill: bool, wait: bool = True) -> Usage:
-        """End a sandbox: its record is marked destroyed (its lifetime ends now) and its
-        container removed; return the lifetime's usage.
+    async def destroy(self, sandbox_id: str, reason: str, wait: bool = True) -> Usage:
+        """End a sandbox: its record is marked destroyed (its lifetime ends now), its
+        lease closed (a session sandbox's last interval billed), and its container
+        removed; return the lifetime's usage, which a one-task sandbox's task bills.
 
-        ``bill`` charges a session sandbox's lifetime to its tenant in the ledger
-        (once: the entry's key is the sandbox's id). A one-task sandbox's
-        lifetime is billed by its task instead, from the usage returned.
         ``wait=False`` removes the container in the background, off the caller's
         path; if the process dies first, the container is a stray the reaper removes."""
         with self.store.transaction() as session:
             row = session.get(Sandbox, sandbox_id)
             container_id = row.container_id if row is not None and row.state in LIVE_STATES else None
-        usage = await self._mark_destroyed(sandbox_id, reason, bill)
+        usage = await self._mark_ended(sandbox_id, "destroyed", reason)
         if container_id is not None:
             if wait or self.background is None:
                 await anyio.to_thread.run_sync(self.driver.destroy, container_id)
@@ -238,37 +234,44 @@ class SandboxManager:
         finally:
             self._removing.discard(container_id)
 
-    async def _mark_destroyed(self, sandbox_id: str, reason: str, bill: bool) -> Usage:
+    async def _mark_ended(
+        self, sandbox_id: str, state: str, reason: str, at: datetime | None = None, bill: bool = True
+    ) -> Usage:
+        """End the record at ``at`` (now); ``bill=False`` for a sandbox that never ran."""
         with self.store.transaction() as session:
             row = session.get(Sandbox, sandbox_id)
             if row is None or row.state not in LIVE_STATES:
                 return Usage()
-            row.state = "destroyed"
-            row.destroyed_at = utcnow()
-            row.destroy_reason = reason
-            usage = lifetime_usage(row)
-            if bill:
-                posting = ledger.Posting(f"sandbox:{row.id}:lifetime", row.tenant_id, None, "sandbox", "lifetime")
-                ledger.post(session, self.catalog, posting, self.catalog.usage_charges(usage))
-            return usage
+            row.state, row.destroy_reason = state, reason
+            end = at or utcnow() if bill else row.created_at
+            row.destroyed_at = max(min(end, utcnow()), row.created_at)
+            self.leases.close(session, sandbox_id, reason, row.destroyed_at)
+            return lifetime_usage(row)
 
     async def reap(self) -> list[str]:
-        """Destroy expired session sandboxes, orphaned one-task sandboxes, and stray containers."""
+        """Destroy expired session sandboxes and orphaned one-task sandboxes, mark dead
+        ones failed, and remove stray containers."""
         now = utcnow()
         with self.store.transaction() as session:
             live = session.execute(
-                select(Sandbox.id, Sandbox.task_id, Sandbox.last_used_at, Sandbox.ttl_s, Task.state)
+                select(
+                    Sandbox.id, Sandbox.task_id, Sandbox.last_used_at, Sandbox.ttl_s, Sandbox.container_id, Task.state
+                )
                 .outerjoin(Task, Task.id == Sandbox.task_id)
                 .where(Sandbox.state.in_(LIVE_STATES))
             ).all()
+        containers = await anyio.to_thread.run_sync(self.driver.list_labelled, {LABEL_STORE: self.store.store_id})
+        running = {c.container_id for c in containers if c.running}
         reaped: list[str] = []
-        for sandbox_id, task_id, last_used_at, ttl_s, task_state in live:
+        for sandbox_id, task_id, last_used_at, ttl_s, container_id, task_state in live:
             if task_id is None and last_used_at + timedelta(seconds=ttl_s) < now:
-                await self._reap_one(sandbox_id, "idle_ttl", bill=True, reaped=reaped)
+                await self._reap_one(sandbox_id, "idle_ttl", reaped)
             elif task_id is not None and task_state != "running":
                 # Its task ended (or died with a previous process) without cleaning up.
-                await self._reap_one(sandbox_id, "task_ended", bill=False, reaped=reaped)
-        containers = await anyio.to_thread.run_sync(self.driver.list_labelled, {LABEL_STORE: self.store.store_id})
+                await self._reap_one(sandbox_id, "task_ended", reaped)
+            elif task_id is None and container_id and container_id not in running | self._removing:
+                await self.mark_dead(sandbox_id, container_id)
+                reaped.append(sandbox_id)
         for container in containers:
             # Judged one at a time, with no await between the judgement and the
             # removal's start: a sandbox the pool is handing over, or whose record
@@ -288,9 +291,28 @@ class SandboxManager:
             row = session.get(Sandbox, sandbox_id)
             return row is not None and row.state in LIVE_STATES
 
-    async def _reap_one(self, sandbox_id: str, reason: str, bill: bool, reaped: list[str]) -> None:
+    async def mark_dead(self, sandbox_id: str, container_id: str) -> str | None:
+        """A sandbox whose container stopped on its own: ``failed``, billed up to the
+        moment it died, its container removed; the reason, or None if it still runs."""
+        ended = await anyio.to_thread.run_sync(self.driver.exit_of, container_id)
+        if ended is None:
+            return None
+        log.warning("sandbox %s died: %s", sandbox_id, ended.reason)
+        await self._mark_ended(sandbox_id, "failed", f"died: {ended.reason}", ended.finished_at)
+        await self._remove_quietly(container_id)
+        return ended.reason
+
+    async def _reap_one(self, sandbox_id: str, reason: str, reaped: list[str]) -> None:
         try:
-            await self.destroy(sandbox_id, reason, bill=bill)
+            await self.destroy(sandbox_id, reason)
             reaped.append(sandbox_id)
         except CloudSkillsError as exc:
             log.warning("could not reap sandbox %s: %s", sandbox_id, exc)
+
+
+def from_platform(platform: Platform) -> SandboxManager:
+    """The sandbox manager and its warm pool, on the process's Docker Engine."""
+    assert platform.docker is not None
+    settings, image = platform.settings, sandbox_image()
+    pool = WarmPool(platform.docker, platform.store.store_id, image, settings.pool_size, settings.pool_memory_mib)
+    return SandboxManager(platform.store, platform.docker, platform.leases, image, pool)

@@ -15,8 +15,9 @@ into a tool error (``isError``) and the CLI prints it, never a stack trace.
     ├── TaskFailed            the task's work failed (its own error, not the caller's)
     └── BackendUnavailable    Docker, the database or a model engine is not reachable
 
-The tree lives in ``scheduler`` because the scheduler is where every task's error
-is recorded; ``sandbox`` raises these too, as the leaf infrastructure beneath it.
+The tree lives in a leaf package that imports nothing of ours, so ``sandbox``
+(isolation) and ``scheduler`` (tasks and money) can both raise these without
+either importing the other.
 """
 
 from __future__ import annotations

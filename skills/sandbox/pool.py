@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import anyio
 
+from common.errors import CloudSkillsError
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, Limits, SandboxDriver, SandboxHandle, SandboxSpec
-from scheduler.errors import CloudSkillsError
 from scheduler.tasks import new_id
 
 log = logging.getLogger("cloudskills.pool")

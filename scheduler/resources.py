@@ -1,0 +1,158 @@
+"""What the process needs of a kind of resource that outlives its call.
+
+A kind (sandboxes, databases, VMs, and the ones to come) lives in its skill:
+its rows, its manager, its engines. The process knows it only through this
+small protocol, and finds it the way it finds ops (``Skill.resource``):
+
+- **create** is the kind's own op; in its record's transaction it checks its
+  ``LiveQuota`` and opens its lease (``scheduler.leases``): a hold for the
+  first lease of its running cost, refused when the budget cannot cover it;
+- **lease renewal** and **usage** are the lease's: the kind says what one
+  second of the resource uses, and changes it (``Leases.rerate``) with its state;
+- **stop at budget**: ``stop_for_budget`` when a lease could not be renewed;
+  billing has already ended, the kind stops the resource (data kept where it has data);
+- **recovery** after a restart and **reaping** of strays, TTLs and dead ones.
+
+``ResourceDuties`` runs the periodic part (reaping and renewals) for every
+kind in one loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import anyio
+from sqlalchemy.orm import Session
+
+from common.errors import CloudSkillsError, QuotaExceeded
+from scheduler import ledger
+from scheduler.leases import Leases
+
+log = logging.getLogger("cloudskills.resources")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LiveQuota:
+    """A per-tenant cap on how many of a kind live at once.
+
+    ``name`` is the tenant setting (``max_live_sandboxes``), ``count`` counts
+    the tenant's live ones in the caller's transaction, ``hint`` says how to
+    free one."""
+
+    name: str
+    default: int
+    noun: str
+    hint: str
+    count: Callable[[Session, str], int]
+
+    def limit(self, tenant: Any) -> int:
+        return int((tenant.quotas or {}).get(self.name, self.default))
+
+    def check(self, session: Session, tenant_id: str) -> None:
+        """Refuse one more when the tenant has its most; the tenant's row is locked
+        for the rest of the transaction, so two creates cannot both pass."""
+        tenant = ledger.locked_tenant(session, tenant_id)
+        live = self.count(session, tenant_id)
+        if live >= self.limit(tenant):
+            raise QuotaExceeded(f"you have {live} live {self.noun}, your quota's most: {self.hint}, then retry.")
+
+
+class ResourceKind(Protocol):
+    """A manager of one kind of long-lived resource, as the process sees it."""
+
+    kind: str
+
+    async def recover(self) -> list[str]:
+        """After a restart: settle what a dead process left half made; the ids handled."""
+        ...
+
+    async def reap(self) -> list[str]:
+        """Remove what is past its TTL, dead, or stray; the ids handled."""
+        ...
+
+    async def stop_for_budget(self, resource_id: str) -> None:
+        """Stop a resource whose lease the budget could not renew (its billing has ended)."""
+        ...
+
+
+class Services:
+    """The process's services by type, so a handler asks for what it uses, typed:
+    ``ctx.service(SandboxManager)``."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[type[Any], Any] = {}
+
+    def add(self, service: object) -> None:
+        self._by_type[type(service)] = service
+
+    def get(self, kind: type[T]) -> T:
+        found = self._by_type.get(kind)
+        if found is None:
+            found = next((s for t, s in self._by_type.items() if issubclass(t, kind)), None)
+        if found is None:
+            raise LookupError(f"no service {kind.__name__} in this process")
+        assert isinstance(found, kind)
+        return found
+
+    def all(self) -> list[object]:
+        return list(self._by_type.values())
+
+    def kinds(self) -> list[ResourceKind]:
+        return [s for s in self._by_type.values() if isinstance(getattr(s, "kind", None), str)]
+
+    async def close_all(self) -> None:
+        """Let every service that holds something open (a model's threads) close it."""
+        for service in self._by_type.values():
+            close = getattr(service, "aclose", None)
+            if close is not None:
+                await close()
+
+
+class ResourceDuties:
+    """The periodic care of every kind: reap, then renew leases and stop the ones
+    the budget no longer covers."""
+
+    def __init__(self, kinds: Sequence[ResourceKind], leases: Leases) -> None:
+        self.kinds = {kind.kind: kind for kind in kinds}
+        self.leases = leases
+
+    async def recover(self) -> list[str]:
+        handled: list[str] = []
+        for kind in self.kinds.values():
+            handled += await kind.recover()
+        return handled
+
+    async def pass_once(self) -> list[str]:
+        """One pass; the ids of the resources it stopped for money."""
+        for kind in self.kinds.values():
+            try:
+                await kind.reap()
+            except CloudSkillsError as exc:
+                log.warning("reaping %s: %s", kind.kind, exc)
+        stopped = []
+        for ended in self.leases.renew_due():
+            owner = self.kinds.get(ended.kind)
+            if owner is None:
+                continue  # a kind this process does not serve: its own process stops it
+            try:
+                await owner.stop_for_budget(ended.resource_id)
+                stopped.append(ended.resource_id)
+            except CloudSkillsError as exc:
+                log.warning("could not stop %s %s for its budget: %s", ended.kind, ended.resource_id, exc)
+        return stopped
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            try:
+                stopped = await self.pass_once()
+                if stopped:
+                    log.info("stopped %d resource(s) their budget no longer covers", len(stopped))
+            except Exception:
+                # A background loop must never take the server down; the next pass retries.
+                log.exception("resource duties pass failed")
+            await anyio.sleep(interval_s)

@@ -1,0 +1,109 @@
+"""What a sandbox is in the books: its record as handlers see it, what it uses a
+second, its live-count quota, and the checks of a template and its limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from common.errors import InvalidInput
+from sandbox.driver import Limits, SandboxHandle
+from sandbox.templates import MAX_LIMITS, TEMPLATES, Template
+from scheduler.leases import used_in
+from scheduler.models import utcnow
+from scheduler.pricing import Usage
+from scheduler.resources import LiveQuota
+from skills.sandbox.rows import Sandbox
+
+LIVE_STATES = ("starting", "running")
+KIND = "sandbox"
+
+
+def count_live(session: Session, tenant_id: str) -> int:
+    query = select(func.count()).where(Sandbox.tenant_id == tenant_id, Sandbox.state.in_(LIVE_STATES))
+    return int(session.scalar(query) or 0)
+
+
+QUOTA = LiveQuota(
+    "max_live_sandboxes",
+    32,
+    "sandboxes",
+    "destroy one with sandbox_destroy (sandbox_list shows them) or wait for a sandbox_run to finish",
+    count_live,
+)
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """A snapshot of a sandbox's row, safe to use outside its transaction."""
+
+    id: str
+    tenant_id: str
+    task_id: str | None
+    template: str
+    container_id: str | None
+    state: str
+    vcpus: float
+    memory_mib: int
+    ttl_s: int
+
+    @classmethod
+    def of(cls, row: Sandbox) -> SandboxRecord:
+        return cls(
+            row.id,
+            row.tenant_id,
+            row.task_id,
+            row.template,
+            row.container_id,
+            row.state,
+            row.vcpus,
+            row.memory_mib,
+            row.ttl_s,
+        )
+
+    @property
+    def handle(self) -> SandboxHandle:
+        assert self.container_id is not None
+        return SandboxHandle(container_id=self.container_id, name=f"cloudskills-{self.id}")
+
+
+def per_second(vcpus: float, memory_mib: int) -> Usage:
+    """What one second of a sandbox of this size uses, in the sandbox meters' units."""
+    return Usage.of({"sandbox.vcpu_ms": round(vcpus * 1000), "sandbox.mib_ms": memory_mib * 1000})
+
+
+def usage_for(vcpus: float, memory_mib: int, ms: int) -> Usage:
+    """What a sandbox of this size uses living ``ms`` milliseconds."""
+    return used_in(per_second(vcpus, memory_mib), ms)
+
+
+def lifetime_usage(row: Sandbox) -> Usage:
+    end = row.destroyed_at or utcnow()
+    ms = max(int((end - row.created_at) / timedelta(milliseconds=1)), 0)
+    return usage_for(row.vcpus, row.memory_mib, ms)
+
+
+def ended_because(row: Sandbox) -> str:
+    if row.state == "failed":
+        return f"has failed ({row.destroy_reason}) and was removed"
+    if row.destroy_reason == "budget":
+        return "was destroyed because the budget could not cover its next lease (billing_balance shows it)"
+    return f"was destroyed ({row.destroy_reason})"
+
+
+def resolve_template(name: str) -> Template:
+    template = TEMPLATES.get(name)
+    if template is None:
+        raise InvalidInput(f"unknown template {name!r}: use one of {', '.join(sorted(TEMPLATES))}.")
+    return template
+
+
+def check_limits(limits: Limits) -> Limits:
+    for field in ("vcpus", "memory_mib", "pids", "disk_mib"):
+        value, most = getattr(limits, field), getattr(MAX_LIMITS, field)
+        if not 0 < value <= most:
+            raise InvalidInput(f"{field} must be above 0 and at most {most:g}; you asked for {value:g}.")
+    return limits
