@@ -115,7 +115,7 @@ def held(app: App) -> int:
 async def test_generate_streams_progress_and_bills_the_reported_tokens(model_app: App) -> None:
     pieces: list[str] = []
 
-    async def progress(value: float, total: float | None, message: str | None) -> None:
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         if message:
             pieces.append(message)
 
@@ -123,7 +123,7 @@ async def test_generate_streams_progress_and_bills_the_reported_tokens(model_app
         result = await client.call_tool(
             "inference_generate",
             {"messages": QUESTION, "max_tokens": 24, "temperature": 0, "seed": 7},
-            progress_callback=progress,
+            progress_callback=on_progress,
         )
     assert not result.is_error, result.content
     out: dict[str, Any] = result.structured_content or {}
