@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -69,9 +70,15 @@ class PreparedCall:
     """A tool call resolved and its arguments validated: what the scheduler runs."""
 
     tool: str
+    arguments: dict[str, Any]  # as the caller sent them
     op: Op[Any, Any]
     binding: OpBinding
     args: BaseModel
+
+
+# A call already prepared earlier in this request (by the MCP tasks extension, before it
+# hands an ordinary call on to the server's own path), so it is not validated twice.
+PREPARED: ContextVar[PreparedCall | None] = ContextVar("cloudskills_prepared_call", default=None)
 
 
 class App:
@@ -136,6 +143,9 @@ class App:
 
     def prepare(self, tool_name: str, arguments: dict[str, Any]) -> PreparedCall:
         """The tool's op and its arguments, validated once; a clear error for bad ones."""
+        ready = PREPARED.get()
+        if ready is not None and ready.tool == tool_name and ready.arguments == arguments:
+            return ready
         found = self.registry.find(tool_name)
         if found is None:
             raise NotFound(f"no tool {tool_name!r}: list the tools to see what exists.")
@@ -144,26 +154,30 @@ class App:
             args = op.input.model_validate(arguments)
         except ValidationError as exc:
             raise InvalidInput(describe_validation_error(exc)) from exc
-        return PreparedCall(tool_name, op, self.scheduler.binding(f"{skill.name}.{op.name}"), args)
+        binding = self.scheduler.binding(f"{skill.name}.{op.name}")
+        return PreparedCall(tool_name, arguments, op, binding, args)
+
+    async def run(self, tenant_id: str, prepared: PreparedCall, progress: Progress | None = None) -> TaskOutcome:
+        """Run a prepared call as a task and return its outcome (or raise its error)."""
+        outcome = await self.scheduler.run(tenant_id, prepared.binding, prepared.args, progress)
+        outcome.unwrap()
+        return outcome
 
     async def call(
         self, tenant_id: str, tool_name: str, arguments: dict[str, Any], progress: Progress | None = None
     ) -> TaskOutcome:
         """Validate, run as a task, and return its outcome (or raise its error)."""
-        prepared = self.prepare(tool_name, arguments)
-        outcome = await self.scheduler.run(tenant_id, prepared.binding, prepared.args, progress)
-        outcome.unwrap()
-        return outcome
+        return await self.run(tenant_id, self.prepare(tool_name, arguments), progress)
 
     async def call_or_hand_over(
         self, tenant_id: str, tool_name: str, arguments: dict[str, Any], within_s: float
-    ) -> TaskOutcome | str | None:
+    ) -> TaskOutcome | str | PreparedCall:
         """For an op that can run long: run the call as a task, and answer like ``call`` if
         it ends within ``within_s``, else leave it running, unwaited, and return its task id.
-        None for any other op: the caller takes the ordinary path."""
+        Any other call comes back prepared, for the caller's ordinary path (see PREPARED)."""
         prepared = self.prepare(tool_name, arguments)
         if not prepared.op.runs_long(prepared.args):
-            return None
+            return prepared
         task_id = self.scheduler.submit(tenant_id, prepared.binding, prepared.args)
         try:
             with anyio.move_on_after(within_s):

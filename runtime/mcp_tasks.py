@@ -1,21 +1,26 @@
 """MCP tasks (the extension ``io.modelcontextprotocol/tasks``, SEP-2663) on the scheduler's store.
 
-A client that declares the extension on a ``tools/call`` of an op that can
-run long (``Op.runs_long``: a VM boot, a database backup, a model's reply, a
-sandbox run...) gets the ordinary answer if the call is done within a couple
-of seconds, and otherwise a task handle (``resultType: "task"``) instead of
-waiting. The handle is
-the scheduler's own task id, so it is as durable as the task: ``tasks/get``
-answers from the store, after a restart too, with the result or the error
-inline once the task is done; ``tasks/cancel`` cancels the scheduler task (its
-container or VM is stopped, its hold released). Clients without the extension
-get the ordinary synchronous path, and any client can use the ``tasks_list``,
-``tasks_get`` and ``tasks_cancel`` tools.
+A client on a 2026-07-28 connection that declares the extension, on its
+``tools/call`` of an op that can run long (``Op.runs_long``: a VM boot, a
+database backup, a model's reply, a sandbox run...), gets the ordinary answer
+if the call is done within a couple of seconds, and otherwise a task handle
+(``resultType: "task"``) instead of waiting. A 2025-11-25 connection never gets
+one, whatever it declares: that wire has no such shape, so it always gets the
+ordinary synchronous answer, and the ``tasks/*`` methods are not served there.
+
+The handle is the scheduler's own task id, so it is as durable as the task:
+``tasks/get`` answers from the store, after a restart too, by status:
+``working``; ``completed`` with the call's result inline, a tool that ran and
+failed being a completed call with ``isError`` (exactly what the ordinary path
+would have answered); ``cancelled``; and ``failed`` with a JSON-RPC error only
+where no tool result can be given at all. ``tasks/cancel`` cancels the
+scheduler task (its container or VM is stopped, its hold released);
+``tasks/update`` is acknowledged, as our tasks never wait on input. Any client
+can also use the ``tasks_list``, ``tasks_get`` and ``tasks_cancel`` tools.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -23,17 +28,20 @@ from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.extension import Extension, MethodBinding
+from mcp.server.mcpserver import require_client_extension
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolRequestParams, CallToolResult, RequestParams, TextContent
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, CallToolRequestParams, CallToolResult, RequestParams, TextContent
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
 from common.errors import CloudSkillsError, NotFound
-from runtime.app import App
+from runtime.app import PREPARED, App, PreparedCall
 from scheduler.models import Task
 from scheduler.tasks import outcome_of
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+MODERN = frozenset(MODERN_PROTOCOL_VERSIONS)
 POLL_INTERVAL_MS = 500
 # A long-running op still answers directly if it is done this soon; past it, a task handle.
 SYNC_WINDOW_S = 2.0
@@ -49,7 +57,6 @@ STATUS = {
 
 class TaskParams(RequestParams):
     task_id: str = Field(alias="taskId")
-    request_state: str | None = Field(default=None, alias="requestState")
 
 
 class UpdateTaskParams(TaskParams):
@@ -57,7 +64,8 @@ class UpdateTaskParams(TaskParams):
 
 
 def declared(params: CallToolRequestParams, ctx: ServerRequestContext[Any, Any]) -> bool:
-    """Whether the client declared the extension: on this request's ``_meta`` or its session."""
+    """Whether the client declared the extension: in this request's ``_meta`` envelope, or in
+    the capabilities its connection was made with (on 2026-07-28, that same envelope)."""
     meta: dict[str, Any] = dict(params.meta or {})
     envelope: dict[str, Any] = meta.get(CLIENT_CAPABILITIES) or {}
     if TASKS_EXTENSION in (envelope.get("extensions") or {}):
@@ -81,81 +89,103 @@ def tool_error(message: str) -> CallToolResult:
 
 
 def wire(result: CallToolResult) -> dict[str, Any]:
-    return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    """The result as the 2026-07-28 wire carries it (a task's result is that request's answer)."""
+    return {"resultType": "complete", **result.model_dump(by_alias=True, mode="json", exclude_none=True)}
+
+
+def view(task: Task, detailed: bool = True) -> dict[str, Any]:
+    """The task as SEP-2663 shows it; ``detailed`` (tasks/get) adds what its status carries."""
+    status = STATUS.get(task.state, "working")
+    shown: dict[str, Any] = {
+        "taskId": task.id,
+        "status": status,
+        "statusMessage": f"{task.skill}_{task.op} is {task.state.replace('_', ' ')}",
+        "createdAt": iso(task.created_at),
+        "lastUpdatedAt": iso(task.finished_at or task.started_at or task.created_at),
+        "ttlMs": None,  # kept in the store for good
+        "pollIntervalMs": POLL_INTERVAL_MS,
+    }
+    if not detailed or status != "completed":
+        return shown
+    outcome = outcome_of(task)
+    if outcome.error is not None:
+        shown["result"] = wire(tool_error(outcome.error.message))
+    elif outcome.result is not None:
+        shown["result"] = wire(tool_result(outcome.result))
+    else:
+        # Finished, yet neither a result nor an error was kept: no tool answer can be given.
+        shown["status"] = "failed"
+        shown["error"] = {
+            "code": INTERNAL_ERROR,
+            "message": f"task {task.id} finished but its result was not kept; call {task.skill}_{task.op} again.",
+        }
+    return shown
 
 
 class TasksExtension(Extension):
     identifier = TASKS_EXTENSION
 
-    def __init__(self, app: App, tenant_of: Callable[[], str]) -> None:
+    def __init__(self, app: App, tenant_of: Callable[[], str], window_s: float = SYNC_WINDOW_S) -> None:
         self.app = app
         self.tenant_of = tenant_of
+        self.window_s = window_s
 
     def methods(self) -> list[MethodBinding]:
+        # 2025-11-25 has a tasks/get of its own (SEP-1686) with other shapes: not ours to answer.
         return [
-            MethodBinding("tasks/get", TaskParams, self.get),
-            MethodBinding("tasks/update", UpdateTaskParams, self.update),
-            MethodBinding("tasks/cancel", TaskParams, self.cancel),
+            MethodBinding("tasks/get", TaskParams, self.get, protocol_versions=MODERN),
+            MethodBinding("tasks/update", UpdateTaskParams, self.update, protocol_versions=MODERN),
+            MethodBinding("tasks/cancel", TaskParams, self.cancel, protocol_versions=MODERN),
         ]
 
     async def intercept_tool_call(
         self, params: CallToolRequestParams, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
+        if ctx.protocol_version not in MODERN or not declared(params, ctx):
+            return await call_next(ctx)
         found = self.app.registry.find(params.name)
         # An op that asks for confirmation asks on the ordinary path first (the
         # question needs the call's own round trips), so it never becomes a task.
-        asks = found is not None and found[1].confirm and not self.app.settings.auto_confirm
-        if not declared(params, ctx) or found is None or asks:
+        if found is None or (found[1].confirm and not self.app.settings.auto_confirm):
             return await call_next(ctx)
         try:
             answer = await self.app.call_or_hand_over(
-                self.tenant_of(), params.name, dict(params.arguments or {}), SYNC_WINDOW_S
+                self.tenant_of(), params.name, dict(params.arguments or {}), self.window_s
             )
         except CloudSkillsError as exc:
             return tool_error(exc.message)
-        if answer is None:
-            return await call_next(ctx)
+        if isinstance(answer, PreparedCall):  # not a long call: the ordinary path, validated already
+            token = PREPARED.set(answer)
+            try:
+                return await call_next(ctx)
+            finally:
+                PREPARED.reset(token)
         if not isinstance(answer, str):  # done within the window: the ordinary answer
             return tool_result(answer.unwrap())
         # The task row was written before the window opened: a tasks/get for it resolves now.
-        return {"resultType": "task", **self.view(self._task(answer), detailed=False)}
+        return {"resultType": "task", **view(self._task(answer), detailed=False)}
 
-    def _task(self, task_id: str, tenant_id: str | None = None) -> Task:
+    def _task(self, task_id: str) -> Task:
         try:
-            return self.app.scheduler.get(tenant_id or self.tenant_of(), task_id)
-        except NotFound as exc:
-            raise MCPError(code=INVALID_PARAMS, message=exc.message) from exc
-
-    def view(self, task: Task, detailed: bool = True) -> dict[str, Any]:
-        """The task as SEP-2663 shows it; ``detailed`` adds the result (or error) once it is done."""
-        status = STATUS.get(task.state, "working")
-        shown: dict[str, Any] = {
-            "taskId": task.id,
-            "status": status,
-            "statusMessage": f"{task.skill}_{task.op} is {task.state.replace('_', ' ')}",
-            "createdAt": iso(task.created_at),
-            "lastUpdatedAt": iso(task.finished_at or task.started_at or task.created_at),
-            "ttlSeconds": None,  # kept in the store for good
-            "pollIntervalMilliseconds": POLL_INTERVAL_MS,
-        }
-        if detailed and status == "completed":
-            outcome = outcome_of(task)
-            try:
-                result = tool_result(outcome.unwrap())
-            except CloudSkillsError as exc:
-                result = tool_error(exc.message)
-            shown["result"] = wire(result)
-        return shown
+            return self.app.scheduler.get(self.tenant_of(), task_id)
+        except NotFound as exc:  # another tenant's task is as unknown as a made-up id
+            raise MCPError(code=INVALID_PARAMS, message=f"Failed to retrieve task: {exc.message}") from exc
 
     async def get(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> HandlerResult:
-        return self.view(self._task(params.task_id))
+        require_client_extension(ctx, TASKS_EXTENSION)
+        return view(self._task(params.task_id))
 
     async def update(self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskParams) -> HandlerResult:
-        # Our tasks never ask for input; the spec has the server acknowledge anyway.
+        require_client_extension(ctx, TASKS_EXTENSION)
+        self._task(params.task_id)
+        # Our tasks never ask for input, so no response can be outstanding: ignored, as the spec asks.
         return {}
 
     async def cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> HandlerResult:
-        # Acknowledged whatever the id: another tenant's task is as unknown as a made-up one.
-        with contextlib.suppress(CloudSkillsError):
+        require_client_extension(ctx, TASKS_EXTENSION)
+        self._task(params.task_id)
+        try:
             await self.app.scheduler.cancel(self.tenant_of(), params.task_id)
+        except NotFound as exc:
+            raise MCPError(code=INVALID_PARAMS, message=f"Failed to cancel task: {exc.message}") from exc
         return {}

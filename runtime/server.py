@@ -20,7 +20,6 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.context import Context
-from mcp.server.mcpserver.resources import TextResource
 from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from mcp_types import Tool as MCPTool
 from pydantic import AnyHttpUrl
@@ -28,6 +27,7 @@ from pydantic import AnyHttpUrl
 from common.errors import CloudSkillsError, Forbidden
 from runtime.app import App
 from runtime.confirm import confirm
+from runtime.mcp_skills import SkillsExtension
 from runtime.mcp_tasks import TasksExtension, tool_error, tool_result
 from runtime.stdio import run_stdio
 from runtime.tenants import tenant_of_key
@@ -37,7 +37,8 @@ log = logging.getLogger("cloudskills.server")
 
 INSTRUCTIONS = (
     "cloudskills runs cloud operations as tools. Read a skill's guide as the resource "
-    "skill://<name>/SKILL.md before its first use. Every call is a task billed by the task "
+    "skill://<name>/SKILL.md before its first use; its references/ERRORS.md says what to do "
+    "about each error, references/EXAMPLE.md shows a typical session. Every call is a task billed by the task "
     "and by what it used; billing_usage shows the charges."
 )
 
@@ -68,6 +69,9 @@ class CloudSkillsServer(MCPServer[Any]):
     """``tenant_id`` set: every call acts for that tenant (stdio). None: the bearer key decides (HTTP)."""
 
     def __init__(self, app: App, tenant_id: str | None, base_url: str | None = None) -> None:
+        self.tasks = TasksExtension(app, lambda: self.tenant_for(None))
+        skills = SkillsExtension(app.registry)
+        extensions, middleware = [self.tasks, skills], [skills.advertise_on_legacy]
         if tenant_id is None:
             assert base_url is not None, "an HTTP server needs its base URL for its auth metadata"
             super().__init__(
@@ -76,28 +80,20 @@ class CloudSkillsServer(MCPServer[Any]):
                 version="0.1.0",
                 token_verifier=KeyVerifier(app),
                 auth=http_auth(base_url),
-                extensions=[TasksExtension(app, lambda: self.tenant_for(None))],
+                extensions=extensions,
+                middleware=middleware,
             )
         else:
             super().__init__(
                 name="cloudskills",
                 instructions=INSTRUCTIONS,
                 version="0.1.0",
-                extensions=[TasksExtension(app, lambda: self.tenant_for(None))],
+                extensions=extensions,
+                middleware=middleware,
             )
         self.app = app
         self.tenant_id = tenant_id
         self._tools = self._describe_tools()
-        for skill in app.registry.skills:
-            self.add_resource(
-                TextResource(
-                    uri=f"skill://{skill.name}/SKILL.md",
-                    name=f"{skill.name} skill",
-                    description=skill.description,
-                    mime_type="text/markdown",
-                    text=skill.doc,
-                )
-            )
 
     def _describe_tools(self) -> list[MCPTool]:
         tools = []
@@ -133,13 +129,14 @@ class CloudSkillsServer(MCPServer[Any]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
-        found = self.app.registry.find(name)
-        if found is not None and found[1].confirm and context is not None and not self.app.settings.auto_confirm:
-            instead = await confirm(context, name, arguments)
-            if instead is not None:
-                return instead
         try:
-            outcome = await self.app.call(self.tenant_for(context), name, arguments, progress_to(context))
+            prepared = self.app.prepare(name, arguments)
+            if prepared.op.confirm and context is not None and not self.app.settings.auto_confirm:
+                # Asked only of a valid call: nobody confirms what would then be refused.
+                instead = await confirm(context, name, arguments)
+                if instead is not None:
+                    return instead
+            outcome = await self.app.run(self.tenant_for(context), prepared, progress_to(context))
         except CloudSkillsError as exc:
             return tool_error(exc.message)
         except Exception:
