@@ -22,6 +22,7 @@ can also use the ``tasks_list``, ``tasks_get`` and ``tasks_cancel`` tools.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -39,6 +40,8 @@ from runtime.app import PREPARED, App, PreparedCall
 from scheduler.models import Task
 from scheduler.tasks import outcome_of
 
+log = logging.getLogger("cloudskills.tasks")
+
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 MODERN = frozenset(MODERN_PROTOCOL_VERSIONS)
@@ -52,6 +55,12 @@ STATUS = {
     "failed": "completed",  # a tool that ran and failed is a completed call with isError
     "timed_out": "completed",
     "cancelled": "cancelled",
+}
+SAID = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "timed_out": "ran past its deadline",
+    "cancelled": "was cancelled",
 }
 
 
@@ -99,7 +108,7 @@ def view(task: Task, detailed: bool = True) -> dict[str, Any]:
     shown: dict[str, Any] = {
         "taskId": task.id,
         "status": status,
-        "statusMessage": f"{task.skill}_{task.op} is {task.state.replace('_', ' ')}",
+        "statusMessage": f"{task.skill}_{task.op} {SAID.get(task.state, f'is {task.state}')}",
         "createdAt": iso(task.created_at),
         "lastUpdatedAt": iso(task.finished_at or task.started_at or task.created_at),
         "ttlMs": None,  # kept in the store for good
@@ -163,6 +172,7 @@ class TasksExtension(Extension):
         if not isinstance(answer, str):  # done within the window: the ordinary answer
             return tool_result(answer.unwrap())
         # The task row was written before the window opened: a tasks/get for it resolves now.
+        log.info("%s goes on as task %s: its handle went to the client", params.name, answer)
         return {"resultType": "task", **view(self._task(answer), detailed=False)}
 
     def _task(self, task_id: str) -> Task:

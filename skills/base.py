@@ -127,8 +127,10 @@ class Skill:
     resource: Callable[[Platform], object] | None = None
     # The per-tenant cap on how many of them live at once.
     quota: LiveQuota | None = None
-    # Front matter of SKILL.md, verbatim.
-    meta: dict[str, str] = field(default_factory=dict)
+    # Front matter of SKILL.md, verbatim (as YAML gives it: strings, lists, maps).
+    meta: dict[str, Any] = field(default_factory=dict)
+    # The skill's folder: SKILL.md and the files an agent reads on demand beside it.
+    folder: Path | None = None
 
     def op(self, name: str) -> Op[Any, Any] | None:
         return next((op for op in self.ops if op.name == name), None)

@@ -3,32 +3,51 @@
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 import skills
 from scheduler.resources import LiveQuota
 from skills.base import Op, Platform, Skill
 
 
-def front_matter(text: str) -> tuple[dict[str, str], str]:
-    """Split Agent Skills front matter (``---`` delimited ``key: value`` lines) from the body."""
+class FrontMatterLoader(yaml.SafeLoader):
+    """YAML read as hosts of Agent Skills read it (YAML 1.2's core scalars): a date stays the
+    string it was written as and only true/false are booleans, so the front matter we send
+    as JSON is what any host parses from the same bytes."""
+
+
+FrontMatterLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in found if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:bool")]
+    for first, found in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+FrontMatterLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """Split Agent Skills front matter (YAML between ``---`` lines) from the body."""
     if not text.startswith("---\n"):
         return {}, text
     header, _, body = text[4:].partition("\n---\n")
-    fields = {}
-    for line in header.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
+    fields = yaml.load(header, Loader=FrontMatterLoader)
+    if not isinstance(fields, dict):
+        raise ValueError("SKILL.md front matter must be a YAML mapping of fields (name, description, ...)")
+    json.dumps(fields)  # it goes out as JSON verbatim: a value JSON cannot carry fails here, at discovery
     return fields, body.lstrip("\n")
 
 
 def skill_doc(package: str) -> str:
-    return resources.files(package).joinpath("SKILL.md").read_text()
+    return resources.files(package).joinpath("SKILL.md").read_text(encoding="utf-8")
 
 
 def skill_from_doc(
@@ -41,7 +60,14 @@ def skill_from_doc(
     ``resource`` builds the manager of what it keeps alive past a call, if anything."""
     meta, body = front_matter(skill_doc(package))
     return Skill(
-        name=meta["name"], description=meta["description"], doc=body, ops=ops, resource=resource, quota=quota, meta=meta
+        name=meta["name"],
+        description=meta["description"],
+        doc=body,
+        ops=ops,
+        resource=resource,
+        quota=quota,
+        meta=meta,
+        folder=Path(str(resources.files(package))),
     )
 
 

@@ -53,19 +53,25 @@ async def call_error(client: Client, tool: str, **arguments: Any) -> str:
     return text
 
 
-# -- MCP tasks (io.modelcontextprotocol/tasks), as a client that declares the extension sees them --
+# -- MCP tasks (io.modelcontextprotocol/tasks, SEP-2663), as a 2026-07-28 client that declares it sees them --
 
 
 class TaskHandle(Result):
-    """A ``resultType: "task"`` answer to tools/call, or a tasks/get answer."""
+    """A ``resultType: "task"`` answer to tools/call, or a tasks/get answer: the final SEP-2663
+    task, its status deciding what else it carries (``result`` once completed, ``error`` once
+    failed)."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     result_type: Literal["task", "complete"] = Field(alias="resultType")
     task_id: str = Field(alias="taskId")
-    status: str
+    status: Literal["working", "input_required", "completed", "failed", "cancelled"]
     status_message: str | None = Field(default=None, alias="statusMessage")
-    poll_interval_ms: int | None = Field(default=None, alias="pollIntervalMilliseconds")
+    created_at: str = Field(alias="createdAt")
+    last_updated_at: str = Field(alias="lastUpdatedAt")
+    ttl_ms: int | None = Field(alias="ttlMs")  # required, null for unlimited
+    poll_interval_ms: int | None = Field(default=None, alias="pollIntervalMs")
     result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
 
 
 class CreatedTask(TaskHandle):
@@ -74,6 +80,10 @@ class CreatedTask(TaskHandle):
 
 class TaskIdParams(RequestParams):
     task_id: str = Field(alias="taskId")
+
+
+class UpdateParams(TaskIdParams):
+    input_responses: dict[str, Any] = Field(default_factory=dict, alias="inputResponses")
 
 
 class GetTask(Request[TaskIdParams, Literal["tasks/get"]]):
@@ -88,6 +98,12 @@ class CancelTask(Request[TaskIdParams, Literal["tasks/cancel"]]):
     name_param: ClassVar[str | None] = "taskId"
 
 
+class UpdateTask(Request[UpdateParams, Literal["tasks/update"]]):
+    method: Literal["tasks/update"] = "tasks/update"
+    params: UpdateParams
+    name_param: ClassVar[str | None] = "taskId"
+
+
 async def get_task(client: Client, task_id: str) -> TaskHandle:
     return await client.session.send_request(GetTask(params=TaskIdParams(taskId=task_id)), TaskHandle)
 
@@ -96,25 +112,38 @@ async def cancel_task(client: Client, task_id: str) -> None:
     await client.session.send_request(CancelTask(params=TaskIdParams(taskId=task_id)), EmptyResult)
 
 
+async def update_task(client: Client, task_id: str, responses: dict[str, Any]) -> None:
+    await client.session.send_request(
+        UpdateTask(params=UpdateParams(taskId=task_id, inputResponses=responses)), EmptyResult
+    )
+
+
+def done(task: TaskHandle) -> bool:
+    return task.status in ("completed", "failed", "cancelled")
+
+
 async def until_done(client: Client, task_id: str, timeout_s: float = 120) -> TaskHandle:
     with anyio.fail_after(timeout_s):
         while True:
             task = await get_task(client, task_id)
-            if task.status in ("completed", "failed", "cancelled"):
+            if done(task):
                 return task
             await anyio.sleep((task.poll_interval_ms or 200) / 1000)
 
 
 async def resolve_by_polling(created: CreatedTask, ctx: ClaimContext) -> CallToolResult:
     """What a client does with a task handle: poll until done, return the call's result."""
+    request = GetTask(params=TaskIdParams(taskId=created.task_id))
     with anyio.fail_after(300):
         while True:
-            task = await ctx.session.send_request(GetTask(params=TaskIdParams(taskId=created.task_id)), TaskHandle)
-            if task.status == "completed" and task.result is not None:
-                return CallToolResult.model_validate(task.result)
-            if task.status in ("failed", "cancelled"):
-                raise ToolFailed(f"task {created.task_id} ended {task.status}: {task.status_message}")
+            task = await ctx.session.send_request(request, TaskHandle)
+            if done(task):
+                break
             await anyio.sleep((task.poll_interval_ms or 200) / 1000)
+    if task.status == "completed" and task.result is not None:
+        return CallToolResult.model_validate(task.result)
+    reason = task.error["message"] if task.error else task.status_message
+    raise ToolFailed(f"task {created.task_id} ended {task.status}: {reason}")
 
 
 class PollingTasks(ClientExtension):
