@@ -30,7 +30,7 @@ from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
 from scheduler.leases import Leases
 from scheduler.pricing import PriceCatalog
-from scheduler.resources import ResourceDuties, Services
+from scheduler.resources import Every, ResourceDuties, Services
 from scheduler.tasks import OpBinding, Progress, Scheduler, TaskOutcome
 from skills.base import Op, Platform, binding
 from skills.registry import Registry, discover
@@ -38,6 +38,8 @@ from skills.registry import Registry, discover
 log = logging.getLogger("cloudskills")
 
 T = TypeVar("T")
+# How often finished tasks past their retention lose their details.
+PRUNE_EVERY_S = 60.0
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -101,7 +103,8 @@ class App:
                 self.services.add(skill.resource(platform))
             for op in skill.ops:
                 self.scheduler.bind(binding(skill.name, op))
-        self.duties = ResourceDuties(self.services.kinds(), self.leases)
+        prune = Every(PRUNE_EVERY_S, lambda: self.scheduler.prune(settings.task_retention_s))
+        self.duties = ResourceDuties(self.services.kinds(), self.leases, chores=[prune])
         # Shown once by whoever starts the process; None once any tenant exists.
         self.first_key = bootstrap(self.store)
 

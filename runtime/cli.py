@@ -71,14 +71,29 @@ def serve(use_http: bool, host: str, port: int, tenant: str | None) -> None:
         anyio.run(serve_stdio, app, settings.tenant)
 
 
-@main.command("skills")
+@main.group("skills", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def skills_command(ctx: click.Context, as_json: bool) -> None:
+    """The catalog: `skills list` (the default), `skills get <name>` for one skill and its files."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_skills, as_json=as_json)
+
+
+@skills_command.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def list_skills(as_json: bool) -> None:
-    """The catalog: every skill and its tools."""
+    """Every skill, its version and its tools."""
     registry = discover()
     if as_json:
         catalog = [
-            {"name": s.name, "description": s.description, "tools": [f"{s.name}_{op.name}" for op in s.ops]}
+            {
+                "name": s.name,
+                "description": s.description,
+                "uri": f"skill://{s.name}/SKILL.md",
+                "version": (s.meta.get("metadata") or {}).get("version"),
+                "tools": [f"{s.name}_{op.name}" for op in s.ops],
+            }
             for s in registry.skills
         ]
         click.echo(json.dumps(catalog, indent=2))
@@ -87,6 +102,31 @@ def list_skills(as_json: bool) -> None:
         click.echo(f"{skill.name}: {skill.description}")
         for op in skill.ops:
             click.echo(f"  {skill.name}_{op.name:<14} {op.description}")
+
+
+@skills_command.command("get")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def get_skill(name: str, as_json: bool) -> None:
+    """One skill as MCP's skills/get gives it (front matter, files with digests), then its guide."""
+    from runtime.mcp_skills import read_skill
+
+    skill = next((s for s in discover().skills if s.name == name), None)
+    served = read_skill(skill) if skill is not None else None
+    if skill is None or served is None:
+        fail(f"no skill {name!r}: `cloudskills skills list` shows them.")
+    entry = served.entry() | {"tools": [f"{skill.name}_{op.name}" for op in skill.ops]}
+    if as_json:
+        click.echo(json.dumps(entry, indent=2, ensure_ascii=False))
+        return
+    for key, value in served.frontmatter.items():
+        click.echo(f"{key}: {json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value}")
+    click.echo(f"tools: {', '.join(entry['tools'])}")
+    click.echo("files:")
+    for file, listed in zip(served.files, entry["resources"], strict=True):
+        click.echo(f"  {file.path:<24} {listed['size']:>7} bytes  {listed['digest']}")
+    click.echo("")
+    click.echo(skill.doc.rstrip("\n"))
 
 
 @main.command()

@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     reap_interval_s: float = Field(default=10.0, gt=0, description="Seconds between reaper passes.")
     pool_size: int = Field(default=8, ge=0, le=256, description="Warm sandboxes kept ready by a server.")
     pool_memory_mib: int = Field(default=4096, ge=0, description="Host memory the warm pool may hold, in MiB.")
+    task_retention_s: float = Field(
+        default=7 * 86400,
+        gt=0,
+        description="Seconds a finished task's details (arguments and result, never contents or secrets) are kept; "
+        "its op, timing, cost and error and the ledger are kept for good.",
+    )
     lease_s: float = Field(
         default=300.0,
         gt=0,

@@ -31,8 +31,16 @@ def alembic_config(store: Store) -> Config:
 
 def open_store(url: str) -> Store:
     store = Store(url)
+    config = alembic_config(store)
     with store.engine.begin() as connection:
-        config = alembic_config(store)
         config.attributes["connection"] = connection
         command.upgrade(config, "heads")
+    if config.attributes.get("compact") and store.url.startswith("sqlite"):
+        # A migration shrank what the store keeps: give the space back to the disk.
+        # On the driver's own connection, which runs outside any transaction (VACUUM must).
+        raw = store.engine.raw_connection()
+        try:
+            raw.cursor().execute("VACUUM")
+        finally:
+            raw.close()
     return store

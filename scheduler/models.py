@@ -90,7 +90,10 @@ class Task(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     skill: Mapped[str] = mapped_column(String(64))
     op: Mapped[str] = mapped_column(String(64))
+    # The call's arguments as details (see scheduler.task_details): never file contents
+    # or secrets; ``args_whole`` when nothing had to be cut, so the task can run again.
     args: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    args_whole: Mapped[bool] = mapped_column(default=True)
     state: Mapped[str] = mapped_column(String(16), default="queued")
     idempotent: Mapped[bool] = mapped_column(default=False)
     timeout_s: Mapped[float] = mapped_column(Float)

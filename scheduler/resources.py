@@ -20,6 +20,7 @@ kind in one loop.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -113,13 +114,32 @@ class Services:
                 await close()
 
 
+class Every:
+    """A chore done at most once every ``interval_s``, however often it is asked."""
+
+    def __init__(self, interval_s: float, chore: Callable[[], object]) -> None:
+        self.interval_s = interval_s
+        self.chore = chore
+        self._last = -float("inf")
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            self.chore()
+
+
 class ResourceDuties:
     """The periodic care of every kind: reap, then renew leases and stop the ones
     the budget no longer covers."""
 
-    def __init__(self, kinds: Sequence[ResourceKind], leases: Leases) -> None:
+    def __init__(
+        self, kinds: Sequence[ResourceKind], leases: Leases, chores: Sequence[Callable[[], object]] = ()
+    ) -> None:
         self.kinds = {kind.kind: kind for kind in kinds}
         self.leases = leases
+        # Other periodic care of the store (pruning old task details), once a pass.
+        self.chores = list(chores)
 
     async def recover(self) -> list[str]:
         handled: list[str] = []
@@ -134,6 +154,8 @@ class ResourceDuties:
                 await kind.reap()
             except CloudSkillsError as exc:
                 log.warning("reaping %s: %s", kind.kind, exc)
+        for chore in self.chores:
+            chore()
         stopped = []
         for ended in self.leases.renew_due():
             owner = self.kinds.get(ended.kind)

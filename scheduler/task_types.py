@@ -82,6 +82,11 @@ class OpBinding:
     always_admitted: bool = False
     # The stored result carries the task's id and cost beside the op's own output.
     envelope: bool = True
+    # Keys whose values a task row never keeps (see scheduler.task_details).
+    secret: frozenset[str] = frozenset()
+    # Whether the whole result is kept (until the details' retention ends): for a call
+    # an MCP task handle may be polled for.
+    keeps_result: Callable[[Any], bool] = lambda args: False
 
     @property
     def key(self) -> str:

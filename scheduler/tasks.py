@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from datetime import timedelta
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from sqlalchemy import select
+from sqlalchemy import null, select, update
 
 from common.errors import (
     BackendUnavailable,
@@ -39,6 +40,7 @@ from scheduler.models import Task, utcnow
 from scheduler.pricing import PriceCatalog, Usage
 from scheduler.resources import Services
 from scheduler.store import Store
+from scheduler.task_details import Details, summarize
 from scheduler.task_rows import CLAIM, FINISH, INSERT_TASK, SETTLING, Claimed
 from scheduler.task_types import OpBinding, Progress, TaskContext, TaskOutcome, as_json, new_id, outcome_of
 
@@ -99,12 +101,16 @@ class Scheduler:
         now = utcnow()
         timeout_s = binding.timeout_s(args)
         stored_args = as_json(args)
+        kept = summarize(stored_args, binding.secret)
         row = {
             "id": task_id,
             "tenant_id": tenant_id,
             "skill": binding.skill,
             "op": binding.op,
-            "args": stored_args,
+            # Whole only when nothing had to be cut: a task queued when the server
+            # dies can then run after a restart (see recover).
+            "args": kept.value,
+            "args_whole": kept.whole,
             "state": "running" if starts_now else "queued",
             "idempotent": binding.idempotent,
             "timeout_s": timeout_s,
@@ -228,6 +234,7 @@ class Scheduler:
         result: Any = None
         error: CloudSkillsError | None = None
         state = "failed"
+        keep = False
         scope = anyio.CancelScope()
         self._running[task_id] = scope
         try:
@@ -236,7 +243,10 @@ class Scheduler:
                     raise TaskFailed(f"this server does not know the op {task.skill}_{task.op}; upgrade it.")
                 try:
                     args = self._args.pop(task_id, None)
-                    result = await binding.handler(ctx, binding.load(task.args) if args is None else args)
+                    if args is None:
+                        args = binding.load(task.args)
+                    keep = binding.keeps_result(args)
+                    result = await binding.handler(ctx, args)
                     state = "succeeded"
                 except Timeout as exc:
                     state, error = "timed_out", exc
@@ -262,7 +272,7 @@ class Scheduler:
             self._running.pop(task_id, None)
             self._progress.pop(task_id, None)
             self._args.pop(task_id, None)
-        return self._finish(task_id, state, result, error, ctx.usage, task, claim_next=True)
+        return self._finish(task_id, state, result, error, ctx.usage, task, claim_next=True, keep_result=keep)
 
     def _finish(
         self,
@@ -273,9 +283,11 @@ class Scheduler:
         usage: Usage,
         claimed: Claimed | None = None,
         claim_next: bool = False,
+        keep_result: bool = False,
     ) -> Claimed | None:
         """Record the final state and settle the task's money, in one transaction; the
-        stored result is the op's output with the task's id and cost added.
+        result is the op's output with the task's id and cost added, stored whole with
+        ``keep_result`` and as details otherwise (see scheduler.task_details).
 
         With ``claim_next`` the same transaction also claims the oldest queued
         task, which is returned for the caller's slot to run next."""
@@ -293,11 +305,12 @@ class Scheduler:
             result = None if output is None else as_json(output)
             if result is not None and (binding is None or binding.envelope):
                 result |= {"task_id": task_id, "cost": self.money(cost)}
+            kept = result if keep_result or result is None else summarize(result, binding.secret if binding else ())
             final = {
                 "task_id": task_id,
                 "state": state,
                 "now": utcnow(),
-                "result": result,
+                "result": kept if not isinstance(kept, Details) else kept.value,
                 "error_code": error.code if error else None,
                 "error_message": error.message if error else None,
                 "cost": cost,
@@ -319,6 +332,18 @@ class Scheduler:
             event.set()
         return following
 
+    def prune(self, retention_s: float) -> int:
+        """Drop the details (arguments, result) of tasks finished more than ``retention_s``
+        ago; their rows keep op, timing, cost and error, and the ledger is kept for good."""
+        before = utcnow() - timedelta(seconds=retention_s)
+        with self.store.transaction() as session:
+            pruned = session.connection().execute(
+                update(Task)
+                .where(Task.finished_at < before, Task.result.is_not(None))
+                .values(args={}, args_whole=False, result=null())
+            )
+            return int(pruned.rowcount or 0)
+
     def money(self, micros: int) -> dict[str, Any]:
         return {"micros": micros, "amount": self.catalog.format(micros)}
 
@@ -331,12 +356,14 @@ class Scheduler:
             orphans = session.scalars(select(Task).where(Task.state == "running")).all()
             failed = []
             for task in orphans:
-                if task.idempotent and task.attempts < task.max_attempts:
+                if task.idempotent and task.attempts < task.max_attempts and task.args_whole:
                     task.state = "queued"
                 else:
                     failed.append(task.id)
-            queued = session.scalars(select(Task.id).where(Task.state == "queued").order_by(Task.created_at))
-            requeue = list(queued)
+            queued = session.scalars(select(Task).where(Task.state == "queued").order_by(Task.created_at))
+            unkept: list[str] = []
+            for task in queued:
+                (requeue if task.args_whole else unkept).append(task.id)
         for task_id in failed:
             self._finish(
                 task_id,
@@ -345,6 +372,18 @@ class Scheduler:
                 BackendUnavailable("the server stopped while this task ran; nothing was charged: run it again."),
                 Usage(),
             )
+        for task_id in unkept:
+            self._finish(
+                task_id,
+                "failed",
+                None,
+                BackendUnavailable(
+                    "the server stopped before this task ran, and its arguments (file contents, secrets) are "
+                    "never kept; nothing was charged: call it again."
+                ),
+                Usage(),
+            )
+        failed += unkept
         for task_id in requeue:
             self._done[task_id] = anyio.Event()
             self._queue.append(task_id)

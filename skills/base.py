@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -29,6 +29,32 @@ from scheduler.tasks import OpBinding, Scheduler, TaskContext
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
+
+
+class Secret:
+    """Marks a field whose value no task row keeps (``Annotated[str, Secret()]``): an
+    environment variable's value, a password. It changes no schema."""
+
+
+def secret_fields(model: type[BaseModel], seen: set[type[BaseModel]] | None = None) -> set[str]:
+    """The names of the fields marked Secret in ``model`` and the models inside it."""
+    seen = set() if seen is None else seen
+    if model in seen:
+        return set()
+    seen.add(model)
+    names = set()
+    for name, info in model.model_fields.items():
+        if any(isinstance(mark, Secret) for mark in info.metadata):
+            names.add(name)
+        for inner in models_in(info.annotation):
+            names |= secret_fields(inner, seen)
+    return names
+
+
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in models_in(arg)]
 
 
 class OpInput(BaseModel):
@@ -149,4 +175,6 @@ def binding(skill: str, op: Op[Any, Any]) -> OpBinding:
         load=op.input.model_validate,
         always_admitted=op.always_admitted,
         envelope=op.envelope,
+        secret=frozenset(secret_fields(op.input) | secret_fields(op.output)),
+        keeps_result=op.runs_long,
     )

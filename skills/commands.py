@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from pydantic_core import PydanticCustomError
 
 from common.errors import Timeout
+from skills.base import Secret
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
 
@@ -34,6 +35,7 @@ def checked_env(env: dict[str, str]) -> dict[str, str]:
 
 EnvVars = Annotated[
     dict[str, Annotated[str, Field(max_length=32768)]],
+    Secret(),
     Field(
         max_length=100,
         description="Environment variables for the command: names are letters, digits and '_'.",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from skills.base import OpInput
+from skills.base import OpInput, Secret
 
 EngineName = Literal["sqlite", "postgres"]
 SizeName = Literal["small", "medium", "large"]
@@ -39,9 +39,9 @@ class DatabaseInfo(BaseModel):
     name: str
     engine: EngineName
     size: SizeName
-    state: str = Field(description="creating, running or deleting.")
+    state: str = Field(description="creating, running, suspended (the budget ran out; the data is kept) or deleting.")
     storage_mib: int = Field(description="The storage the instance is billed for.")
-    connection_string: str | None = Field(
+    connection_string: Annotated[str | None, Secret()] = Field(
         description="How to connect yourself: a postgresql:// URL with your own user and password "
         "(on this host's 127.0.0.1), or the sqlite file's path."
     )

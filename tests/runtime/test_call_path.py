@@ -54,7 +54,8 @@ async def test_the_answer_carries_the_task_and_its_cost(offline_app: App) -> Non
         task = await call(client, "tasks_get", task_id=created["task_id"])
         assert task["tool"] == "db_create" and task["state"] == "succeeded"
         assert created["cost"] == task["cost"] and created["cost"]["micros"] > 0
-        assert task["result"] == created
+        # The task keeps the answer as details: its connection string is a secret.
+        assert task["result"] == {**created, "connection_string": "[secret]"}
         assert "task_id" not in DescribeOutput.model_fields and "cost" not in DescribeOutput.model_fields
         listed = await call(client, "tasks_list")
         assert "cost" not in listed, "tasks_list reports on other tasks: it carries no envelope of its own"
