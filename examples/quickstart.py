@@ -31,7 +31,7 @@ def server() -> str | StdioServerParameters:
 async def main() -> None:
     async with Client(server()) as client:
         guide = await client.read_resource("skill://sandbox/SKILL.md")
-        print("guide:", guide.contents[0].text.splitlines()[0])  # type: ignore[union-attr]
+        print("guide:", next(line for line in guide.contents[0].text.splitlines() if line.startswith("# ")))  # type: ignore[union-attr]
 
         one_shot = await client.call_tool("sandbox_run", {"code": "print(6*7)"})
         print("sandbox_run:", one_shot.structured_content)

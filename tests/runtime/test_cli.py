@@ -28,6 +28,21 @@ def test_skills_lists_the_catalog(settings: Settings) -> None:
     assert out.returncode == 0, out.stderr
     names = {s["name"] for s in json.loads(out.stdout)}
     assert {"sandbox", "billing"} <= names
+    listed = cli(settings.home, "skills", "list", "--json")
+    assert json.loads(listed.stdout) == json.loads(out.stdout)
+
+
+def test_skills_get_shows_what_mcp_skills_get_does(settings: Settings) -> None:
+    out = cli(settings.home, "skills", "get", "sandbox", "--json")
+    assert out.returncode == 0, out.stderr
+    entry = json.loads(out.stdout)
+    assert entry["uri"] == "skill://sandbox/SKILL.md" and entry["frontmatter"]["name"] == "sandbox"
+    assert "sandbox_run" in entry["tools"]
+    files = {r["uri"]: r for r in entry["resources"]}
+    assert {"skill://sandbox/SKILL.md", "skill://sandbox/references/ERRORS.md"} <= set(files)
+    assert all(r["digest"].startswith("sha256:") and r["size"] > 0 for r in files.values())
+    missing = cli(settings.home, "skills", "get", "nope")
+    assert missing.returncode == 1 and "no skill 'nope'" in missing.stderr and "Traceback" not in missing.stderr
 
 
 @pytest.mark.docker
