@@ -128,8 +128,9 @@ async def test_a_background_process_never_writes_into_a_later_calls_output(app: 
     )
     # A later call that lasts until both loops have written at least once during it.
     wait_for_both = (
-        "wait_beat() { until [ -s $1 ]; do sleep 0.01; done; a=$(cat $1); "
-        'while [ "$(cat $1)" = "$a" ]; do sleep 0.01; done; }; wait_beat /tmp/ticks; wait_beat /tmp/tocks; echo done'
+        "wait_beat() { until [ -s $1 ]; do sleep 0.02; done; read a < $1; b=$a; "
+        'while [ "$b" = "$a" ]; do sleep 0.02; read b < $1; done; }; '
+        "wait_beat /tmp/ticks; wait_beat /tmp/tocks; echo done"
     )
     python_wait = (
         "import subprocess\nsubprocess.run(['bash', '-c', " + repr(wait_for_both.replace("echo done", "true")) + "])\n"
