@@ -1,6 +1,7 @@
 """Tenant SQL cannot take the server's memory (issue 13, section 3): SQLite statements run in
-worker processes whose memory is capped, and a PostgreSQL instance that runs out of its own
-memory is reported as such, then answers again."""
+worker processes whose memory is capped, PostgreSQL's rows reach the server one at a time and
+only as many as it returns, and a PostgreSQL instance that runs out of its own memory is
+reported as such, then answers again."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import anyio
 import pytest
 
 from runtime.app import App
-from skills.db.engines.sqlite_worker import MEMORY_MAX_BYTES, VALUE_MAX_BYTES
+from skills.db.engines.sqlite_worker import MEMORY_MAX_BYTES, RESULT_MAX_BYTES, VALUE_MAX_BYTES
 from tests.mcp_helpers import call, call_error, mcp_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -27,7 +28,8 @@ def peak_rss() -> int:
 
 
 def reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM starts again from the present VmRSS
+    """From now on, the peak counts from the present (VmHWM starts again from VmRSS)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 async def test_sqlite_sql_cannot_take_the_servers_memory(app: App) -> None:
@@ -44,8 +46,8 @@ async def test_sqlite_sql_cannot_take_the_servers_memory(app: App) -> None:
         async def refuse(sql: str) -> None:
             refusals[sql].append(await call_error(client, "db_query", db_id=db, sql=sql))
 
-        before = peak_rss()
         reset_peak_rss()
+        before = peak_rss()
         async with anyio.create_task_group() as group:
             for sql in [huge] * 4 + [wide] * 2:
                 group.start_soon(refuse, sql)
@@ -68,6 +70,17 @@ async def test_postgres_out_of_memory_is_told_and_the_instance_answers_again(app
         db = (await call(client, "db_create", engine="postgres", size="small"))["db_id"]
         await call(client, "db_query", db_id=db, sql="CREATE TABLE t (x int)")
         await call(client, "db_query", db_id=db, sql="INSERT INTO t VALUES (1)")
+
+        # 1,000 rows of 1 MB: the server keeps the rows it returns, never the whole result.
+        rows_of_1_mb = "SELECT repeat('x', 1000000) FROM generate_series(1, 1000)"
+        reset_peak_rss()
+        before = peak_rss()
+        first = await call(client, "db_query", db_id=db, sql=rows_of_1_mb, max_rows=1)
+        too_much = await call_error(client, "db_query", db_id=db, sql=rows_of_1_mb)
+        grew = peak_rss() - before
+        assert len(first["rows"]) == 1 and first["truncated"] is True
+        assert f"more than the {RESULT_MAX_BYTES // MIB} MiB one answer may carry" in too_much, too_much
+        assert grew < 64 * MIB, f"the server's memory grew by {grew // MIB} MiB"
 
         # 1 GB of text in an instance of 256 MiB: the kernel kills the backend, PostgreSQL restarts.
         refused = await call_error(client, "db_query", db_id=db, sql="SELECT length(repeat('x', 1000000000))")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import socket
 import tarfile
 import threading
@@ -42,6 +43,7 @@ from skills.db.engines.base import (
 )
 from skills.db.engines.pg_pool import ConnectionPool
 from skills.db.engines.postgres_image import DATA_MOUNT, PG_BIN, image_tag
+from skills.db.engines.sqlite_worker import RESULT_MAX_BYTES  # one bound on an answer, for both engines
 
 T = TypeVar("T")
 LABEL_DATABASE = "cloudskills.database"
@@ -73,6 +75,27 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def weight(value: Any) -> int:
+    """About what a value (as ``jsonable`` made it) weighs in an answer."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict | list):
+        return len(json.dumps(value))
+    return 8
+
+
+def returns_rows(conn: psycopg.Connection, sql: bytes) -> bool:
+    """Whether ``sql`` returns rows, as the server describes it (it must be one statement).
+
+    Rows are streamed, so only those kept take memory here; psycopg streams only a
+    statement that returns rows, and one that does not (an INSERT) must be run
+    so that its row count is known."""
+    parsed = conn.pgconn.prepare(b"", sql)  # the unnamed statement: the next one replaces it
+    if parsed.status != psycopg.pq.ExecStatus.COMMAND_OK:
+        raise psycopg.errors.error_from_result(parsed, encoding=conn.info.encoding)
+    return bool(conn.pgconn.describe_prepared(b"").nfields)
 
 
 def statement_error(exc: psycopg.Error, read_only: bool, timeout_s: float) -> Exception:
@@ -282,28 +305,42 @@ class PostgresEngine:
             guard = threading.Timer(timeout_s + CANCEL_GRACE_S, conn.cancel_safe)
             guard.start()
             try:
-                # Pipeline mode always speaks the extended protocol, which runs exactly one
-                # statement per call: no "COMMIT; ..." stepping out of the transaction.
-                with conn.pipeline() as pipeline:
-                    with conn.transaction(), psycopg.RawCursor(conn) as cursor:
-                        if read_only:
-                            cursor.execute("SET TRANSACTION READ ONLY")
-                        # Local to this transaction: the server cancels the statement itself.
-                        timeout_ms = str(int(timeout_s * 1000))
-                        cursor.execute("SELECT set_config('statement_timeout', $1, true)", [timeout_ms])
-                        cursor.execute(sql.encode(), list(params or []))
-                        pipeline.sync()  # the results (and any error) are here from now on
-                        rows = cursor.fetchmany(max_rows + 1) if cursor.description else []
-                        columns = [c.name for c in cursor.description] if cursor.description else []
-                        rowcount = cursor.rowcount
-                    # In the same round trip as the COMMIT: no session state (a SET, a
-                    # temporary table) outlives the call on this pooled connection.
+                cursor = psycopg.RawCursor(conn)
+                # Local to this transaction: the server cancels the statement itself.
+                settings = ["BEGIN", *(["SET TRANSACTION READ ONLY"] if read_only else [])]
+                cursor.execute("; ".join([*settings, f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}"]))
+                # Both ways below speak the extended protocol, which runs exactly one statement
+                # per call: no "COMMIT; ..." stepping out of the transaction.
+                rows: list[list[Any]] = []
+                if returns_rows(conn, sql.encode()):
+                    size = 0
+                    # Row by row: only the rows kept are ever in this process's memory.
+                    for row in cursor.stream(sql.encode(), list(params or [])):
+                        if len(rows) > max_rows:
+                            continue  # read to the end all the same: a write's RETURNING must not stop it
+                        kept = [jsonable(v) for v in row]
+                        size += sum(weight(v) for v in kept)
+                        if size > RESULT_MAX_BYTES:
+                            raise InvalidInput(
+                                f"the rows of this statement come to more than the {RESULT_MAX_BYTES >> 20} MiB "
+                                "one answer may carry; nothing it did was kept. Ask for less: fewer rows "
+                                "(max_rows, LIMIT) or parts of large values (substr())."
+                            )
+                        rows.append(kept)
+                else:
+                    cursor.execute(sql.encode(), list(params or []), binary=True)  # binary: the extended protocol
+                columns = [c.name for c in cursor.description] if cursor.description else []
+                rowcount = cursor.rowcount
+                # The COMMIT and, in the same round trip, DISCARD ALL: no session state (a SET,
+                # a temporary table) outlives the call on this pooled connection.
+                with conn.pipeline():
+                    conn.execute("COMMIT")
                     conn.execute("DISCARD ALL")
             finally:
                 guard.cancel()
             return QueryResult(
                 columns=columns,
-                rows=[[jsonable(v) for v in row] for row in rows[:max_rows]],
+                rows=rows[:max_rows],
                 rowcount=len(rows[:max_rows]) if columns else max(rowcount, 0),
                 truncated=len(rows) > max_rows,
             )

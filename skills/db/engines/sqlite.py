@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import select
 import sqlite3
@@ -37,15 +38,15 @@ from skills.db.engines.base import (
     Size,
     TableInfo,
 )
-from skills.db.engines.sqlite_worker import HEADER, RESULT_MAX_BYTES, open_database
+from skills.db.engines.sqlite_worker import ANSWER_MAX_BYTES, HEADER, open_database
+
+log = logging.getLogger("cloudskills.databases")
 
 # Statements that may run at once; more wait for a worker. Each worker may take
 # sqlite_worker.MEMORY_MAX_BYTES, so this bounds what tenant SQL takes in all.
 WORKERS_MAX = 8
 # Time a worker gets past the statement's own timeout to answer: open, fetch, commit.
 ANSWER_GRACE_S = 5.0
-# The largest answer read from a worker: its rows and a little around them.
-ANSWER_MAX_BYTES = RESULT_MAX_BYTES + (1 << 20)
 # All a worker keeps of the server's environment: no secret is within reach of tenant SQL.
 WORKER_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SQLITE_TMPDIR")
 
@@ -104,17 +105,19 @@ class Worker:
         return b"".join(chunks)
 
     def close(self) -> str:
-        """Stop the worker; how it ended, for a message."""
+        """Stop the worker; how it ended, for a message (what it said goes to the server's log)."""
         if self.alive:
             self.process.kill()
         code = self.process.wait()
         assert self.process.stderr is not None
-        said = self.process.stderr.read()[-300:].decode(errors="replace").strip()
+        said = self.process.stderr.read()[-2000:].decode(errors="replace").strip()
+        if said:
+            log.warning("a SQLite worker ended (exit status %s) saying: %s", code, said)
         for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
             with contextlib.suppress(OSError):
                 if pipe is not None:
                     pipe.close()
-        return f"exit status {code}" + (f", last words {said!r}" if said else "")
+        return f"exit status {code}"
 
 
 class WorkerPool:

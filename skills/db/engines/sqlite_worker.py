@@ -31,8 +31,10 @@ from typing import Any, BinaryIO
 VALUE_MAX_BYTES = 16 << 20
 # The most a worker's address space may take: the interpreter (~20 MiB) and the statement.
 MEMORY_MAX_BYTES = 256 << 20
-# The most the rows of one answer may weigh, as JSON.
+# The most the rows of one answer may weigh (their text, and 8 bytes a number)...
 RESULT_MAX_BYTES = 32 << 20
+# ...and the answer as JSON, where escapes may make text heavier.
+ANSWER_MAX_BYTES = 2 * RESULT_MAX_BYTES
 # The longest statement, in bytes of UTF-8 (db_query takes at most 1,000,000 characters).
 SQL_MAX_BYTES = 4 << 20
 # SQLite calls the progress handler every this many virtual machine steps.
@@ -164,7 +166,7 @@ def run(request: dict[str, Any]) -> bytes:
         conn.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
         cursor = conn.execute(request["sql"], params if params is not None else ())
         columns = [d[0] for d in cursor.description] if cursor.description else []
-        rows: list[bytes] = []
+        rows: list[list[Any]] = []
         size = 0
         truncated = False
         if columns:
@@ -173,13 +175,18 @@ def run(request: dict[str, Any]) -> bytes:
                 if len(rows) == max_rows:
                     truncated = True
                     break
-                piece = json.dumps([plain(v) for v in row], ensure_ascii=False).encode()
-                size += len(piece)
+                values = [plain(v) for v in row]
+                size += sum(len(v) if isinstance(v, str) else 8 for v in values)
                 if size > RESULT_MAX_BYTES:
                     return error("invalid_input", TOO_MANY_ROWS)
-                rows.append(piece)
+                rows.append(values)
         rowcount = len(rows) if columns else max(cursor.rowcount, 0)
+        result = {"columns": columns, "rows": rows, "rowcount": rowcount, "truncated": truncated}
+        answer = json.dumps({"result": result}, ensure_ascii=False).encode()
+        if len(answer) > ANSWER_MAX_BYTES:  # escapes (of control characters) made it heavier
+            return error("invalid_input", TOO_MANY_ROWS)
         conn.commit()
+        return answer
     except sqlite3.OperationalError as exc:
         code = exc.sqlite_errorcode & 0xFF
         if code == sqlite3.SQLITE_INTERRUPT:
@@ -206,8 +213,6 @@ def run(request: dict[str, Any]) -> bytes:
     finally:
         # Without a commit, closing rolls back whatever the statement did.
         conn.close()
-    head = json.dumps({"columns": columns, "rowcount": rowcount, "truncated": truncated}, ensure_ascii=False)
-    return b'{"result": ' + head[:-1].encode() + b', "rows": [' + b", ".join(rows) + b"]}}"
 
 
 def read_exactly(stream: BinaryIO, size: int) -> bytes | None:
