@@ -21,11 +21,14 @@ from skills.vm.instances import VmManager
 
 # What makes a test part of the real tiers; every other test is in the fast tier
 # (`pytest -m fast`, run first by scripts/test), on in-memory drivers and SQLite.
-REAL_BACKENDS = ("docker", "model")
+# Tests that start real server or CLI processes (tests/e2e, the CLI's) are real too.
+REAL_BACKENDS = ("docker", "model", "processes")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if "e2e" in item.path.parts or item.path.name == "test_cli.py":
+            item.add_marker(pytest.mark.processes)
         if not any(item.get_closest_marker(name) for name in REAL_BACKENDS):
             item.add_marker(pytest.mark.fast)
 

@@ -54,6 +54,7 @@ def test_the_pydantic_ai_agent_runs_offline(tmp_path: Path, docker_driver: Docke
     assert out.stdout.strip().endswith("The mean is 6.")
 
 
+@pytest.mark.model
 def test_models_and_data_runs(tmp_path: Path) -> None:
     env = {**os.environ, "CLOUDSKILLS_HOME": str(tmp_path / "home"), "CLOUDSKILLS_POOL_SIZE": "0"}
     out = subprocess.run(
