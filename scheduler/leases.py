@@ -1,7 +1,6 @@
 """Leases: how anything that outlives its call pays for its life, within the budget.
 
-A long-lived resource (a session sandbox, a database, a VM, and every kind to
-come) cannot know its worst case, so it never holds it. It holds one *lease*
+A long-lived resource (whatever a skill keeps alive past the call that made it) cannot know its worst case, so it never holds it. It holds one *lease*
 instead: the price of ``lease_s`` of its running cost, held on the tenant when
 it is created and refused then if the budget cannot cover it.
 
@@ -18,7 +17,7 @@ spend stays within its budget.
 
 Each bill's entries carry the resource's id and the bill's start in their
 idempotency key, so every millisecond is billed once, whoever bills it. A
-change of rate (a VM stopping keeps its disk only) bills up to the change at
+change of rate (a machine that stops keeps only its disk) bills up to the change at
 the old rate and holds the next lease at the new one.
 
 This module names no resource kind: a kind hands it a resource id, the ledger's
@@ -115,7 +114,7 @@ class Leases:
 
     def set_rate(self, session: Session, *, kind: str, resource_id: str, tenant_id: str, op: str, per_s: Usage) -> None:
         """``rerate`` a resource with an open lease; ``open`` one for a resource whose
-        billing had ended (a VM stopped for money, started again)."""
+        billing had ended (one stopped for money, started again)."""
         if self._active(session, resource_id) is None:
             self.open(session, kind=kind, resource_id=resource_id, tenant_id=tenant_id, op=op, per_s=per_s)
         else:

@@ -150,7 +150,7 @@ class LedgerEntry(Base):
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     skill: Mapped[str] = mapped_column(String(64))
     op: Mapped[str] = mapped_column(String(64))
-    item: Mapped[str] = mapped_column(String(160))  # task_fee, or a meter: sandbox.vcpu_ms, tokens.output:<model>
+    item: Mapped[str] = mapped_column(String(160))  # task_fee, or a meter: <kind>.vcpu_ms, tokens.output:<model>
     model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     quantity: Mapped[int] = mapped_column(BigInteger)
     amount_micros: Mapped[int] = mapped_column(BigInteger)

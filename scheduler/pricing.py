@@ -1,9 +1,9 @@
 """Prices, in integer micro-units, and the arithmetic that turns usage into money.
 
 Usage is a set of meters, each an integer count of the smallest unit we
-measure: ``sandbox.vcpu_ms`` (allocated vCPUs x milliseconds),
-``sandbox.mib_ms``, ``vm.disk_mib_ms``, ``database.instance_ms.small``,
-``tokens.output:<model>`` and so on. Each meter has a rate (micro-units per so
+measure, named by the price catalog's tables: ``<kind>.vcpu_ms`` (allocated
+vCPUs x milliseconds), ``<kind>.mib_ms``, ``<kind>.disk_mib_ms``,
+``<kind>.instance_ms.<size>``, ``tokens.output:<model>`` and so on. Each meter has a rate (micro-units per so
 many units) and every conversion rounds once, half up, so an entry is never
 more than half a micro-unit off the exact value.
 """

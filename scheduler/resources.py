@@ -1,6 +1,6 @@
 """What the process needs of a kind of resource that outlives its call.
 
-A kind (sandboxes, databases, VMs, and the ones to come) lives in its skill:
+A kind (whatever a skill keeps alive past a call) lives in its skill:
 its rows, its manager, its engines. The process knows it only through this
 small protocol, and finds it the way it finds ops (``Skill.resource``):
 
@@ -41,7 +41,7 @@ T = TypeVar("T")
 class LiveQuota:
     """A per-tenant cap on how many of a kind live at once.
 
-    ``name`` is the tenant setting (``max_live_sandboxes``), ``count`` counts
+    ``name`` is the tenant setting (``max_live_<kind>s``), ``count`` counts
     the tenant's live ones in the caller's transaction, ``hint`` says how to
     free one."""
 
@@ -83,7 +83,7 @@ class ResourceKind(Protocol):
 
 class Services:
     """The process's services by type, so a handler asks for what it uses, typed:
-    ``ctx.service(SandboxManager)``."""
+    ``ctx.service(SomeManager)``."""
 
     def __init__(self) -> None:
         self._by_type: dict[type[Any], Any] = {}

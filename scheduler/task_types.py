@@ -50,7 +50,7 @@ class TaskContext:
         self.usage = self.usage + usage
 
     def service(self, kind: type[T]) -> T:
-        """The process's service of this type (``ctx.service(SandboxManager)``)."""
+        """The process's service of this type (``ctx.service(SomeManager)``)."""
         assert self.services is not None, "this task runs without the process's services"
         return self.services.get(kind)
 

@@ -52,7 +52,7 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 # Errors that mean the task did no billable work when it used nothing: the
 # caller's mistake caught in the handler, or the platform's own failure.
 FREE_WHEN_UNUSED = (InvalidInput, NotFound, Forbidden, BackendUnavailable, BudgetExceeded, QuotaExceeded)
-# Time a task may take beyond its own timeout_s (starting a sandbox, moving files).
+# Time a task may take beyond its own timeout_s (starting a machine, moving files).
 DEADLINE_OVERHEAD_S = 30.0
 
 

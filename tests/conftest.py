@@ -72,21 +72,27 @@ def sandboxes_in_use(app: App) -> list[str]:
     return [c.container_id for c in found if pool is None or not pool.holds(c.labels.get(LABEL_SANDBOX, ""))]
 
 
+async def clean_up(app: App, docker_driver: DockerDriver) -> tuple[list[str], list[str], list[str]]:
+    """Remove what a test left of the app's (containers, databases, VMs), and say what it was."""
+    leftovers = containers_of(docker_driver, app)
+    for container_id in leftovers:
+        docker_driver.destroy(container_id)
+    databases = app.service(DatabaseManager).list_all_live()
+    for database in databases:
+        await app.service(DatabaseManager).delete(database)
+    vms = [vm.id for vm in app.service(VmManager).list_live()]
+    for vm in vms:
+        await app.service(VmManager).delete(vm, "test_cleanup")
+    return leftovers, databases, vms
+
+
 @pytest.fixture
 async def app(settings: Settings, docker_driver: DockerDriver) -> AsyncIterator[App]:
     """A running app on a fresh store; after the test, none of its containers may be left."""
     application = App(settings, docker_driver)
     async with application.running():
         yield application
-    leftovers = containers_of(docker_driver, application)
-    for container_id in leftovers:
-        docker_driver.destroy(container_id)
-    databases = application.service(DatabaseManager).list_all_live()
-    for database in databases:
-        await application.service(DatabaseManager).delete(database)
-    vms = [vm.id for vm in application.service(VmManager).list_live()]
-    for vm in vms:
-        await application.service(VmManager).delete(vm, "test_cleanup")
+    leftovers, databases, vms = await clean_up(application, docker_driver)
     application.close()
     assert not leftovers, f"the test left {len(leftovers)} container(s) behind"
     assert not databases, f"the test left {len(databases)} database(s) behind"

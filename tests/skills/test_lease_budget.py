@@ -7,6 +7,7 @@ renewed; and the tenant, out of money, can still see and clean up everything."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
@@ -22,7 +23,7 @@ from scheduler.models import Lease, LedgerEntry, Task, Tenant
 from skills.db.rows import Database
 from skills.sandbox.rows import Sandbox
 from skills.vm.rows import Vm
-from tests.conftest import sandboxes_in_use
+from tests.conftest import clean_up, sandboxes_in_use
 from tests.mcp_helpers import call, call_error, mcp_client
 from tests.polling import until
 
@@ -37,6 +38,17 @@ def lease_settings(settings: Settings) -> Settings:
     return load_settings(lease_s=1.0, reap_interval_s=0.1, pool_size=1, auto_confirm=True)
 
 
+@pytest.fixture
+async def lease_app(lease_settings: Settings, docker_driver: DockerDriver) -> AsyncIterator[App]:
+    """An app on short leases; whatever a failing test leaves is removed all the same."""
+    app = App(lease_settings, docker_driver)
+    try:
+        yield app
+    finally:
+        await clean_up(app, docker_driver)
+        app.close()
+
+
 def balance(app: App) -> tuple[int, int]:
     with app.store.transaction() as session:
         tenant = session.get(Tenant, "local")
@@ -49,10 +61,8 @@ def open_leases(app: App) -> int:
         return int(session.scalar(select(func.count()).select_from(Lease).where(Lease.ended_at.is_(None))) or 0)
 
 
-async def test_spend_never_passes_the_budget_and_everything_stops_at_it(
-    lease_settings: Settings, docker_driver: DockerDriver
-) -> None:
-    app = App(lease_settings, docker_driver)
+async def test_spend_never_passes_the_budget_and_everything_stops_at_it(lease_app: App) -> None:
+    app = lease_app
     update_tenant(app.store, "local", budget_micros=BUDGET, tasks_per_minute=100_000)
     samples: list[tuple[int, int]] = []
 
@@ -133,7 +143,6 @@ async def test_spend_never_passes_the_budget_and_everything_stops_at_it(
     most = max(s + h for s, h in samples)
     print(f"\nbudget {BUDGET}, most ever spent and held {most}, spent {spent}, stopped for money {stopped}")
     assert not sandboxes_in_use(app)
-    app.close()
 
 
 async def test_a_dead_sandbox_is_marked_failed_and_billed_to_its_death(app: App) -> None:
