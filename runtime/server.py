@@ -70,8 +70,8 @@ class CloudSkillsServer(MCPServer[Any]):
 
     def __init__(self, app: App, tenant_id: str | None, base_url: str | None = None) -> None:
         self.tasks = TasksExtension(app, lambda: self.tenant_for(None))
-        skills = SkillsExtension(app.registry)
-        extensions, middleware = [self.tasks, skills], [skills.advertise_on_legacy]
+        self.agent_skills = SkillsExtension(app.registry)
+        extensions, middleware = [self.tasks, self.agent_skills], [self.agent_skills.advertise_on_legacy]
         if tenant_id is None:
             assert base_url is not None, "an HTTP server needs its base URL for its auth metadata"
             super().__init__(

@@ -1,5 +1,7 @@
-"""MCP tasks (io.modelcontextprotocol/tasks) on a real server over Streamable HTTP, at 2026-07-28,
-with the official Python client declaring the extension."""
+"""MCP tasks (io.modelcontextprotocol/tasks, SEP-2663) on a real server over Streamable HTTP, at
+2026-07-28, with the official Python client declaring the extension: handles for long sandbox runs,
+cancellation, errors inline, durability across a restart. (The TypeScript ext-tasks client and the
+MCP Inspector drive the same: tests/e2e/test_official_clients.py.)"""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import signal
 from pathlib import Path
 
 import pytest
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 from sqlalchemy import select
 
 from skills.sandbox.rows import Sandbox
@@ -32,6 +36,7 @@ async def test_a_long_call_answers_with_a_task_handle_then_its_result(http_serve
     async with http_client(http_server.url, http_server.key, mode=MODERN, extensions=[PollingTasks()]) as client:
         created = await client.session.call_tool("sandbox_run", SLOW_PRINT, allow_claimed=True)
         assert isinstance(created, CreatedTask) and created.status == "working"
+        assert created.ttl_ms is None and created.poll_interval_ms == 500
         done = await until_done(client, created.task_id)
         assert done.status == "completed" and done.result is not None
         assert done.result["structuredContent"]["stdout"] == "done\n"
@@ -72,7 +77,9 @@ async def test_cancelling_a_task_stops_its_sandbox_and_errors_are_inline(http_se
         bad = await client.call_tool("sandbox_run", {"code": "print(1)", "template": "nope"})
         assert bad.is_error and "unknown template 'nope'" in bad.content[0].text  # type: ignore[union-attr]
 
-        await cancel_task(client, "t_ffffffffffffffff")  # acknowledged, whatever the id
+        with pytest.raises(MCPError) as unknown:  # another tenant's task is as unknown as a made-up id
+            await cancel_task(client, "t_ffffffffffffffff")
+        assert unknown.value.code == INVALID_PARAMS
 
     def sandbox_gone() -> bool:
         with store.transaction() as session:

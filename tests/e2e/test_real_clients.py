@@ -84,7 +84,9 @@ def assert_ts_session(seen: dict[str, Any]) -> None:
     assert {"sandbox_run", "sandbox_create", "billing_usage"} <= set(seen["tools"])
     assert seen["stdout"] == "42\n"
     assert seen["badIsError"] and seen["badText"].startswith("invalid arguments: `code`")
-    assert seen["guide"].startswith("# Sandbox")
+    assert seen["guide"].startswith("---\nname: sandbox\n"), (
+        "resources/read gives SKILL.md as it is, front matter first"
+    )
 
 
 def test_the_typescript_sdk_over_stdio(tmp_path: Path, docker_driver: DockerDriver) -> None:
