@@ -14,6 +14,10 @@ from typing import Any, Protocol
 Params = Sequence[Any] | Mapping[str, Any] | None
 
 
+# The most one answer may carry, on every engine (sqlite_worker.py, which runs on its own, keeps a twin).
+RESULT_MAX_BYTES = 32 << 20
+
+
 @dataclass(frozen=True)
 class Size:
     """What an instance of a size is given (a server engine) and billed for."""

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import socket
 import tarfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -26,7 +23,7 @@ import psycopg
 import psycopg.errors
 import requests.exceptions
 
-from common.errors import BackendUnavailable, InvalidInput, Timeout
+from common.errors import BackendUnavailable, InvalidInput
 from sandbox.docker import DockerDriver, docker_unavailable
 from sandbox.driver import LABEL_MANAGED, LABEL_TENANT
 from skills.db.engines.base import (
@@ -39,85 +36,18 @@ from skills.db.engines.base import (
     QueryResult,
     Size,
     TableInfo,
-    jsonable,
 )
 from skills.db.engines.pg_pool import ConnectionPool
+from skills.db.engines.postgres_container import container_name, free_port, killed_for_memory, readable
 from skills.db.engines.postgres_image import DATA_MOUNT, PG_BIN, image_tag
-from skills.db.engines.sqlite_worker import RESULT_MAX_BYTES  # one bound on an answer, for both engines
+from skills.db.engines.postgres_sql import SCHEMA_COLUMNS, SCHEMA_INDEXES, run_statement, statement_error
 
 T = TypeVar("T")
 LABEL_DATABASE = "cloudskills.database"
 LABEL_DATABASE_STORE = "cloudskills.database.store"
 READY_TIMEOUT_S = 60.0
-CANCEL_GRACE_S = 2.0
-# How long a lost connection waits for the server's log to tell why.
-LOST_LOG_WAIT_S = 3.0
 CONNECT_TIMEOUT_S = 5
 RESTORE_FILE = f"{DATA_MOUNT}/restore.dump"
-
-SCHEMA_COLUMNS = """
-SELECT c.table_name, t.table_type, c.column_name, c.data_type, c.is_nullable = 'YES', c.column_default
-FROM information_schema.columns AS c
-JOIN information_schema.tables AS t ON t.table_schema = c.table_schema AND t.table_name = c.table_name
-WHERE c.table_schema = 'public'
-ORDER BY c.table_name, c.ordinal_position
-"""
-SCHEMA_INDEXES = """
-SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY tablename, indexname
-"""
-
-
-def container_name(instance: Instance) -> str:
-    return f"cloudskills-{instance.id}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def weight(value: Any) -> int:
-    """About what a value (as ``jsonable`` made it) weighs in an answer."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict | list):
-        return len(json.dumps(value))
-    return 8
-
-
-def returns_rows(conn: psycopg.Connection, sql: bytes) -> bool:
-    """Whether ``sql`` returns rows, as the server describes it (it must be one statement).
-
-    Rows are streamed, so only those kept take memory here; psycopg streams only a
-    statement that returns rows, and one that does not (an INSERT) must be run
-    so that its row count is known."""
-    parsed = conn.pgconn.prepare(b"", sql)  # the unnamed statement: the next one replaces it
-    if parsed.status != psycopg.pq.ExecStatus.COMMAND_OK:
-        raise psycopg.errors.error_from_result(parsed, encoding=conn.info.encoding)
-    return bool(conn.pgconn.describe_prepared(b"").nfields)
-
-
-def statement_error(exc: psycopg.Error, read_only: bool, timeout_s: float) -> Exception:
-    if isinstance(exc, psycopg.errors.QueryCanceled):
-        return Timeout(
-            f"the statement ran past its timeout_s of {timeout_s:g} s and was cancelled; nothing it did was kept. "
-            "Give it a longer timeout_s or make it cheaper."
-        )
-    if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction) and read_only:
-        return InvalidInput("read_only is set, and this statement writes: call again without read_only to write.")
-    message = exc.diag.message_primary if exc.diag.message_primary else str(exc).strip()
-    if isinstance(exc, psycopg.errors.OutOfMemory):
-        return InvalidInput(
-            f"PostgreSQL ran out of memory for this statement ({message}); nothing it did was kept. Use less "
-            "memory per statement (smaller values, fewer rows at once), or make the database on a larger size."
-        )
-    if "multiple commands" in message:
-        return InvalidInput("db_query runs one statement per call: send the statements one at a time.")
-    where = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
-    return InvalidInput(
-        f"PostgreSQL rejected the statement: {message}{where}. Fix the SQL (db_schema shows the tables) and retry."
-    )
 
 
 class PostgresEngine:
@@ -300,50 +230,7 @@ class PostgresEngine:
             raise InvalidInput("PostgreSQL takes params as a list, for the placeholders $1, $2, ... in order.")
 
         def statement(conn: psycopg.Connection) -> QueryResult:
-            # Past the timeout (and a grace), cancel from here too: the server's own
-            # statement_timeout is the rule, this is the guarantee.
-            guard = threading.Timer(timeout_s + CANCEL_GRACE_S, conn.cancel_safe)
-            guard.start()
-            try:
-                cursor = psycopg.RawCursor(conn)
-                # Local to this transaction: the server cancels the statement itself.
-                settings = ["BEGIN", *(["SET TRANSACTION READ ONLY"] if read_only else [])]
-                cursor.execute("; ".join([*settings, f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}"]))
-                # Both ways below speak the extended protocol, which runs exactly one statement
-                # per call: no "COMMIT; ..." stepping out of the transaction.
-                rows: list[list[Any]] = []
-                if returns_rows(conn, sql.encode()):
-                    size = 0
-                    # Row by row: only the rows kept are ever in this process's memory.
-                    for row in cursor.stream(sql.encode(), list(params or [])):
-                        if len(rows) > max_rows:
-                            continue  # read to the end all the same: a write's RETURNING must not stop it
-                        kept = [jsonable(v) for v in row]
-                        size += sum(weight(v) for v in kept)
-                        if size > RESULT_MAX_BYTES:
-                            raise InvalidInput(
-                                f"the rows of this statement come to more than the {RESULT_MAX_BYTES >> 20} MiB "
-                                "one answer may carry; nothing it did was kept. Ask for less: fewer rows "
-                                "(max_rows, LIMIT) or parts of large values (substr())."
-                            )
-                        rows.append(kept)
-                else:
-                    cursor.execute(sql.encode(), list(params or []), binary=True)  # binary: the extended protocol
-                columns = [c.name for c in cursor.description] if cursor.description else []
-                rowcount = cursor.rowcount
-                # The COMMIT and, in the same round trip, DISCARD ALL: no session state (a SET,
-                # a temporary table) outlives the call on this pooled connection.
-                with conn.pipeline():
-                    conn.execute("COMMIT")
-                    conn.execute("DISCARD ALL")
-            finally:
-                guard.cancel()
-            return QueryResult(
-                columns=columns,
-                rows=rows[:max_rows],
-                rowcount=len(rows[:max_rows]) if columns else max(rowcount, 0),
-                truncated=len(rows) > max_rows,
-            )
+            return run_statement(conn, sql, params, read_only, max_rows, timeout_s)
 
         started = time.time()
         try:
@@ -351,13 +238,6 @@ class PostgresEngine:
         except psycopg.OperationalError as exc:
             if exc.sqlstate is None or exc.sqlstate.startswith("57P"):  # the server ended the connection
                 raise self._lost(instance, exc, started) from exc
-            raise statement_error(exc, read_only, timeout_s) from exc
-        except psycopg.errors.ProgrammingError as exc:
-            if exc.sqlstate is None:  # refused by the client: parameters that do not fit
-                raise InvalidInput(
-                    f"the parameters do not fit the statement: {exc}. Use the placeholders $1, $2, ... "
-                    "with a list of params, one per placeholder."
-                ) from exc
             raise statement_error(exc, read_only, timeout_s) from exc
         except psycopg.Error as exc:
             raise statement_error(exc, read_only, timeout_s) from exc
@@ -367,7 +247,7 @@ class PostgresEngine:
         server process for memory (PostgreSQL then restarts, cutting every connection), say so
         once the instance answers again."""
         memory = f"{SIZES[instance.size].memory_mib} MiB" if instance.size in SIZES else "the memory of its size"
-        if self._killed_for_memory(instance, started):
+        if killed_for_memory(self.client, instance, started):
             self.pool.close(instance.id)  # every connection of the old server is gone
             try:
                 self._wait_ready(instance)
@@ -384,23 +264,6 @@ class PostgresEngine:
             f"database {instance.id!r} closed the connection while this statement ran ({str(exc).strip()}); "
             "nothing it did was kept. Try again in a moment, or db_describe it to see its state."
         )
-
-    def _killed_for_memory(self, instance: Instance, since: float) -> bool:
-        """Whether the server's log tells, since ``since``, of a process killed by SIGKILL: in a
-        container with a memory limit, that is the kernel's OOM killer."""
-        deadline = time.monotonic() + LOST_LOG_WAIT_S
-        while True:
-            try:
-                container = self.client.containers.get(container_name(instance))
-                log = bytes(container.logs(since=int(since) - 1)).decode(errors="replace")
-            except (docker.errors.DockerException, requests.exceptions.RequestException):
-                return False
-            if "terminated by signal 9" in log:
-                return True
-            # The postmaster logs the death a moment after the client sees its connection close.
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
 
     def schema(self, instance: Instance) -> list[TableInfo]:
         def read(conn: psycopg.Connection) -> tuple[list[Any], list[Any]]:
@@ -508,9 +371,3 @@ class PostgresEngine:
 
     def connection_string(self, instance: Instance) -> str:
         return f"postgresql://{instance.user}:{instance.password}@127.0.0.1:{instance.port}/{instance.name}"
-
-
-def readable(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    # Docker unpacks it as root; the volume's directory (0700, postgres) keeps it private.
-    info.mode = 0o644
-    return info

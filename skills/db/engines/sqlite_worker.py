@@ -32,6 +32,7 @@ VALUE_MAX_BYTES = 16 << 20
 # The most a worker's address space may take: the interpreter (~20 MiB) and the statement.
 MEMORY_MAX_BYTES = 256 << 20
 # The most the rows of one answer may weigh (their text, and 8 bytes a number)...
+# Equal to skills.db.engines.base.RESULT_MAX_BYTES (this file runs alone, importing nothing of ours).
 RESULT_MAX_BYTES = 32 << 20
 # ...and the answer as JSON, where escapes may make text heavier.
 ANSWER_MAX_BYTES = 2 * RESULT_MAX_BYTES
