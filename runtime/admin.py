@@ -110,12 +110,14 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--tenant", required=True)
-def keys_create(tenant: str) -> None:
-    """Make a key for a tenant; it is printed once and only its hash is kept."""
+@click.option("--agent", default=None, help="The agent of the tenant this key speaks for (e.g. planner).")
+def keys_create(tenant: str, agent: str | None) -> None:
+    """Make a key for a tenant (and one of its agents); it is printed once and only its hash is kept."""
 
     def act() -> None:
-        new = create_key(store(), tenant)
-        click.echo(f"key id {new.id} for tenant {new.tenant_id} (the key is shown only now):", err=True)
+        new = create_key(store(), tenant, agent)
+        who = f"agent {new.agent} of tenant {new.tenant_id}" if new.agent else f"tenant {new.tenant_id}"
+        click.echo(f"key id {new.id} for {who} (the key is shown only now):", err=True)
         click.echo(new.key)
 
     guarded(act)
@@ -131,10 +133,10 @@ def keys_revoke(key_id: str) -> None:
 @keys.command("list")
 @click.option("--tenant", default=None)
 def keys_list(tenant: str | None) -> None:
-    """Key ids, their tenants and whether they are revoked (never the keys)."""
+    """Key ids, their tenants and agents, and whether they are revoked (never the keys)."""
     for key in list_keys(store(), tenant):
         state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "live"
-        click.echo(f"{key.id}\t{key.tenant_id}\t{state}")
+        click.echo(f"{key.id}\t{key.tenant_id}\t{key.agent or '-'}\t{state}")
 
 
 def register_admin_commands(main: click.Group) -> None:

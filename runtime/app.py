@@ -160,20 +160,28 @@ class App:
         binding = self.scheduler.binding(f"{skill.name}.{op.name}")
         return PreparedCall(tool_name, arguments, op, binding, args)
 
-    async def run(self, tenant_id: str, prepared: PreparedCall, progress: Progress | None = None) -> TaskOutcome:
-        """Run a prepared call as a task and return its outcome (or raise its error)."""
-        outcome = await self.scheduler.run(tenant_id, prepared.binding, prepared.args, progress)
+    async def run(
+        self, tenant_id: str, prepared: PreparedCall, progress: Progress | None = None, agent: str | None = None
+    ) -> TaskOutcome:
+        """Run a prepared call as a task (for the tenant's ``agent``, if named) and return its
+        outcome (or raise its error)."""
+        outcome = await self.scheduler.run(tenant_id, prepared.binding, prepared.args, progress, agent)
         outcome.unwrap()
         return outcome
 
     async def call(
-        self, tenant_id: str, tool_name: str, arguments: dict[str, Any], progress: Progress | None = None
+        self,
+        tenant_id: str,
+        tool_name: str,
+        arguments: dict[str, Any],
+        progress: Progress | None = None,
+        agent: str | None = None,
     ) -> TaskOutcome:
         """Validate, run as a task, and return its outcome (or raise its error)."""
-        return await self.run(tenant_id, self.prepare(tool_name, arguments), progress)
+        return await self.run(tenant_id, self.prepare(tool_name, arguments), progress, agent)
 
     async def call_or_hand_over(
-        self, tenant_id: str, tool_name: str, arguments: dict[str, Any], within_s: float
+        self, tenant_id: str, tool_name: str, arguments: dict[str, Any], within_s: float, agent: str | None = None
     ) -> TaskOutcome | str | PreparedCall:
         """For an op that can run long: run the call as a task, and answer like ``call`` if
         it ends within ``within_s``, else leave it running, unwaited, and return its task id.
@@ -181,7 +189,7 @@ class App:
         prepared = self.prepare(tool_name, arguments)
         if not prepared.op.runs_long(prepared.args):
             return prepared
-        task_id = self.scheduler.submit(tenant_id, prepared.binding, prepared.args)
+        task_id = self.scheduler.submit(tenant_id, prepared.binding, prepared.args, agent)
         try:
             with anyio.move_on_after(within_s):
                 outcome = await self.scheduler.wait(task_id)

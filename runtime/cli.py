@@ -23,7 +23,7 @@ from common.errors import CloudSkillsError
 from runtime.admin import register_admin_commands
 from runtime.doctor import doctor_checks
 from runtime.settings import load_settings
-from runtime.tenants import list_tenants
+from runtime.tenants import check_agent, list_tenants
 from scheduler.tasks import TaskOutcome
 from skills.base import Op
 from skills.registry import discover
@@ -46,12 +46,14 @@ def main(verbose: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--tenant", default=None, help="The tenant this server acts for (default: local).")
-def serve(use_http: bool, host: str, port: int, tenant: str | None) -> None:
+@click.option("--agent", default=None, help="The tenant's agent a stdio server acts as (e.g. planner).")
+def serve(use_http: bool, host: str, port: int, tenant: str | None, agent: str | None) -> None:
     """Serve the MCP server (stdio by default)."""
     from runtime.app import App
     from runtime.server import serve_http, serve_stdio
 
-    settings = load_settings(**({"tenant": tenant} if tenant else {}))
+    chosen = {"tenant": tenant, "agent": agent}
+    settings = load_settings(**{k: v for k, v in chosen.items() if v})
     try:
         app = App(settings)
     except CloudSkillsError as exc:
@@ -68,7 +70,11 @@ def serve(use_http: bool, host: str, port: int, tenant: str | None) -> None:
     else:
         if settings.tenant not in {t.id for t in list_tenants(app.store)}:
             fail(f"no tenant {settings.tenant!r}: create it with `cloudskills tenants create {settings.tenant}`.")
-        anyio.run(serve_stdio, app, settings.tenant)
+        try:
+            check_agent(settings.agent)
+        except CloudSkillsError as exc:
+            fail(exc.message)
+        anyio.run(serve_stdio, app, settings.tenant, settings.agent)
 
 
 @main.group("skills", invoke_without_command=True)
@@ -237,7 +243,7 @@ async def run_op(tool_name: str, arguments: dict[str, Any]) -> TaskOutcome:
     app = App(settings)
     try:
         async with app.running(serving=False):
-            return await app.call(settings.tenant, tool_name, arguments)
+            return await app.call(settings.tenant, tool_name, arguments, agent=check_agent(settings.agent))
     finally:
         app.close()
 

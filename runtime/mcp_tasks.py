@@ -134,9 +134,16 @@ def view(task: Task, detailed: bool = True) -> dict[str, Any]:
 class TasksExtension(Extension):
     identifier = TASKS_EXTENSION
 
-    def __init__(self, app: App, tenant_of: Callable[[], str], window_s: float = SYNC_WINDOW_S) -> None:
+    def __init__(
+        self,
+        app: App,
+        tenant_of: Callable[[], str],
+        agent_of: Callable[[], str | None] = lambda: None,
+        window_s: float = SYNC_WINDOW_S,
+    ) -> None:
         self.app = app
         self.tenant_of = tenant_of
+        self.agent_of = agent_of
         self.window_s = window_s
 
     def methods(self) -> list[MethodBinding]:
@@ -159,7 +166,7 @@ class TasksExtension(Extension):
             return await call_next(ctx)
         try:
             answer = await self.app.call_or_hand_over(
-                self.tenant_of(), params.name, dict(params.arguments or {}), self.window_s
+                self.tenant_of(), params.name, dict(params.arguments or {}), self.window_s, self.agent_of()
             )
         except CloudSkillsError as exc:
             return tool_error(exc.message)

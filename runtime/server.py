@@ -30,7 +30,7 @@ from runtime.confirm import confirm
 from runtime.mcp_skills import SkillsExtension
 from runtime.mcp_tasks import TasksExtension, tool_error, tool_result
 from runtime.stdio import run_stdio
-from runtime.tenants import tenant_of_key
+from runtime.tenants import caller_of_key, check_agent
 from scheduler.tasks import Progress
 
 log = logging.getLogger("cloudskills.server")
@@ -43,17 +43,26 @@ INSTRUCTIONS = (
 )
 
 
+AGENT_CLAIM = "agent"
+
+
 class KeyVerifier(TokenVerifier):
-    """Bearer tokens are our API keys: a live key stands for its tenant."""
+    """Bearer tokens are our API keys: a live key stands for its tenant (and its agent)."""
 
     def __init__(self, app: App) -> None:
         self.app = app
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        tenant = tenant_of_key(self.app.store, token)
-        if tenant is None:
+        caller = caller_of_key(self.app.store, token)
+        if caller is None:
             return None
-        return AccessToken(token=token, client_id=tenant, scopes=[], subject=tenant)
+        return AccessToken(
+            token=token,
+            client_id=caller.tenant_id,
+            scopes=[],
+            subject=caller.tenant_id,
+            claims={AGENT_CLAIM: caller.agent},
+        )
 
 
 def http_auth(base_url: str) -> AuthSettings:
@@ -66,10 +75,11 @@ def http_auth(base_url: str) -> AuthSettings:
 
 
 class CloudSkillsServer(MCPServer[Any]):
-    """``tenant_id`` set: every call acts for that tenant (stdio). None: the bearer key decides (HTTP)."""
+    """``tenant_id`` set: every call acts for that tenant, as ``agent`` (stdio). None: the bearer
+    key decides both (HTTP)."""
 
-    def __init__(self, app: App, tenant_id: str | None, base_url: str | None = None) -> None:
-        self.tasks = TasksExtension(app, lambda: self.tenant_for(None))
+    def __init__(self, app: App, tenant_id: str | None, base_url: str | None = None, agent: str | None = None) -> None:
+        self.tasks = TasksExtension(app, lambda: self.tenant_for(None), self.agent_for)
         self.agent_skills = SkillsExtension(app.registry)
         extensions, middleware = [self.tasks, self.agent_skills], [self.agent_skills.advertise_on_legacy]
         if tenant_id is None:
@@ -93,6 +103,7 @@ class CloudSkillsServer(MCPServer[Any]):
             )
         self.app = app
         self.tenant_id = tenant_id
+        self.agent = check_agent(agent)
         self._tools = self._describe_tools()
 
     def _describe_tools(self) -> list[MCPTool]:
@@ -126,17 +137,26 @@ class CloudSkillsServer(MCPServer[Any]):
             raise Forbidden("this call carries no valid API key: send `Authorization: Bearer <key>`.")
         return token.client_id
 
+    def agent_for(self) -> str | None:
+        """The tenant's agent a call acts as: the server's own over stdio, the key's over HTTP."""
+        if self.tenant_id is not None:
+            return self.agent
+        token = get_access_token()
+        agent = (token.claims or {}).get(AGENT_CLAIM) if token is not None else None
+        return agent if isinstance(agent, str) else None
+
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         try:
             prepared = self.app.prepare(name, arguments)
-            if prepared.op.confirm and context is not None and not self.app.settings.auto_confirm:
+            asks = prepared.op.confirms(prepared.args)
+            if asks and context is not None and not self.app.settings.auto_confirm:
                 # Asked only of a valid call: nobody confirms what would then be refused.
                 instead = await confirm(context, name, arguments)
                 if instead is not None:
                     return instead
-            outcome = await self.app.run(self.tenant_for(context), prepared, progress_to(context))
+            outcome = await self.app.run(self.tenant_for(context), prepared, progress_to(context), self.agent_for())
         except CloudSkillsError as exc:
             return tool_error(exc.message)
         except Exception:
@@ -172,8 +192,8 @@ async def on_stop_signal(stop: Callable[[], None]) -> AsyncIterator[None]:
             group.cancel_scope.cancel()
 
 
-async def serve_stdio(app: App, tenant_id: str) -> None:
-    server = CloudSkillsServer(app, tenant_id)
+async def serve_stdio(app: App, tenant_id: str, agent: str | None = None) -> None:
+    server = CloudSkillsServer(app, tenant_id, agent=agent)
     serving = anyio.CancelScope()
     async with on_stop_signal(serving.cancel), app.running():
         with serving:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
         default=None, description="Docker Engine URL; default: DOCKER_HOST or the local socket."
     )
     tenant: str = Field(default="local", description="The tenant a stdio server and the CLI act for.")
+    agent: str | None = Field(
+        default=None, description="The tenant's agent a stdio server and the CLI act as (default: unnamed)."
+    )
     workers: int = Field(default=16, ge=1, le=1024, description="Tasks run at once by this process.")
     reap_interval_s: float = Field(default=10.0, gt=0, description="Seconds between reaper passes.")
     pool_size: int = Field(default=8, ge=0, le=256, description="Warm sandboxes kept ready by a server.")

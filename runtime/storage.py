@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 
 from scheduler.store import Store
+from skills.registry import discover
 
 
 def version_locations() -> list[str]:
@@ -29,8 +30,13 @@ def alembic_config(store: Store) -> Config:
     return config
 
 
+def sqlite_extensions() -> list[str]:
+    """The SQLite extensions the skills' tables need (sqlite-vec for memories' vectors)."""
+    return [path for skill in discover().skills for path in skill.store_extensions]
+
+
 def open_store(url: str) -> Store:
-    store = Store(url)
+    store = Store(url, sqlite_extensions())
     config = alembic_config(store)
     with store.engine.begin() as connection:
         config.attributes["connection"] = connection

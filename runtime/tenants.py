@@ -7,6 +7,7 @@ database gives no working key. Keys never reach logs.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -19,6 +20,21 @@ from scheduler.tasks import new_id
 
 KEY_PREFIX = "csk_"
 DEFAULT_TENANT = "local"
+AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Names an agent cannot take: `shared` is the namespace every agent of a tenant shares.
+RESERVED_AGENTS = ("shared",)
+
+
+def check_agent(name: str | None) -> str | None:
+    """An agent's name as given, or an error that says what a name may be."""
+    if name is None:
+        return None
+    if not AGENT_NAME.match(name) or name in RESERVED_AGENTS:
+        raise InvalidInput(
+            f"{name!r} cannot name an agent: use 1-64 lowercase letters, digits, '-' or '_', starting with a "
+            "letter or digit, and not 'shared' (the namespace all of a tenant's agents share)."
+        )
+    return name
 
 
 def key_hash(key: str) -> str:
@@ -30,6 +46,15 @@ class NewKey:
     id: str
     tenant_id: str
     key: str  # the secret itself: shown once, never stored
+    agent: str | None = None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a call acts for: a tenant, and which of its agents (None: unnamed)."""
+
+    tenant_id: str
+    agent: str | None = None
 
 
 def ensure_tenant(store: Store, name: str) -> Tenant:
@@ -77,14 +102,16 @@ def list_tenants(store: Store) -> list[Tenant]:
         return list(session.scalars(select(Tenant).order_by(Tenant.created_at)))
 
 
-def create_key(store: Store, tenant_id: str) -> NewKey:
+def create_key(store: Store, tenant_id: str, agent: str | None = None) -> NewKey:
+    """A new key for the tenant; with ``agent``, calls with it act as that agent of the tenant."""
+    check_agent(agent)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = new_id("key")
     with store.transaction() as session:
         if session.get(Tenant, tenant_id) is None:
             raise NotFound(f"no tenant {tenant_id!r}: create it with `cloudskills tenants create {tenant_id}`.")
-        session.add(ApiKey(id=key_id, tenant_id=tenant_id, key_hash=key_hash(key)))
-    return NewKey(key_id, tenant_id, key)
+        session.add(ApiKey(id=key_id, tenant_id=tenant_id, key_hash=key_hash(key), agent=agent))
+    return NewKey(key_id, tenant_id, key, agent)
 
 
 def revoke_key(store: Store, key_id: str) -> bool:
@@ -107,15 +134,21 @@ def list_keys(store: Store, tenant_id: str | None = None) -> list[ApiKey]:
         return list(session.scalars(query))
 
 
-def tenant_of_key(store: Store, key: str) -> str | None:
-    """The tenant a live key belongs to, or None for an unknown or revoked key."""
+def caller_of_key(store: Store, key: str) -> Caller | None:
+    """The tenant (and agent) a live key speaks for, or None for an unknown or revoked key."""
     if not key.startswith(KEY_PREFIX):
         return None
     with store.transaction() as session:
         row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash(key)))
         if row is None or row.revoked_at is not None:
             return None
-        return row.tenant_id
+        return Caller(row.tenant_id, row.agent)
+
+
+def tenant_of_key(store: Store, key: str) -> str | None:
+    """The tenant a live key belongs to, or None for an unknown or revoked key."""
+    caller = caller_of_key(store, key)
+    return None if caller is None else caller.tenant_id
 
 
 def bootstrap(store: Store) -> NewKey | None:

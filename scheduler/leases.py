@@ -78,11 +78,22 @@ class Leases:
 
     # -- the kinds' side: within their own transactions ---------------------
 
-    def open(self, session: Session, *, kind: str, resource_id: str, tenant_id: str, op: str, per_s: Usage) -> Lease:
+    def open(
+        self,
+        session: Session,
+        *,
+        kind: str,
+        resource_id: str,
+        tenant_id: str,
+        op: str,
+        per_s: Usage,
+        agent: str | None = None,
+    ) -> Lease:
         """Hold the first lease of a new (or restarted) resource, or refuse it for money.
 
         Runs in the caller's transaction, so a refusal rolls back the resource's
-        record with it."""
+        record with it. Its bills are ``agent``'s (by default, the agent the running
+        task acts for)."""
         now = utcnow()
         hold = self.price(per_s, self.lease_ms)
         ledger.locked_tenant(session, tenant_id)
@@ -92,6 +103,7 @@ class Leases:
             row = Lease(id=resource_id, tenant_id=tenant_id, kind=kind)
             session.add(row)
         row.op, row.rate, row.held_micros = op, dict(per_s.meters), hold
+        row.agent = agent if agent is not None else ledger.acting_agent.get()
         row.billed_until, row.lease_until = now, now + timedelta(milliseconds=self.lease_ms)
         row.ended_at = row.end_reason = None
         return row
@@ -198,7 +210,7 @@ class Leases:
         if ms == 0:
             return 0
         key = f"lease:{row.id}:{int(row.billed_until.timestamp() * 1_000_000)}"
-        posting = ledger.Posting(key, row.tenant_id, None, row.kind, row.op)
+        posting = ledger.Posting(key, row.tenant_id, None, row.kind, row.op, row.agent)
         usage = used_in(Usage.of(row.rate), ms)
         total = ledger.post(session, self.catalog, posting, self.catalog.usage_charges(usage))
         row.billed_until = row.billed_until + timedelta(milliseconds=ms)

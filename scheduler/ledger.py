@@ -14,6 +14,7 @@ its bulk-statement machinery were most of a task's overhead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,6 +69,9 @@ SETTLE = (
     )
 )
 APPEND = insert(LedgerEntry)
+# The agent the running task acts for (set by the scheduler around each handler), so what a
+# handler opens deep inside a kind's manager (a lease) is charged to that agent.
+acting_agent: ContextVar[str | None] = ContextVar("cloudskills_acting_agent", default=None)
 ALREADY_POSTED = select(func.count()).where(LedgerEntry.idempotency_key.in_(bindparam("keys", expanding=True)))
 
 
@@ -157,6 +161,8 @@ class Posting:
     task_id: str | None
     skill: str
     op: str
+    # The tenant's agent the charges are for (the task's caller, the resource's maker).
+    agent: str | None = None
 
 
 def post(
@@ -189,6 +195,7 @@ def post(
                     "idempotency_key": key,
                     "tenant_id": posting.tenant_id,
                     "task_id": posting.task_id,
+                    "agent": posting.agent,
                     "skill": posting.skill,
                     "op": posting.op,
                     "item": charge.item,
@@ -214,6 +221,7 @@ GROUPS = {
     "model": LedgerEntry.model,
     "day": LedgerEntry.day,
     "item": LedgerEntry.item,
+    "agent": LedgerEntry.agent,
 }
 
 

@@ -77,6 +77,8 @@ class ApiKey(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The agent this key speaks for inside its tenant (None: unnamed).
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
@@ -88,6 +90,8 @@ class Task(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    # The agent of the tenant that made the call (None: unnamed).
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     skill: Mapped[str] = mapped_column(String(64))
     op: Mapped[str] = mapped_column(String(64))
     # The call's arguments as details (see scheduler.task_details): never file contents
@@ -123,6 +127,8 @@ class Lease(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the resource's own id
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    # The agent whose call made the resource: its bills are that agent's.
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     kind: Mapped[str] = mapped_column(String(64))  # the skill: the ledger entries' `skill`
     op: Mapped[str] = mapped_column(String(64))  # the ledger entries' `op` (e.g. the state billed)
     # What one second of the resource uses: meter -> integer quantity.
@@ -148,6 +154,7 @@ class LedgerEntry(Base):
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     task_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     skill: Mapped[str] = mapped_column(String(64))
     op: Mapped[str] = mapped_column(String(64))
     item: Mapped[str] = mapped_column(String(160))  # task_fee, or a meter: <kind>.vcpu_ms, tokens.output:<model>
@@ -159,4 +166,7 @@ class LedgerEntry(Base):
     # The UTC day (YYYY-MM-DD), stored so usage groups by day the same way on every backend.
     day: Mapped[str] = mapped_column(String(10), default=lambda: utcnow().strftime("%Y-%m-%d"))
 
-    __table_args__ = (Index("ix_ledger_tenant_day", "tenant_id", "day"),)
+    __table_args__ = (
+        Index("ix_ledger_tenant_day", "tenant_id", "day"),
+        Index("ix_ledger_tenant_agent", "tenant_id", "agent"),
+    )

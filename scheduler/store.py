@@ -8,7 +8,7 @@ more than it saves.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,12 +16,30 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str) -> Engine:
+def sqlite_driver() -> Any:
+    """The DB-API module for a store whose connections load SQLite extensions: sqlean.py, the
+    standard ``sqlite3`` API on a SQLite of its own (3.50) built to load them. Python's own
+    module may be built without extension loading (pyenv's is), and a store should run the
+    same SQLite on every machine."""
+    import sqlean
+
+    return sqlean
+
+
+def make_engine(url: str, sqlite_extensions: Sequence[str] = ()) -> Engine:
+    """``sqlite_extensions``: loadable files every connection of a SQLite store loads first
+    (the skills' own: sqlite-vec's vector tables), so migrations and every process see them."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        options: dict[str, Any] = {"module": sqlite_driver()} if sqlite_extensions else {}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            if sqlite_extensions:
+                dbapi_connection.enable_load_extension(True)
+                for path in sqlite_extensions:
+                    dbapi_connection.load_extension(path)
+                dbapi_connection.enable_load_extension(False)
             # We issue BEGIN ourselves (below), not the driver.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
@@ -46,9 +64,9 @@ def make_engine(url: str) -> Engine:
 class Store:
     """An engine, a session factory and the id that labels this store's resources."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sqlite_extensions: Sequence[str] = ()) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, sqlite_extensions)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Labels on containers carry this, so a reaper only touches its own.
         self.store_id = hashlib.sha256(url.encode()).hexdigest()[:12]

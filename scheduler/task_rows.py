@@ -18,9 +18,11 @@ CLAIM = (
     update(Task)
     .where(Task.id == bindparam("task_id"), Task.state == "queued")
     .values(state="running", started_at=bindparam("now"), attempts=Task.attempts + 1)
-    .returning(Task.id, Task.tenant_id, Task.skill, Task.op, Task.args, Task.timeout_s, Task.hold_micros)
+    .returning(Task.id, Task.tenant_id, Task.skill, Task.op, Task.args, Task.timeout_s, Task.hold_micros, Task.agent)
 )
-SETTLING = select(Task.tenant_id, Task.skill, Task.op, Task.hold_micros).where(Task.id == bindparam("task_id"))
+SETTLING = select(Task.tenant_id, Task.skill, Task.op, Task.hold_micros, Task.agent).where(
+    Task.id == bindparam("task_id")
+)
 FINISH = (
     update(Task)
     # finished_at is set exactly when a task reaches a final state (and, unlike an
@@ -48,3 +50,4 @@ class Claimed:
     args: dict[str, Any]
     timeout_s: float
     hold_micros: int
+    agent: str | None = None

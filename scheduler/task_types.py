@@ -42,6 +42,8 @@ class TaskContext:
     task_id: str
     tenant_id: str
     services: Services | None = None
+    # The tenant's agent that made the call (an API key's or a stdio server's name), if named.
+    agent: str | None = None
     usage: Usage = field(default_factory=Usage)
     # Tells the caller how the task is going (MCP progress); a no-op when no one listens.
     progress: Progress | None = None

@@ -89,8 +89,9 @@ class Scheduler:
 
     # -- the caller's side -------------------------------------------------
 
-    def submit(self, tenant_id: str, binding: OpBinding, args: Any) -> str:
-        """Admit and store a task, then queue it; raise before any work if it is refused."""
+    def submit(self, tenant_id: str, binding: OpBinding, args: Any, agent: str | None = None) -> str:
+        """Admit and store a task for ``tenant_id`` (its ``agent``, if named), then queue it;
+        raise before any work if it is refused."""
         task_id = new_id("t")
         worst = binding.worst_case(args)
         # An op that is never refused for money holds nothing (see OpBinding).
@@ -105,6 +106,7 @@ class Scheduler:
         row = {
             "id": task_id,
             "tenant_id": tenant_id,
+            "agent": agent,
             "skill": binding.skill,
             "op": binding.op,
             # Whole only when nothing had to be cut: a task queued when the server
@@ -129,7 +131,7 @@ class Scheduler:
         self._done[task_id] = anyio.Event()
         self._args[task_id] = args
         if starts_now:
-            self._start(Claimed(task_id, tenant_id, binding.skill, binding.op, stored_args, timeout_s, hold))
+            self._start(Claimed(task_id, tenant_id, binding.skill, binding.op, stored_args, timeout_s, hold, agent))
         else:
             self._queue.append(task_id)
         return task_id
@@ -152,8 +154,10 @@ class Scheduler:
             assert task is not None
             return outcome_of(task)
 
-    async def run(self, tenant_id: str, binding: OpBinding, args: Any, progress: Progress | None = None) -> TaskOutcome:
-        task_id = self.submit(tenant_id, binding, args)
+    async def run(
+        self, tenant_id: str, binding: OpBinding, args: Any, progress: Progress | None = None, agent: str | None = None
+    ) -> TaskOutcome:
+        task_id = self.submit(tenant_id, binding, args, agent)
         if progress is not None:
             self._progress[task_id] = progress
         try:
@@ -228,9 +232,9 @@ class Scheduler:
     async def _run(self, task: Claimed) -> Claimed | None:
         task_id = task.id
         binding = self._bindings.get(f"{task.skill}.{task.op}")
-        ctx = TaskContext(
-            task_id=task.id, tenant_id=task.tenant_id, services=self.services, progress=self._progress.get(task.id)
-        )
+        progress = self._progress.get(task.id)
+        ctx = TaskContext(task.id, task.tenant_id, self.services, agent=task.agent, progress=progress)
+        ledger.acting_agent.set(task.agent)  # what the handler opens (a lease) is this agent's
         result: Any = None
         error: CloudSkillsError | None = None
         state = "failed"
@@ -318,7 +322,7 @@ class Scheduler:
             # Only the one that moves the task out of an active state settles it.
             if session.connection().execute(FINISH, final).rowcount != 1:
                 return None
-            posting = ledger.Posting(f"task:{task_id}", task.tenant_id, task_id, task.skill, task.op)
+            posting = ledger.Posting(f"task:{task_id}", task.tenant_id, task_id, task.skill, task.op, task.agent)
             # Posting nothing still releases the hold.
             ledger.post(session, self.catalog, posting, charges, release=task.hold_micros, ends_task=True, checked=True)
             while claim_next and following is None and self._queue:

@@ -107,13 +107,18 @@ class Op(Generic[In, Out]):
     # Whether a call may take long: a client that declares MCP tasks then gets a
     # task handle at once instead of waiting for the result.
     runs_long: Callable[[In], bool] = lambda args: False
-    # Destroys data: the client is asked to confirm first (unless auto_confirm is set).
-    confirm: bool = False
+    # Destroys data: the client is asked to confirm first (unless auto_confirm is set); a
+    # function of the arguments when only some calls do (a whole namespace, not one memory).
+    confirm: bool | Callable[[In], bool] = False
     # Rows of a CSV rendering of the output, for `--csv` in the CLI.
     csv: Callable[[Out], list[list[str]]] | None = None
     # The answer carries this call's task id and cost (``Envelope``); off for ops
     # that report on other tasks or on money themselves (tasks_*, billing_*).
     envelope: bool = True
+
+    def confirms(self, args: In) -> bool:
+        """Whether this call must be confirmed by the client first."""
+        return self.confirm(args) if callable(self.confirm) else self.confirm
 
     @property
     def always_admitted(self) -> bool:
@@ -151,12 +156,15 @@ class Skill:
     # The manager of the skill's long-lived resources, built once by the process;
     # handlers reach it as ``ctx.service(<its class>)``.
     resource: Callable[[Platform], object] | None = None
-    # The per-tenant cap on how many of them live at once.
-    quota: LiveQuota | None = None
+    # The per-tenant caps on how many of them live at once (one, or several: memories and
+    # their namespaces).
+    quota: LiveQuota | tuple[LiveQuota, ...] | None = None
     # Front matter of SKILL.md, verbatim (as YAML gives it: strings, lists, maps).
     meta: dict[str, Any] = field(default_factory=dict)
     # The skill's folder: SKILL.md and the files an agent reads on demand beside it.
     folder: Path | None = None
+    # SQLite extensions (loadable files) its tables need on every connection of a SQLite store.
+    store_extensions: tuple[str, ...] = ()
 
     def op(self, name: str) -> Op[Any, Any] | None:
         return next((op for op in self.ops if op.name == name), None)

@@ -54,10 +54,12 @@ def skill_from_doc(
     package: str,
     ops: tuple[Op[Any, Any], ...],
     resource: Callable[[Platform], object] | None = None,
-    quota: LiveQuota | None = None,
+    quota: LiveQuota | tuple[LiveQuota, ...] | None = None,
+    store_extensions: tuple[str, ...] = (),
 ) -> Skill:
     """A skill named and described by its package's SKILL.md front matter, the body its guide;
-    ``resource`` builds the manager of what it keeps alive past a call, if anything."""
+    ``resource`` builds the manager of what it keeps alive past a call, if anything, and
+    ``store_extensions`` are the SQLite extensions its tables need."""
     meta, body = front_matter(skill_doc(package))
     return Skill(
         name=meta["name"],
@@ -68,6 +70,7 @@ def skill_from_doc(
         quota=quota,
         meta=meta,
         folder=Path(str(resources.files(package))),
+        store_extensions=store_extensions,
     )
 
 
@@ -86,7 +89,13 @@ class Registry:
         return None
 
     def quotas(self) -> list[LiveQuota]:
-        return [skill.quota for skill in self.skills if skill.quota is not None]
+        found: list[LiveQuota] = []
+        for skill in self.skills:
+            if isinstance(skill.quota, LiveQuota):
+                found.append(skill.quota)
+            elif skill.quota is not None:
+                found.extend(skill.quota)
+        return found
 
     def tools(self) -> list[tuple[str, Skill, Op[Any, Any]]]:
         return [(f"{skill.name}_{op.name}", skill, op) for skill in self.skills for op in skill.ops]

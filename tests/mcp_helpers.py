@@ -23,8 +23,11 @@ class ToolFailed(AssertionError):
 
 
 @asynccontextmanager
-async def mcp_client(app: App, tenant: str | None = None, **options: Any) -> AsyncIterator[Client]:
-    async with Client(CloudSkillsServer(app, tenant or app.settings.tenant), **options) as client:
+async def mcp_client(
+    app: App, tenant: str | None = None, agent: str | None = None, **options: Any
+) -> AsyncIterator[Client]:
+    """A client of a server acting for ``tenant`` (the settings' by default), as its ``agent``."""
+    async with Client(CloudSkillsServer(app, tenant or app.settings.tenant, agent=agent), **options) as client:
         yield client
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from skills.base import Money, OpInput
 
-Dimension = Literal["skill", "op", "model", "day", "item"]
+Dimension = Literal["skill", "op", "model", "day", "item", "agent"]
 
 
 def default_grouping() -> list[Dimension]:
@@ -22,7 +22,8 @@ class UsageInput(OpInput):
     group_by: list[Dimension] = Field(
         default_factory=default_grouping,
         min_length=1,
-        description="How to group the charges: any of skill, op, model, day, item.",
+        description="How to group the charges: any of skill, op, model, day, item, agent (the tenant's agent "
+        "that made the call or the resource; null when unnamed).",
     )
 
 
@@ -34,6 +35,7 @@ class UsageRow(BaseModel):
     item: str | None = Field(
         default=None, description="task_fee, or a meter such as sandbox.vcpu_ms or tokens.output:<model>."
     )
+    agent: str | None = None
     quantity: int
     entries: int
     cost: Money
