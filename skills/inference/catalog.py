@@ -1,5 +1,6 @@
-"""The models this server offers, each with its engine: the embedded default
-(SmolLM2-135M-Instruct on llama.cpp) and whatever the `models` setting adds."""
+"""The models this server offers, each with its engine: the embedded defaults
+(SmolLM2-135M-Instruct on llama.cpp for text, all-MiniLM-L6-v2 on ONNX Runtime for
+embeddings) and whatever the `models` setting adds."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ from pydantic import ValidationError
 
 from common.errors import InvalidInput, NotFound
 from skills.base import Platform
+from skills.embeddings import TextEmbedder, shared_embedder
 from skills.inference.engines.base import Engine, ModelSpec
 from skills.inference.engines.llama import LlamaEngine, default_spec
+from skills.inference.engines.onnx import OnnxEmbedEngine, embedder_spec
 from skills.inference.engines.openai import OpenAIEngine
 
 
-def specs_from(configured: Mapping[str, Mapping[str, Any]]) -> list[ModelSpec]:
-    """The default model, then each configured one (a configured name replaces a default)."""
+def specs_from(configured: Mapping[str, Mapping[str, Any]], embedder: TextEmbedder | None = None) -> list[ModelSpec]:
+    """The default models, then each configured one (a configured name replaces a default)."""
     default = default_spec()
     specs = {default.name: default}
+    if embedder is not None:
+        specs[embedder.name] = embedder_spec(embedder)
     for name, fields in configured.items():
         try:
             specs[name] = ModelSpec(name=name, **fields)
@@ -27,13 +32,17 @@ def specs_from(configured: Mapping[str, Mapping[str, Any]]) -> list[ModelSpec]:
     return list(specs.values())
 
 
-def engine_for(spec: ModelSpec) -> Engine:
+def engine_for(spec: ModelSpec, embedder: TextEmbedder | None = None) -> Engine:
+    if spec.engine == "onnx":
+        if embedder is None:
+            raise ValueError(f"the model {spec.name!r}: engine onnx serves only the built-in embedder")
+        return OnnxEmbedEngine(spec, embedder)
     return LlamaEngine(spec) if spec.engine == "llama" else OpenAIEngine(spec)
 
 
 class ModelCatalog:
-    def __init__(self, specs: list[ModelSpec]) -> None:
-        self.engines: dict[str, Engine] = {spec.name: engine_for(spec) for spec in specs}
+    def __init__(self, specs: list[ModelSpec], embedder: TextEmbedder | None = None) -> None:
+        self.engines: dict[str, Engine] = {spec.name: engine_for(spec, embedder) for spec in specs}
 
     def engine(self, name: str) -> Engine:
         engine = self.engines.get(name)
@@ -50,5 +59,6 @@ class ModelCatalog:
 
 
 def from_platform(platform: Platform) -> ModelCatalog:
-    """The default model and the ones the settings add."""
-    return ModelCatalog(specs_from(platform.settings.models))
+    """The default models and the ones the settings add; the embedder is the process's own."""
+    embedder = shared_embedder(platform.services)
+    return ModelCatalog(specs_from(platform.settings.models, embedder), embedder)

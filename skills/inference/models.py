@@ -7,9 +7,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from skills.base import Money, OpInput
+from skills.embeddings import DEFAULT_EMBEDDER
 from skills.inference.engines.llama import DEFAULT_MODEL
 
 MODEL = Field(default=DEFAULT_MODEL, description="A model's name from inference_models.")
+EMBED_MODEL = Field(
+    default=DEFAULT_EMBEDDER, description="A model that makes embeddings, from inference_models (embeddings: true)."
+)
 
 
 class ModelsInput(OpInput):
@@ -24,7 +28,7 @@ class ModelPrices(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    engine: Literal["llama", "openai"]
+    engine: Literal["llama", "openai", "onnx"]
     context_length: int
     prices: ModelPrices | None = Field(description="Per million tokens; null when the catalog has no price.")
     available: bool
@@ -67,7 +71,7 @@ class GenerateOutput(BaseModel):
 
 
 class EmbedInput(OpInput):
-    model: str = MODEL
+    model: str = EMBED_MODEL
     input: list[Annotated[str, Field(min_length=1, max_length=100_000)]] = Field(
         min_length=1, max_length=256, description="Texts to embed (none empty)."
     )

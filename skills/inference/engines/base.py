@@ -16,7 +16,7 @@ class ModelSpec(BaseModel):
     """A model this server offers: from the built-in default or the `models` setting."""
 
     name: str
-    engine: Literal["llama", "openai"]
+    engine: Literal["llama", "openai", "onnx"]
     context_length: int = Field(default=2048, ge=16)
     slots: int = Field(default=1, ge=1, le=64, description="Requests served at once.")
     # llama: a GGUF file.
