@@ -164,7 +164,7 @@ def images_build() -> None:
     settings = load_settings()
     driver = DockerDriver(settings.docker_host)
     try:
-        tags = [ensure_images(driver), postgres_image.ensure_image(driver, stderr_progress)]
+        tags = [*ensure_images(driver), postgres_image.ensure_image(driver, stderr_progress)]
         guest = ensure_guest_image(settings.image_cache, stderr_progress)
     except CloudSkillsError as exc:
         fail(exc.message)

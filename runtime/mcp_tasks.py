@@ -87,10 +87,28 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
+# The text block beside the structured result is the same JSON, but a string longer
+# than TEXT_WHOLE_CHARS (a file's content, a long output) is shown by its start and
+# size: the whole of it travels once, in structuredContent.
+TEXT_WHOLE_CHARS = 64 * 1024
+TEXT_PREVIEW_CHARS = 1024
+
+
+def summary_text(data: dict[str, Any]) -> str:
+    def cut(item: Any) -> Any:
+        if isinstance(item, str) and len(item) > TEXT_WHOLE_CHARS:
+            return f"{item[:TEXT_PREVIEW_CHARS]}… [{len(item)} characters in all: the whole is in structuredContent]"
+        if isinstance(item, dict):
+            return {key: cut(value) for key, value in item.items()}
+        if isinstance(item, list):
+            return [cut(value) for value in item]
+        return item
+
+    return json.dumps(cut(data), ensure_ascii=False)
+
+
 def tool_result(data: dict[str, Any]) -> CallToolResult:
-    return CallToolResult(
-        content=[TextContent(type="text", text=json.dumps(data, ensure_ascii=False))], structured_content=data
-    )
+    return CallToolResult(content=[TextContent(type="text", text=summary_text(data))], structured_content=data)
 
 
 def tool_error(message: str) -> CallToolResult:

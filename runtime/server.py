@@ -29,7 +29,7 @@ from runtime.app import App
 from runtime.confirm import confirm
 from runtime.mcp_skills import SkillsExtension
 from runtime.mcp_tasks import TasksExtension, tool_error, tool_result
-from runtime.stdio import run_stdio
+from runtime.stdio import exit_at_once, run_stdio
 from runtime.tenants import caller_of_key, check_agent
 from scheduler.tasks import Progress
 
@@ -198,6 +198,9 @@ async def serve_stdio(app: App, tenant_id: str, agent: str | None = None) -> Non
     async with on_stop_signal(serving.cancel), app.running():
         with serving:
             await run_stdio(server)
+    # Shut down cleanly (the pool drained, every transaction committed): no more to wait for.
+    app.close()
+    exit_at_once()
 
 
 class QuietUvicorn(uvicorn.Server):

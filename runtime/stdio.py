@@ -18,6 +18,8 @@ is ``MCPServer.run_stdio_async`` on that stream.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
@@ -109,3 +111,15 @@ async def run_stdio(server: MCPServer) -> None:
     lowlevel = server._lowlevel_server
     async with answering_stdio_server() as (read_stream, write_stream):
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
+def exit_at_once() -> None:
+    """End the process now, its work done: what a server does once stdin has closed and it
+    has shut down cleanly. Unloading the interpreter's modules (an inference engine's
+    among them) would take most of a second more, past what MCP clients wait before they
+    kill a server."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(0)

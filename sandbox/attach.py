@@ -2,8 +2,11 @@
 
 The agent is the container's entry process. The host attaches to its stdin
 and stdout once (Docker's attach API, so a remote engine works the same) and
-then each request is one line of ASCII JSON in and one length-prefixed JSON
-frame out: no ``docker exec``, no process start, one pipe round trip.
+then each request is one line of ASCII JSON and its raw blobs in, and one
+length-prefixed JSON frame and its raw blobs out (``sandbox/agent/wire.py``):
+no ``docker exec``, no process start, one pipe round trip. Without a TTY,
+Docker passes the attached stdin through byte for byte (detach keys are only
+scanned on a TTY), so blobs need no escaping.
 
 Docker multiplexes the attached stdout and stderr onto one socket, each chunk
 with an 8-byte header (stream, size). The agent's answers are framed again
@@ -17,10 +20,12 @@ import json
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from common.errors import TaskFailed
 
+# The most one answer may carry (its header and blobs together).
 MAX_FRAME_BYTES = 64 << 20
 STDOUT = 1
 
@@ -41,37 +46,35 @@ class Channel:
         self._next_id = 0
         self.closed = False
 
-    def request(self, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def request(
+        self, payload: dict[str, Any], timeout_s: float, blobs: list[bytes] | None = None
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """Send one request (its header and blobs) and wait for its answer and the answer's blobs."""
         with self._lock:
             if self.closed:
                 raise ChannelBroken("the channel is closed")
             self._next_id += 1
             request_id = self._next_id
-            # One line of ASCII JSON (control characters escaped): Docker scans the
-            # attached stdin for detach keys, so a binary frame could end the stream.
-            line = json.dumps({**payload, "id": request_id}, ensure_ascii=True).encode() + b"\n"
+            blobs = blobs or []
+            header = {**payload, "id": request_id, "blobs": [len(blob) for blob in blobs]}
+            line = json.dumps(header, ensure_ascii=True).encode() + b"\n"
             try:
                 self._sock.settimeout(timeout_s)
                 self._sock.sendall(line)
+                for blob in blobs:
+                    self._sock.sendall(blob)
                 while True:
-                    answer = json.loads(self._read_frame())
+                    answer, answer_blobs = read_answer(self._take)
                     # Another process attached to the same sandbox sees our answers too,
                     # and we see its: keep only ours.
                     if answer.get("id") == request_id:
-                        return dict(answer)
+                        return answer, answer_blobs
             except TimeoutError as exc:
                 self.close()
                 raise TaskFailed("the sandbox stopped answering: destroy it and create a new one.") from exc
             except (OSError, ValueError) as exc:
                 self.close()
                 raise ChannelBroken(str(exc)) from exc
-
-    def _read_frame(self) -> bytes:
-        header = self._take(4)
-        size = struct.unpack(">I", header)[0]
-        if size > MAX_FRAME_BYTES:
-            raise ValueError("the sandbox sent more than it may")
-        return self._take(size)
 
     def _take(self, size: int) -> bytes:
         while len(self._stdout) < size:
@@ -84,24 +87,40 @@ class Channel:
         stream, size = struct.unpack(">BxxxL", self._recv_exactly(8))
         data = self._recv_exactly(size)
         if stream == STDOUT:
-            self._stdout.extend(data)
+            self._stdout += data
         else:
             self._stderr_tail = (self._stderr_tail + data)[-4096:]
 
-    def _recv_exactly(self, size: int) -> bytes:
-        chunks = bytearray()
-        while len(chunks) < size:
-            chunk = self._sock.recv(min(size - len(chunks), 1 << 20))
-            if not chunk:
+    def _recv_exactly(self, size: int) -> bytearray:
+        chunks = bytearray(size)
+        view, got = memoryview(chunks), 0
+        while got < size:
+            n = self._sock.recv_into(view[got:], size - got)
+            if not n:
                 tail = self._stderr_tail.decode(errors="replace").strip().splitlines()[-1:]
                 raise OSError(f"the sandbox's agent exited ({tail[0][:200] if tail else 'no message'})")
-            chunks.extend(chunk)
-        return bytes(chunks)
+            got += n
+        return chunks
 
     def close(self) -> None:
+        """Let go of the sandbox: a sandbox still held by this process (a warm one) ends at once."""
         self.closed = True
         with contextlib.suppress(OSError):
             # shutdown() first: it wakes a recv() blocked in another thread; close() alone does not.
             self._sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+def read_answer(take: Callable[[int], bytes]) -> tuple[dict[str, Any], list[bytes]]:
+    """One answer and its blobs, read with ``take(n)`` (n bytes, whole)."""
+    size = struct.unpack(">I", take(4))[0]
+    if size > MAX_FRAME_BYTES:
+        raise ValueError("the sandbox sent more than it may")
+    answer = json.loads(take(size))
+    if not isinstance(answer, dict):
+        raise ValueError("the sandbox's answer is not a JSON object")
+    sizes = [int(n) for n in answer.get("blobs") or []]
+    if any(n < 0 for n in sizes) or sum(sizes) > MAX_FRAME_BYTES:
+        raise ValueError("the sandbox sent more than it may")
+    return answer, [take(n) for n in sizes]

@@ -1,21 +1,25 @@
 """Sandboxes as hardened containers on a Docker Engine (the default driver).
 
-Every container is started locked down: no network, a non-root user, a
-read-only root with tmpfs work and temp dirs, all capabilities dropped,
-no-new-privileges, and pids, memory and CPU limits. Its entry process is the
-resident exec agent; requests reach it over the container's attached stdio
-(see ``sandbox/attach.py``).
+Every container is started locked down, its limits visible inside
+(``sandbox/hardening.py``), with ``/work`` and ``/tmp`` on a capped disk of its
+own (``sandbox/disks.py``). Its entry process is the resident exec agent;
+requests reach it over the container's attached stdio (see
+``sandbox/attach.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
+import os
 import socket
 import struct
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import docker
@@ -23,7 +27,8 @@ import docker.errors
 import requests.exceptions
 
 from common.errors import BackendUnavailable, CloudSkillsError, InvalidInput, NotFound, TaskFailed
-from sandbox.attach import MAX_FRAME_BYTES, Channel, ChannelBroken
+from sandbox.attach import MAX_FRAME_BYTES, Channel, ChannelBroken, read_answer
+from sandbox.disks import LoopDisks
 from sandbox.driver import (
     LABEL_MANAGED,
     LABEL_SANDBOX,
@@ -34,6 +39,9 @@ from sandbox.driver import (
     SandboxHandle,
     SandboxSpec,
 )
+from sandbox.hardening import LXCFS_ROOT, CpuPlacement, host_config
+
+log = logging.getLogger("cloudskills.docker")
 
 AGENT_DIR = "/opt/cloudskills"
 AGENT_PATH = f"{AGENT_DIR}/agent.py"
@@ -41,6 +49,10 @@ SANDBOX_USER = "1000:1000"
 WORK_DIR = "/work"
 # Time allowed beyond a command's own timeout for the agent to answer.
 DEADLINE_GRACE_S = 15.0
+# How the agent exits when it ends by itself (sandbox/agent/lifetime.py).
+EXIT_IDLE = 75
+EXIT_RELEASED = 76
+DEFAULT_DISK_ROOT = Path("/var/lib/cloudskills/disks")
 
 
 def docker_unavailable(exc: Exception) -> BackendUnavailable:
@@ -68,13 +80,17 @@ def reaching_sandbox(action: str) -> Iterator[None]:
 class DockerDriver:
     """Talks to one Docker Engine through the `docker` SDK (blocking calls)."""
 
-    def __init__(self, base_url: str | None = None) -> None:
+    def __init__(self, base_url: str | None = None, disk_root: Path | None = None) -> None:
         self._base_url = base_url
         self._client: docker.DockerClient | None = None
         self._channels: dict[str, Channel] = {}
         self._channels_lock = threading.Lock()
         # Sandboxes this process started, and so holds the agent's stdin of.
         self._attached: set[str] = set()
+        self._disk_root = disk_root or DEFAULT_DISK_ROOT
+        self._disks: LoopDisks | bool | None = False  # False: not looked at yet
+        self._cpus: int | None = None
+        self._placement = CpuPlacement()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -99,38 +115,65 @@ class DockerDriver:
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise docker_unavailable(exc) from exc
 
+    @property
+    def local(self) -> bool:
+        """Whether the engine runs on this machine (its binds are our paths)."""
+        url = self._base_url or os.environ.get("DOCKER_HOST") or "unix://"
+        return url.startswith(("unix://", "npipe://"))
+
+    @property
+    def disks(self) -> LoopDisks | None:
+        """Capped loop-device disks, where this process can make them; else None (tmpfs)."""
+        if self._disks is False:
+            why = LoopDisks.usable() if self.local else "the Docker Engine is on another machine"
+            if why is not None:
+                log.warning("sandbox disks fall back to a tmpfs (counted against memory): %s", why)
+            self._disks = LoopDisks(self._disk_root) if why is None else None
+        return cast(LoopDisks | None, self._disks)
+
+    def disk_backing(self) -> str:
+        """How /work and /tmp are backed here, in words (for `cloudskills doctor`)."""
+        if self.disks is not None:
+            return f"an ext4 disk of its own per sandbox, capped at its disk_mib (loop devices, {self._disk_root})"
+        why = LoopDisks.usable() if self.local else "the Docker Engine is on another machine"
+        return f"a tmpfs counted against memory, because {why}"
+
+    def _host_cpus(self) -> int:
+        """The engine's CPU count (0 when it cannot say)."""
+        if self._cpus is None:
+            try:
+                self._cpus = int(self._api.info().get("NCPU") or 0)
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                return 0
+        return self._cpus
+
     def create(self, spec: SandboxSpec) -> SandboxHandle:
-        limits = spec.limits
-        memory = f"{limits.memory_mib}m"
-        host_config = self._api.create_host_config(
-            network_mode="none",
-            read_only=True,
-            tmpfs={
-                WORK_DIR: f"rw,exec,nosuid,nodev,size={limits.disk_mib}m,uid=1000,gid=1000,mode=0755",
-                "/tmp": "rw,exec,nosuid,nodev,size=64m,mode=1777",
-            },
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            pids_limit=limits.pids,
-            mem_limit=memory,
-            memswap_limit=memory,
-            nano_cpus=int(limits.vcpus * 1e9),
-            init=True,
-            ipc_mode="private",
-            runtime=spec.runtime,
-        )
         name = f"cloudskills-{spec.labels.get(LABEL_SANDBOX, 'sandbox')}"
+        disks = self.disks
+        disk = disks.prepare(name, spec.limits.disk_mib) if disks is not None else None
+        try:
+            return self._create(spec, name, disk)
+        finally:
+            if disks is not None and disk is not None:
+                # Started (the container holds its disk) or failed: the host lets go.
+                disks.release(disk)
+
+    def _create(self, spec: SandboxSpec, name: str, disk: Path | None) -> SandboxHandle:
+        cpus = self._host_cpus()
+        cpuset = self._placement.cpuset(spec.limits.vcpus, cpus) if cpus else None
+        lxcfs = self.local and os.path.ismount(LXCFS_ROOT)
+        config = self._api.create_host_config(**host_config(spec, disk, cpuset, lxcfs))
         try:
             created = self._api.create_container(
                 spec.image,
                 command=["python3", AGENT_PATH, "serve"],
-                stdin_open=True,
+                stdin_open=True,  # and StdinOnce: when this process lets go, the agent's stdin ends
                 user=SANDBOX_USER,
                 working_dir=WORK_DIR,
                 hostname="sandbox",
-                environment={"HOME": WORK_DIR, "LANG": "C.UTF-8"},
+                environment={"HOME": WORK_DIR, "LANG": "C.UTF-8", "CLOUDSKILLS_HOLD_S": f"{spec.hold_s:g}"},
                 labels={LABEL_MANAGED: "1", **spec.labels},
-                host_config=host_config,
+                host_config=config,
                 name=name,
                 network_disabled=True,
             )
@@ -156,14 +199,15 @@ class DockerDriver:
         """Send one request: over the attached channel if this process started the
         sandbox, else through `docker exec` of the agent's relay (any other process)."""
         timeout_s = deadline_s + DEADLINE_GRACE_S
+        header, blobs = request.to_wire()
         if handle.container_id not in self._attached:
-            return parse_agent_answer(self._relay(handle.container_id, request.to_wire(), timeout_s))
+            return parse_agent_answer(*self._relay(handle.container_id, header, blobs, timeout_s))
         try:
-            wire = self._channel(handle.container_id).request(request.to_wire(), timeout_s)
+            answer = self._channel(handle.container_id).request(header, timeout_s, blobs)
         except ChannelBroken as exc:
             self._forget(handle.container_id)
             raise NotFound(self._stopped_reason(handle.container_id, str(exc))) from exc
-        return parse_agent_answer(wire)
+        return parse_agent_answer(*answer)
 
     def exit_of(self, container_id: str) -> SandboxExit | None:
         try:
@@ -174,7 +218,8 @@ class DockerDriver:
             raise docker_unavailable(exc) from exc
         if state.get("Running"):
             return None
-        return SandboxExit(docker_time(state.get("FinishedAt")), exit_cause(state))
+        expired = state.get("ExitCode") == EXIT_IDLE and not state.get("OOMKilled")
+        return SandboxExit(docker_time(state.get("FinishedAt")), exit_cause(state), expired=expired)
 
     def _stopped_reason(self, container_id: str, detail: str) -> str:
         """Why a sandbox stopped answering, as far as the engine can tell."""
@@ -188,7 +233,9 @@ class DockerDriver:
             "a new one, and start fewer processes or use less memory."
         )
 
-    def _relay(self, container_id: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _relay(
+        self, container_id: str, header: dict[str, Any], blobs: list[bytes], timeout_s: float
+    ) -> tuple[dict[str, Any], list[bytes]]:
         with reaching_sandbox("run in"):
             exec_id = self._api.exec_create(
                 container_id, ["python3", AGENT_PATH, "relay"], stdin=True, user=SANDBOX_USER, workdir=WORK_DIR
@@ -197,7 +244,9 @@ class DockerDriver:
         raw = cast(socket.socket, getattr(sock, "_sock", sock))
         try:
             raw.settimeout(timeout_s)
-            raw.sendall(json.dumps(payload).encode())
+            raw.sendall(json.dumps(header, ensure_ascii=True).encode() + b"\n")
+            for blob in blobs:
+                raw.sendall(blob)
             raw.shutdown(socket.SHUT_WR)
             stdout, stderr = read_stream(raw)
         except TimeoutError as exc:
@@ -206,18 +255,19 @@ class DockerDriver:
             raise TaskFailed(f"the connection to the sandbox broke ({exc}): try again.") from exc
         finally:
             raw.close()
+        answer = io.BytesIO(stdout)
         try:
-            return dict(json.loads(stdout))
-        except ValueError as exc:
+            return read_answer(lambda n: exact(answer, n))
+        except (ValueError, EOFError, struct.error) as exc:
             detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
             raise TaskFailed(
                 f"the sandbox's agent did not answer ({detail[0][:200]}): destroy the sandbox and create a new one."
             ) from exc
 
     def ping(self, handle: SandboxHandle, timeout_s: float = 5.0) -> bool:
-        """Whether the sandbox's agent answers (a readiness check)."""
+        """Whether the sandbox's agent answers (a readiness check, and a held sandbox's heartbeat)."""
         try:
-            return bool(self._channel(handle.container_id).request({}, timeout_s).get("ok"))
+            return bool(self._channel(handle.container_id).request({}, timeout_s)[0].get("ok"))
         except (ChannelBroken, CloudSkillsError):
             self._forget(handle.container_id)
             return False
@@ -272,11 +322,26 @@ class DockerDriver:
             for c in found
         ]
 
+    def sweep(self) -> list[str]:
+        """Remove what a killed process left on this host half set up (disks' mounts and files)."""
+        return self.disks.sweep() if self.disks is not None else []
+
 
 def exit_cause(state: dict[str, Any]) -> str:
     if state.get("OOMKilled"):
         return "it ran out of memory"
+    if state.get("ExitCode") == EXIT_IDLE:
+        return "it expired: idle for its ttl_s"
+    if state.get("ExitCode") == EXIT_RELEASED:
+        return "the server that held it went away before handing it over"
     return f"its container exited with code {state.get('ExitCode')}, out of memory or processes"
+
+
+def exact(stream: io.BytesIO, size: int) -> bytes:
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("the answer ended early")
+    return data
 
 
 def docker_time(text: str | None) -> datetime:
@@ -309,10 +374,10 @@ def recv_exactly(raw: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def parse_agent_answer(wire: dict[str, Any]) -> AgentResponse:
+def parse_agent_answer(wire: dict[str, Any], blobs: list[bytes]) -> AgentResponse:
     if not wire.get("ok"):
         kind = wire.get("kind")
         message = str(wire.get("error", "the sandbox refused the request"))
         error: CloudSkillsError = NotFound(message) if kind == "not_found" else InvalidInput(message)
         raise error
-    return AgentResponse.from_wire(wire)
+    return AgentResponse.from_wire(wire, blobs)

@@ -4,11 +4,14 @@ A driver starts a hardened sandbox from a ``SandboxSpec``, sends it one
 ``AgentRequest`` at a time (files in, one command, files out) and destroys it.
 It knows nothing of tenants, tasks or money: the labels it is given are how a
 reaper finds what belongs to whom.
+
+On the wire a request is a JSON header and the raw bytes of its blobs (file
+contents, a command's stdin), and so is an answer (files read, a command's
+output): contents are never base64-encoded or JSON-escaped on the way.
 """
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -26,9 +29,8 @@ class Limits:
     vcpus: float = 1.0
     memory_mib: int = 512
     pids: int = 256
-    # /work is a tmpfs: what is written there counts against memory_mib, so it
-    # must stay well under it or a full disk would leave no memory to run in.
-    disk_mib: int = 256
+    # The disk that /work and /tmp share: its own filesystem, never memory.
+    disk_mib: int = 2048
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,10 @@ class SandboxSpec:
     limits: Limits = Limits()
     labels: dict[str, str] = field(default_factory=dict)
     runtime: str | None = None  # None is the engine's default (runc)
+    # Until a request hands it over (AgentRequest.idle_s), the sandbox lives only
+    # while its server does: it ends when the server lets go of it, or after this
+    # many seconds without a request (a warm pool sends heartbeats).
+    hold_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,8 @@ class StreamOutput:
     truncated: bool
 
     @classmethod
-    def from_wire(cls, wire: dict[str, Any]) -> StreamOutput:
-        return cls(base64.b64decode(wire["data_b64"]), int(wire["total_bytes"]), bool(wire["truncated"]))
+    def from_wire(cls, wire: dict[str, Any], blobs: list[bytes]) -> StreamOutput:
+        return cls(blobs[int(wire["blob"])], int(wire["total_bytes"]), bool(wire["truncated"]))
 
     def text(self) -> str:
         """The output as text, with a marker where it was cut."""
@@ -127,18 +133,23 @@ class FileRead:
 
 @dataclass(frozen=True)
 class AgentRequest:
-    """Files in, at most one command, files out, or a directory listing: one round trip."""
+    """Files in, at most one command, files out, or a directory listing: one round trip.
+
+    ``idle_s`` hands the sandbox over: from this request on it ends by itself
+    after that many seconds without one, whether or not a server is alive.
+    Until then it lives only while the server that started it does."""
 
     writes: tuple[FileWrite, ...] = ()
     command: Command | None = None
     reads: tuple[FileRead, ...] = ()
     list_path: str | None = None
+    idle_s: float | None = None
 
-    def to_wire(self) -> dict[str, Any]:
+    def to_wire(self) -> tuple[dict[str, Any], list[bytes]]:
+        """The JSON header and the blobs that follow it, in order."""
+        blobs = [w.data for w in self.writes]
         wire: dict[str, Any] = {
-            "writes": [
-                {"path": w.path, "data_b64": base64.b64encode(w.data).decode(), "mode": w.mode} for w in self.writes
-            ],
+            "writes": [{"path": w.path, "blob": i, "mode": w.mode} for i, w in enumerate(self.writes)],
             "reads": [{"path": r.path, "max_bytes": r.max_bytes} for r in self.reads],
         }
         if self.command is not None:
@@ -151,12 +162,17 @@ class AgentRequest:
                 "max_output": c.max_output,
                 "env": c.env,
                 "cwd": c.cwd,
-                "stdin_b64": base64.b64encode(c.stdin).decode() if c.stdin else None,
                 "persistent": c.persistent,
             }
+            if c.stdin:
+                wire["exec"]["stdin_blob"] = len(blobs)
+                blobs.append(c.stdin)
         if self.list_path is not None:
             wire["list"] = {"path": self.list_path}
-        return wire
+        if self.idle_s is not None:
+            wire["idle_s"] = self.idle_s
+        wire["blobs"] = [len(blob) for blob in blobs]
+        return wire, blobs
 
 
 @dataclass(frozen=True)
@@ -166,7 +182,7 @@ class AgentResponse:
     listing: tuple[DirEntry, ...]
 
     @classmethod
-    def from_wire(cls, wire: dict[str, Any]) -> AgentResponse:
+    def from_wire(cls, wire: dict[str, Any], blobs: list[bytes]) -> AgentResponse:
         exec_result = None
         if wire.get("exec"):
             e = wire["exec"]
@@ -174,8 +190,8 @@ class AgentResponse:
                 exit_code=int(e["exit_code"]),
                 timed_out=bool(e["timed_out"]),
                 duration_ms=int(e["duration_ms"]),
-                stdout=StreamOutput.from_wire(e["stdout"]),
-                stderr=StreamOutput.from_wire(e["stderr"]),
+                stdout=StreamOutput.from_wire(e["stdout"], blobs),
+                stderr=StreamOutput.from_wire(e["stderr"], blobs),
             )
         reads = tuple(
             FileContent(path=r["path"], size=0, error=r["error"])
@@ -184,7 +200,7 @@ class AgentResponse:
                 path=r["path"],
                 size=int(r["size"]),
                 truncated=bool(r["truncated"]),
-                data=base64.b64decode(r["data_b64"]),
+                data=blobs[int(r["blob"])],
             )
             for r in wire.get("reads", [])
         )
@@ -209,6 +225,7 @@ class SandboxExit:
 
     finished_at: datetime
     reason: str
+    expired: bool = False  # it ended by itself, idle past the limit it was handed over with
 
 
 class SandboxDriver(Protocol):
@@ -226,4 +243,9 @@ class SandboxDriver(Protocol):
 
     def exit_of(self, container_id: str) -> SandboxExit | None:
         """None while the container runs; else when and why it stopped (gone: now)."""
+        ...
+
+    def sweep(self) -> list[str]:
+        """Remove what a killed process left half set up on this host (not containers:
+        the reaper judges those by their labels); what was removed."""
         ...

@@ -1,10 +1,11 @@
 """Sandbox images, built here from Debian's packages and cached by content.
 
-No container registry is assumed. The base image is a Debian root filesystem
-made by ``debootstrap`` from Debian's package archive and imported into the
-engine; the sandbox image adds the exec agent and the sandbox user on top.
-Each tag carries a hash of everything that went into it, so an image is built
-once and rebuilt only when its recipe changes.
+No container registry is assumed. Each image (``IMAGES``: the lean ``sandbox``
+and the ``dev`` toolchain) starts from a Debian root filesystem made by
+``debootstrap`` from Debian's package archive and imported into the engine;
+the sandbox image adds the exec agent on top. Each tag carries a hash of
+everything that went into it, so an image is built once and rebuilt only when
+its recipe changes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ RECIPE_VERSION = "1"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("CLOUDSKILLS_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = ("python3", "ca-certificates", "procps")
+# What an agent reaches for when it builds and tests code.
+DEV_PACKAGES = (
+    *BASE_PACKAGES,
+    "build-essential",
+    "git",
+    "python3-venv",
+    "python3-pip",
+    "python3-pytest",
+    "curl",
+    "iputils-ping",
+)
+# Image name -> the Debian packages of its root filesystem. Templates name one.
+IMAGES: dict[str, tuple[str, ...]] = {"sandbox": BASE_PACKAGES, "dev": DEV_PACKAGES}
 # Trimmed from the root filesystem: documentation and caches no sandbox needs.
 PRUNE = (
     "usr/share/doc",
@@ -50,7 +64,7 @@ def stderr_progress(line: str) -> None:
     print(f"cloudskills: {line}", file=sys.stderr, flush=True)
 
 
-AGENT_FILES = ("agent.py", "kernel.py")
+AGENT_FILES = ("agent.py", "kernel.py", "files.py", "commands.py", "lifetime.py", "wire.py")
 
 
 def agent_file(name: str) -> bytes:
@@ -69,15 +83,18 @@ class ImageRecipe:
     sandbox_tag: str
 
 
-def recipe() -> ImageRecipe:
-    base = content_hash(RECIPE_VERSION, DEBIAN_SUITE, BASE_PACKAGES, PRUNE)
-    sandbox = content_hash(base, [hashlib.sha256(agent_file(name)).hexdigest() for name in AGENT_FILES])
-    return ImageRecipe(base_tag=f"cloudskills/base:{base}", sandbox_tag=f"cloudskills/sandbox:{sandbox}")
+def recipe(name: str = "sandbox") -> ImageRecipe:
+    packages = IMAGES[name]
+    # The lean image keeps the tags it always had: "base" and "sandbox".
+    base_name, image_name = ("base", "sandbox") if name == "sandbox" else (f"{name}-base", name)
+    base = content_hash(RECIPE_VERSION, DEBIAN_SUITE, packages, PRUNE)
+    sandbox = content_hash(base, [hashlib.sha256(agent_file(file)).hexdigest() for file in AGENT_FILES])
+    return ImageRecipe(base_tag=f"cloudskills/{base_name}:{base}", sandbox_tag=f"cloudskills/{image_name}:{sandbox}")
 
 
-def sandbox_image() -> str:
-    """The tag of the sandbox image this code expects."""
-    return recipe().sandbox_tag
+def sandbox_image(name: str = "sandbox") -> str:
+    """The tag of the sandbox image ``name`` (one of ``IMAGES``) this code expects."""
+    return recipe(name).sandbox_tag
 
 
 def image_exists(driver: DockerDriver, tag: str) -> bool:
@@ -88,19 +105,24 @@ def image_exists(driver: DockerDriver, tag: str) -> bool:
     return True
 
 
-def ensure_images(driver: DockerDriver, progress: Progress = stderr_progress) -> str:
-    """Build whatever of the sandbox image is missing; return its tag."""
-    wanted = recipe()
-    if image_exists(driver, wanted.sandbox_tag):
-        return wanted.sandbox_tag
-    if not image_exists(driver, wanted.base_tag):
-        build_base(driver, wanted.base_tag, progress)
-    build_sandbox(driver, wanted.base_tag, wanted.sandbox_tag, progress)
-    return wanted.sandbox_tag
+def ensure_images(
+    driver: DockerDriver, progress: Progress = stderr_progress, names: tuple[str, ...] = tuple(IMAGES)
+) -> list[str]:
+    """Build whatever of the sandbox images ``names`` is missing; return their tags."""
+    tags = []
+    for name in names:
+        wanted = recipe(name)
+        tags.append(wanted.sandbox_tag)
+        if image_exists(driver, wanted.sandbox_tag):
+            continue
+        if not image_exists(driver, wanted.base_tag):
+            build_base(driver, wanted.base_tag, IMAGES[name], progress)
+        build_sandbox(driver, wanted.base_tag, wanted.sandbox_tag, progress)
+    return tags
 
 
-def build_base(driver: DockerDriver, tag: str, progress: Progress) -> None:
-    build_rootfs_image(driver, tag, BASE_PACKAGES, progress, prepare=add_sandbox_user)
+def build_base(driver: DockerDriver, tag: str, packages: tuple[str, ...], progress: Progress) -> None:
+    build_rootfs_image(driver, tag, packages, progress, prepare=add_sandbox_user)
 
 
 def build_rootfs_image(
@@ -184,7 +206,7 @@ def build_sandbox(driver: DockerDriver, base_tag: str, tag: str, progress: Progr
     dockerfile = "\n".join(
         [
             f"FROM {base_tag}",
-            f"COPY agent.py kernel.py {AGENT_DIR}/",
+            f"COPY {' '.join(AGENT_FILES)} {AGENT_DIR}/",
             "USER 1000:1000",
             "WORKDIR /work",
             f'CMD ["python3", "{AGENT_PATH}", "serve"]',

@@ -14,16 +14,26 @@ class Template:
     description: str
     limits: Limits = field(default_factory=Limits)
     runtime: str | None = None  # the Docker runtime; None is the engine's default (runc)
+    image: str = "sandbox"  # one of sandbox.images.IMAGES
 
 
 # The most any sandbox may ask for, whatever the template.
-MAX_LIMITS = Limits(vcpus=2.0, memory_mib=4096, pids=1024, disk_mib=4096)
+MAX_LIMITS = Limits(vcpus=2.0, memory_mib=4096, pids=1024, disk_mib=16384)
 
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in (
         Template("python", "python", "Debian 12 with Python 3.11 and bash."),
         Template("bash", "bash", "Debian 12 with bash, coreutils and Python 3.11."),
+        # What coding agents reach for: compilers, git, venv and pip, pytest, curl.
+        Template(
+            "dev",
+            "python",
+            "Debian 12 with build-essential (gcc, g++, make), git, Python 3.11 with venv, pip and pytest, "
+            "curl and ping; a 4 GiB disk.",
+            limits=Limits(pids=512, disk_mib=4096),
+            image="dev",
+        ),
         # gVisor: the sandbox's system calls meet a user-space kernel, not the host's.
         Template("python-gvisor", "python", "The python template, isolated by gVisor (runsc).", runtime="runsc"),
         Template("bash-gvisor", "bash", "The bash template, isolated by gVisor (runsc).", runtime="runsc"),

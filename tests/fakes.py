@@ -62,6 +62,13 @@ class MemoryDriver:
             return SandboxExit(datetime.now(UTC), "its container was removed outside cloudskills")
         return self.died.get(container_id)
 
+    def sweep(self) -> list[str]:
+        return []
+
     def kill(self, container_id: str) -> None:
         """The container dies on its own, as an out-of-memory kill would end it."""
         self.died[container_id] = SandboxExit(datetime.now(UTC), "it ran out of memory")
+
+    def expire(self, container_id: str, at: datetime) -> None:
+        """The sandbox ended by itself at ``at``, idle past its limit, as no server was alive."""
+        self.died[container_id] = SandboxExit(at, "it expired: idle for its ttl_s", expired=True)

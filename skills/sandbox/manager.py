@@ -11,11 +11,17 @@ lease, stopped (destroyed: a sandbox's state is its memory) when a renewal
 cannot be covered. A one-task sandbox (``sandbox_run``) is paid by its task,
 whose hold covers its worst case. A sandbox whose container died is marked
 ``failed`` with the reason, and billed up to the moment it died.
+
+A sandbox enforces its own end (``AgentRequest.idle_s``): handed over with
+its ttl_s, it exits after that long idle whether or not any server is alive,
+and a server that starts later reconciles it as ``destroyed`` (idle_ttl),
+billed to the moment it ended.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 import anyio
@@ -34,24 +40,27 @@ from sandbox.driver import (
     SandboxDriver,
     SandboxSpec,
 )
-from sandbox.images import sandbox_image
-from sandbox.templates import Template
+from sandbox.images import IMAGES, sandbox_image
+from sandbox.templates import TEMPLATES, Template
 from scheduler.leases import Leases
 from scheduler.models import Task, utcnow
 from scheduler.pricing import Usage
 from scheduler.store import Store
 from scheduler.tasks import new_id
 from skills.base import Platform
-from skills.sandbox.pool import WarmPool
+from skills.sandbox.pool import Shape, WarmPool
 from skills.sandbox.records import (
+    CREATE_DEFAULT,
     KIND,
     LIVE_STATES,
     QUOTA,
+    RUN_DEFAULT,
     SandboxRecord,
     check_limits,
     ended_because,
     lifetime_usage,
     per_second,
+    row_limits,
 )
 from skills.sandbox.rows import Sandbox
 
@@ -62,12 +71,17 @@ class SandboxManager:
     kind = KIND
 
     def __init__(
-        self, store: Store, driver: SandboxDriver, leases: Leases, image: str, pool: WarmPool | None = None
+        self,
+        store: Store,
+        driver: SandboxDriver,
+        leases: Leases,
+        images: Mapping[str, str],
+        pool: WarmPool | None = None,
     ) -> None:
         self.store = store
         self.driver = driver
         self.leases = leases
-        self.image = image
+        self.images = images  # image name (a template's) -> the tag to start
         self.pool = pool
         # Where background container removals run (set while the process serves).
         self.background: TaskGroup | None = None
@@ -106,17 +120,19 @@ class SandboxManager:
         with self.store.transaction() as session:
             QUOTA.check(session, tenant_id)
             if task_id is None:  # refused here, before any container, if the budget is short
-                self.leases.check(session, tenant_id, KIND, per_second(limits.vcpus, limits.memory_mib))
+                self.leases.check(session, tenant_id, KIND, per_second(limits))
         row = Sandbox(
             tenant_id=tenant_id,
             task_id=task_id,
             template=template.name,
-            image=self.image,
+            image=self.images[template.image],
             vcpus=limits.vcpus,
             memory_mib=limits.memory_mib,
+            disk_mib=limits.disk_mib,
             ttl_s=ttl_s,
         )
-        warm = await self.pool.claim() if self.pool and self.pool.fits(limits, template.runtime) else None
+        shape = self.pool.shape_for(template.name, limits) if self.pool else None
+        warm = await self.pool.claim(shape) if self.pool and shape else None
         if warm is not None:
             assert self.pool is not None
             row.id, row.container_id, row.state = warm.sandbox_id, warm.handle.container_id, "running"
@@ -124,12 +140,26 @@ class SandboxManager:
                 with self.store.transaction() as session:
                     session.add(row)
                     self._open_lease(session, row)
-                    return SandboxRecord.of(row)
+                    record = SandboxRecord.of(row)
             finally:
                 # Recorded (or failed): either way the pool's hold ends; without a
                 # record the reaper removes it.
                 self.pool.handed_over(warm.sandbox_id)
-        return await self._start_cold(row, template, limits)
+        else:
+            record = await self._start_cold(row, template, limits)
+        if task_id is None:
+            await self._hand_over(record)
+        return record
+
+    async def _hand_over(self, record: SandboxRecord) -> None:
+        """From now on the session sandbox ends by itself after ttl_s idle, server or not.
+        (A one-task sandbox is handed over by its task's first request.)"""
+        try:
+            await self.call(record, AgentRequest(idle_s=record.ttl_s), 10.0)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.destroy(record.id, "failed_to_start")
+            raise
 
     async def _start_cold(self, row: Sandbox, template: Template, limits: Limits) -> SandboxRecord:
         sandbox_id = row.id = new_id("sb")
@@ -137,7 +167,7 @@ class SandboxManager:
             session.add(row)  # the record first: its container is never a stray
             self._open_lease(session, row)
         spec = SandboxSpec(
-            image=self.image,
+            image=row.image,
             limits=limits,
             runtime=template.runtime,
             labels={LABEL_STORE: self.store.store_id, LABEL_SANDBOX: sandbox_id, LABEL_TENANT: row.tenant_id},
@@ -157,7 +187,7 @@ class SandboxManager:
 
     def _open_lease(self, session: Session, row: Sandbox) -> None:
         if row.task_id is None:
-            per_s = per_second(row.vcpus, row.memory_mib)
+            per_s = per_second(row_limits(row))
             self.leases.open(
                 session, kind=KIND, resource_id=row.id, tenant_id=row.tenant_id, op="lifetime", per_s=per_s
             )
@@ -249,8 +279,9 @@ class SandboxManager:
             return lifetime_usage(row)
 
     async def reap(self) -> list[str]:
-        """Destroy expired session sandboxes and orphaned one-task sandboxes, mark dead
-        ones failed, and remove stray containers."""
+        """Reconcile session sandboxes that ended by themselves (expired, or died: billed to
+        that moment), destroy expired and orphaned ones, and remove stray containers and
+        what a killed process left half set up."""
         now = utcnow()
         with self.store.transaction() as session:
             live = session.execute(
@@ -264,14 +295,15 @@ class SandboxManager:
         running = {c.container_id for c in containers if c.running}
         reaped: list[str] = []
         for sandbox_id, task_id, last_used_at, ttl_s, container_id, task_state in live:
-            if task_id is None and last_used_at + timedelta(seconds=ttl_s) < now:
+            # An ended container first: it is billed to the moment it ended, not to now.
+            if task_id is None and container_id and container_id not in running | self._removing:
+                if await self.mark_dead(sandbox_id, container_id) is not None:
+                    reaped.append(sandbox_id)
+            elif task_id is None and last_used_at + timedelta(seconds=ttl_s) < now:
                 await self._reap_one(sandbox_id, "idle_ttl", reaped)
             elif task_id is not None and task_state != "running":
                 # Its task ended (or died with a previous process) without cleaning up.
                 await self._reap_one(sandbox_id, "task_ended", reaped)
-            elif task_id is None and container_id and container_id not in running | self._removing:
-                await self.mark_dead(sandbox_id, container_id)
-                reaped.append(sandbox_id)
         for container in containers:
             # Judged one at a time, with no await between the judgement and the
             # removal's start: a sandbox the pool is handing over, or whose record
@@ -281,6 +313,7 @@ class SandboxManager:
             log.info("removing stray container %s", container.container_id[:12])
             await anyio.to_thread.run_sync(self.driver.destroy, container.container_id)
             reaped.append(container.container_id)
+        reaped += await anyio.to_thread.run_sync(self.driver.sweep)
         return reaped
 
     def _owned(self, container_id: str, sandbox_id: str) -> bool:
@@ -292,13 +325,18 @@ class SandboxManager:
             return row is not None and row.state in LIVE_STATES
 
     async def mark_dead(self, sandbox_id: str, container_id: str) -> str | None:
-        """A sandbox whose container stopped on its own: ``failed``, billed up to the
-        moment it died, its container removed; the reason, or None if it still runs."""
+        """A sandbox whose container stopped on its own: ``destroyed`` (idle_ttl) if it
+        expired, else ``failed``; billed up to the moment it ended, its container removed;
+        the reason, or None if it still runs."""
         ended = await anyio.to_thread.run_sync(self.driver.exit_of, container_id)
         if ended is None:
             return None
-        log.warning("sandbox %s died: %s", sandbox_id, ended.reason)
-        await self._mark_ended(sandbox_id, "failed", f"died: {ended.reason}", ended.finished_at)
+        if ended.expired:
+            log.info("sandbox %s expired by itself at %s", sandbox_id, ended.finished_at.isoformat())
+            await self._mark_ended(sandbox_id, "destroyed", "idle_ttl", ended.finished_at)
+        else:
+            log.warning("sandbox %s died: %s", sandbox_id, ended.reason)
+            await self._mark_ended(sandbox_id, "failed", f"died: {ended.reason}", ended.finished_at)
         await self._remove_quietly(container_id)
         return ended.reason
 
@@ -311,8 +349,13 @@ class SandboxManager:
 
 
 def from_platform(platform: Platform) -> SandboxManager:
-    """The sandbox manager and its warm pool, on the process's Docker Engine."""
+    """The sandbox manager and its warm pool (the default templates of sandbox_run and
+    sandbox_create), on the process's Docker Engine."""
     assert platform.docker is not None
-    settings, image = platform.settings, sandbox_image()
-    pool = WarmPool(platform.docker, platform.store.store_id, image, settings.pool_size, settings.pool_memory_mib)
-    return SandboxManager(platform.store, platform.docker, platform.leases, image, pool)
+    settings = platform.settings
+    images = {name: sandbox_image(name) for name in IMAGES}
+    shapes = [
+        Shape(t.name, images[t.image], t.limits, t.runtime) for t in (TEMPLATES[RUN_DEFAULT], TEMPLATES[CREATE_DEFAULT])
+    ]
+    pool = WarmPool(platform.docker, platform.store.store_id, shapes, settings.pool_size, settings.pool_memory_mib)
+    return SandboxManager(platform.store, platform.docker, platform.leases, images, pool)

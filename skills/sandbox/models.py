@@ -10,6 +10,7 @@ from pydantic_core import PydanticCustomError
 from skills.base import OpInput
 from skills.commands import EnvVars
 from skills.commands import ExecOutput as ExecOutput  # re-exported: the sandbox ops' answer
+from skills.sandbox.records import CREATE_DEFAULT, RUN_DEFAULT
 
 Language = Literal["python", "bash"]
 Encoding = Literal["utf-8", "base64"]
@@ -74,7 +75,7 @@ class RunInput(OpInput):
     timeout_s: float = TIMEOUT
     max_output: int = MAX_OUTPUT
     env: EnvVars = Field(default_factory=dict)
-    template: str = Field(default="python", description="The sandbox template (see sandbox_create).")
+    template: str = Field(default=RUN_DEFAULT, description="The sandbox template (see sandbox_create).")
 
 
 class RunOutput(ExecOutput):
@@ -83,12 +84,25 @@ class RunOutput(ExecOutput):
 
 class CreateInput(OpInput):
     template: str = Field(
-        default="python",
-        description="'python' or 'bash' (runc), or 'python-gvisor' / 'bash-gvisor' for gVisor's stronger isolation.",
+        default=CREATE_DEFAULT,
+        description="'dev' (gcc, make, git, pip, venv, pytest, curl), 'python' or 'bash' (runc), "
+        "or 'python-gvisor' / 'bash-gvisor' for gVisor's stronger isolation.",
     )
-    ttl_s: int = Field(default=900, ge=10, le=86400, description="Idle seconds before the sandbox is destroyed.")
-    vcpus: float = Field(default=1.0, gt=0, le=2, description="CPUs the sandbox may use.")
-    memory_mib: int = Field(default=512, ge=64, le=4096, description="Memory limit in MiB.")
+    ttl_s: int = Field(
+        default=900,
+        ge=10,
+        le=86400,
+        description="Idle seconds before the sandbox ends; it ends then even if no server is running.",
+    )
+    vcpus: float | None = Field(default=None, gt=0, le=2, description="CPUs the sandbox may use; default 1.")
+    memory_mib: int | None = Field(default=None, ge=64, le=4096, description="Memory limit in MiB; default 512.")
+    disk_mib: int | None = Field(
+        default=None,
+        ge=256,
+        le=16384,
+        description="The disk /work and /tmp share, in MiB, billed by the GiB-hour; default the template's "
+        "(2048; 4096 for dev).",
+    )
 
 
 class SandboxInfo(BaseModel):
@@ -97,6 +111,7 @@ class SandboxInfo(BaseModel):
     state: str
     vcpus: float
     memory_mib: int
+    disk_mib: int
     ttl_s: int
     created_at: str
     last_used_at: str

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import anyio
+from opentelemetry import trace
 
 from common.errors import InvalidInput, NotFound
 from sandbox.driver import AgentRequest, Command, ExecResult, FileContent, FileRead, FileWrite, Limits
@@ -39,6 +42,9 @@ from skills.sandbox.models import (
 from skills.sandbox.records import SandboxRecord, resolve_template, usage_for
 from skills.sandbox.rows import Sandbox
 
+# Spans inside a task's own (the process's tracing, when configured, records them; else they cost nothing).
+TRACER = trace.get_tracer("cloudskills.sandbox")
+
 # A one-call sandbox lives a little longer than its command: start, files, teardown.
 RUN_OVERHEAD_S = 30
 
@@ -54,13 +60,37 @@ def file_out(content: FileContent, wanted: Encoding | None = None) -> FileOut:
     return FileOut(path=content.path, size=content.size, content=text, encoding=encoding, truncated=content.truncated)
 
 
+# What programs print when they try to reach the network, which a sandbox has none of.
+NETWORK_FAILURES = (
+    "Temporary failure in name resolution",
+    "Could not resolve host",
+    "Name or service not known",
+    "No address associated with hostname",
+    "Network is unreachable",
+    "getaddrinfo failed",
+)
+NO_NETWORK = (
+    "\n[cloudskills: this sandbox has no network: it can neither resolve names nor reach other hosts, and "
+    "retrying will not help. Bring what the code needs in as files (sandbox_write_file), or use the "
+    "'dev' template's tools and packages.]\n"
+)
+
+
+def with_network_note(stdout: str, stderr: str) -> str:
+    """stderr, with a note that says plainly why a program that tried the network failed."""
+    if any(failure in text for failure in NETWORK_FAILURES for text in (stderr, stdout)):
+        return stderr + NO_NETWORK
+    return stderr
+
+
 def exec_output(ctx: TaskContext, result: ExecResult, timeout_s: float) -> ExecOutput:
+    stdout, stderr = result.stdout.text(), result.stderr.text()
     if result.timed_out:
-        raise command_timed_out(timeout_s, result.stdout.text(), result.stderr.text())
+        raise command_timed_out(timeout_s, stdout, with_network_note(stdout, stderr))
     return ExecOutput(
         exit_code=result.exit_code,
-        stdout=result.stdout.text(),
-        stderr=result.stderr.text(),
+        stdout=stdout,
+        stderr=with_network_note(stdout, stderr),
         stdout_truncated=result.stdout.truncated,
         stderr_truncated=result.stderr.truncated,
         duration_ms=result.duration_ms,
@@ -94,10 +124,15 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
     template = resolve_template(args.template)
     sandboxes = ctx.service(SandboxManager)
     ttl_s = int(args.timeout_s + RUN_OVERHEAD_S)
-    record = await sandboxes.create(ctx.tenant_id, template, template.limits, ttl_s, ctx.task_id)
+    with TRACER.start_as_current_span("placement", attributes={"sandbox.template": template.name}) as span:
+        record = await sandboxes.create(ctx.tenant_id, template, template.limits, ttl_s, ctx.task_id)
+        span.set_attribute("sandbox.id", record.id)
     try:
-        request = AgentRequest(writes=writes, command=command, reads=tuple(FileRead(p) for p in args.outputs))
-        response = await sandboxes.call(record, request, args.timeout_s)
+        # idle_s: should this process die mid-run, the sandbox ends by itself soon after.
+        reads = tuple(FileRead(p) for p in args.outputs)
+        request = AgentRequest(writes=writes, command=command, reads=reads, idle_s=RUN_OVERHEAD_S)
+        with TRACER.start_as_current_span("exec", attributes={"sandbox.id": record.id}):
+            response = await sandboxes.call(record, request, args.timeout_s)
     finally:
         with anyio.CancelScope(shield=True):
             # Billed up to now; the container is removed off the caller's path.
@@ -111,7 +146,7 @@ def run_worst_case(args: RunInput) -> Usage:
     # An unknown template is refused when the task runs; its hold is the default size.
     template = TEMPLATES.get(args.template)
     limits = template.limits if template is not None else Limits()
-    return usage_for(limits.vcpus, limits.memory_mib, int((args.timeout_s + RUN_OVERHEAD_S) * 1000))
+    return usage_for(limits, int((args.timeout_s + RUN_OVERHEAD_S) * 1000))
 
 
 def row_info(row: Sandbox) -> SandboxInfo:
@@ -121,6 +156,7 @@ def row_info(row: Sandbox) -> SandboxInfo:
         state=row.state,
         vcpus=row.vcpus,
         memory_mib=row.memory_mib,
+        disk_mib=row.disk_mib,
         ttl_s=row.ttl_s,
         created_at=row.created_at.isoformat(),
         last_used_at=row.last_used_at.isoformat(),
@@ -130,8 +166,13 @@ def row_info(row: Sandbox) -> SandboxInfo:
 async def create(ctx: TaskContext, args: CreateInput) -> CreateOutput:
     """Start a session sandbox that lives until destroyed or idle for ttl_s."""
     template = resolve_template(args.template)
-    # /work lives in the sandbox's memory: give it half.
-    limits = Limits(vcpus=args.vcpus, memory_mib=args.memory_mib, disk_mib=args.memory_mib // 2)
+    base = template.limits
+    limits = replace(
+        base,
+        vcpus=base.vcpus if args.vcpus is None else args.vcpus,
+        memory_mib=base.memory_mib if args.memory_mib is None else args.memory_mib,
+        disk_mib=base.disk_mib if args.disk_mib is None else args.disk_mib,
+    )
     sandboxes = ctx.service(SandboxManager)
     record = await sandboxes.create(ctx.tenant_id, template, limits, args.ttl_s, None)
     return CreateOutput(**row_info(sandboxes.row(record.id)).model_dump())

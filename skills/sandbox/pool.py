@@ -1,19 +1,24 @@
 """A warm pool: sandboxes started ahead of need, handed out in a millisecond.
 
-The pool keeps ``size`` sandboxes of the default shape running and attached,
-their agent and Python interpreter already up. A claim takes one, checks it
-answers (never a dead one), and wakes the refill loop, which starts a
-replacement at once. The pool is capped by a host memory budget and drained
-when the server stops. Pooled sandboxes carry this store's label and an id
-the pool holds, so the reaper leaves them alone; after a crash they have
-neither a record nor a pool, and the reaper removes them.
+The pool keeps sandboxes of a few shapes (the default template of
+``sandbox_run`` and of ``sandbox_create``) running and attached, their agent
+and Python interpreter already up. A claim takes one, checks it answers (never
+a dead one), and wakes the refill loop, which starts a replacement at once.
+The pool is capped by a host memory budget and drained when the server stops.
+
+A warm sandbox is *held* (``SandboxSpec.hold_s``): it ends by itself as soon
+as this process lets go of it, however the process ended, or when the pool's
+heartbeat stops coming. So a killed server leaves no warm sandbox running; the
+next reaper removes the stopped containers. Pooled sandboxes carry this
+store's label and an id the pool holds, so the reaper leaves them alone.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -26,12 +31,26 @@ log = logging.getLogger("cloudskills.pool")
 LABEL_POOL = "cloudskills.pool"
 # After a failed start, wait before trying again (the engine may be down).
 RETRY_AFTER_FAILURE_S = 5.0
+# A warm sandbox ends after HOLD_S without a heartbeat; one comes every HEARTBEAT_S.
+HOLD_S = 10.0
+HEARTBEAT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a warm sandbox is: a template's image, limits and runtime."""
+
+    template: str
+    image: str
+    limits: Limits = field(default_factory=Limits)
+    runtime: str | None = None
 
 
 @dataclass(frozen=True)
 class WarmSandbox:
     sandbox_id: str
     handle: SandboxHandle
+    shape: Shape
 
 
 class WarmPool:
@@ -39,47 +58,54 @@ class WarmPool:
         self,
         driver: SandboxDriver,
         store_id: str,
-        image: str,
+        shapes: Sequence[Shape],
         size: int,
         memory_budget_mib: int,
-        limits: Limits | None = None,
-        runtime: str | None = None,
     ) -> None:
         self.driver = driver
         self.store_id = store_id
-        self.image = image
-        self.limits = limits or Limits()
-        self.runtime = runtime
-        self.size = max(0, min(size, memory_budget_mib // self.limits.memory_mib))
-        self._ready: deque[WarmSandbox] = deque()
-        # Ids of sandboxes being started: the reaper must not take them for strays.
-        self._starting_ids: set[str] = set()
-        # Ids claimed but not yet recorded by the claimer: also not strays.
+        # The size is shared out between the shapes, the first getting any remainder,
+        # and each share capped so that the whole pool stays within the memory budget.
+        self.targets: dict[Shape, int] = {}
+        budget = memory_budget_mib
+        for index, shape in enumerate(dict.fromkeys(shapes)):
+            share = size // len(shapes) + (size % len(shapes) if index == 0 else 0)
+            self.targets[shape] = max(0, min(share, budget // shape.limits.memory_mib))
+            budget -= self.targets[shape] * shape.limits.memory_mib
+        self.size = sum(self.targets.values())
+        self._ready: dict[Shape, deque[WarmSandbox]] = {shape: deque() for shape in self.targets}
+        self._starting: dict[Shape, set[str]] = {shape: set() for shape in self.targets}
+        # Ids claimed but not yet recorded by the claimer: not strays either.
         self._claiming: set[str] = set()
-        self._wanted = anyio.Event()
+        self._wanted = {shape: anyio.Event() for shape in self.targets}
         self.stats = {"claimed": 0, "missed": 0, "dead": 0}
 
-    def fits(self, limits: Limits, runtime: str | None) -> bool:
-        return self.size > 0 and limits == self.limits and runtime == self.runtime
+    def shape_for(self, template: str, limits: Limits) -> Shape | None:
+        """The shape a sandbox of this template and limits would take from the pool, if any."""
+        for shape, target in self.targets.items():
+            if target > 0 and shape.template == template and shape.limits == limits:
+                return shape
+        return None
 
     def holds(self, sandbox_id: str) -> bool:
-        """Whether the pool owns this sandbox (ready, or still starting)."""
-        if sandbox_id in self._starting_ids or sandbox_id in self._claiming:
+        """Whether the pool owns this sandbox (ready, starting, or being claimed)."""
+        if sandbox_id in self._claiming or any(sandbox_id in ids for ids in self._starting.values()):
             return True
-        return any(w.sandbox_id == sandbox_id for w in self._ready)
+        return any(w.sandbox_id == sandbox_id for ready in self._ready.values() for w in ready)
 
     @property
     def ready(self) -> int:
-        return len(self._ready)
+        return sum(len(ready) for ready in self._ready.values())
 
-    async def claim(self) -> WarmSandbox | None:
+    async def claim(self, shape: Shape) -> WarmSandbox | None:
         """A live warm sandbox, or None when the pool is empty (the caller starts one cold).
 
         The pool keeps holding the sandbox it returns (the reaper leaves it alone)
         until the caller, having written its record, calls ``handed_over``."""
-        self._wanted.set()
-        while self._ready:
-            warm = self._ready.popleft()
+        self._wanted[shape].set()
+        ready = self._ready[shape]
+        while ready:
+            warm = ready.popleft()
             self._claiming.add(warm.sandbox_id)
             if await anyio.to_thread.run_sync(self.driver.ping, warm.handle):
                 self.stats["claimed"] += 1
@@ -94,39 +120,66 @@ class WarmPool:
         self._claiming.discard(sandbox_id)
 
     async def run(self) -> None:
-        """Keep the pool full until cancelled; then drain it."""
+        """Keep the pool full and its sandboxes held until cancelled; then drain it."""
         try:
-            while True:
-                if len(self._ready) + len(self._starting_ids) < self.size:
-                    # Shielded: a sandbox being born when the server stops must
-                    # land in the pool, so the drain below removes it.
-                    with anyio.CancelScope(shield=True):
-                        warm = await self._start_one()
-                    if warm is None:
-                        await anyio.sleep(RETRY_AFTER_FAILURE_S)
-                    else:
-                        self._ready.append(warm)
-                    continue
-                self._wanted = anyio.Event()
-                await self._wanted.wait()
+            async with anyio.create_task_group() as group:
+                for shape in self.targets:
+                    group.start_soon(self._keep_full, shape)
+                group.start_soon(self._heartbeat)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.drain()
 
-    async def _start_one(self) -> WarmSandbox | None:
-        sandbox_id = new_id("sb")
-        self._starting_ids.add(sandbox_id)
-        try:
-            return await self._create(sandbox_id)
-        finally:
-            self._starting_ids.discard(sandbox_id)
+    async def _keep_full(self, shape: Shape) -> None:
+        while True:
+            if len(self._ready[shape]) + len(self._starting[shape]) < self.targets[shape]:
+                # Shielded: a sandbox being born when the server stops must
+                # land in the pool, so the drain removes it.
+                with anyio.CancelScope(shield=True):
+                    warm = await self._start_one(shape)
+                if warm is None:
+                    await anyio.sleep(RETRY_AFTER_FAILURE_S)
+                else:
+                    self._ready[shape].append(warm)
+                continue
+            self._wanted[shape] = anyio.Event()
+            await self._wanted[shape].wait()
 
-    async def _create(self, sandbox_id: str) -> WarmSandbox | None:
+    async def _heartbeat(self) -> None:
+        """Ping every ready sandbox now and then: a held sandbox ends without it; one
+        that no longer answers is replaced."""
+        while True:
+            await anyio.sleep(HEARTBEAT_S)
+            async with anyio.create_task_group() as group:
+                for ready in self._ready.values():
+                    for warm in list(ready):
+                        group.start_soon(self._beat, warm)
+
+    async def _beat(self, warm: WarmSandbox) -> None:
+        if await anyio.to_thread.run_sync(self.driver.ping, warm.handle):
+            return
+        ready = self._ready[warm.shape]
+        if warm in ready:  # not claimed meanwhile
+            ready.remove(warm)
+            self.stats["dead"] += 1
+            self._wanted[warm.shape].set()
+            await self._discard(warm)
+
+    async def _start_one(self, shape: Shape) -> WarmSandbox | None:
+        sandbox_id = new_id("sb")
+        self._starting[shape].add(sandbox_id)
+        try:
+            return await self._create(sandbox_id, shape)
+        finally:
+            self._starting[shape].discard(sandbox_id)
+
+    async def _create(self, sandbox_id: str, shape: Shape) -> WarmSandbox | None:
         spec = SandboxSpec(
-            image=self.image,
-            limits=self.limits,
-            runtime=self.runtime,
+            image=shape.image,
+            limits=shape.limits,
+            runtime=shape.runtime,
             labels={LABEL_STORE: self.store_id, LABEL_SANDBOX: sandbox_id, LABEL_POOL: "1"},
+            hold_s=HOLD_S,
         )
         try:
             handle = await anyio.to_thread.run_sync(self.driver.create, spec)
@@ -141,7 +194,7 @@ class WarmPool:
             # The pool is an optimisation: a failure here must not take the server down.
             log.exception("warm pool: starting a sandbox failed")
             return None
-        return WarmSandbox(sandbox_id, handle)
+        return WarmSandbox(sandbox_id, handle, shape)
 
     async def _discard(self, warm: WarmSandbox) -> None:
         try:
@@ -150,7 +203,9 @@ class WarmPool:
             log.warning("warm pool: could not remove a dead sandbox: %s", exc)
 
     async def drain(self) -> None:
-        """Remove every warm sandbox, all at once (shutdown has little time)."""
+        """Remove every warm sandbox, all at once (shutdown has little time): each ends as
+        soon as this process lets go of it, and its container is removed meanwhile."""
         async with anyio.create_task_group() as group:
-            while self._ready:
-                group.start_soon(self._discard, self._ready.popleft())
+            for ready in self._ready.values():
+                while ready:
+                    group.start_soon(self._discard, ready.popleft())

@@ -20,6 +20,9 @@ from skills.sandbox.rows import Sandbox
 
 LIVE_STATES = ("starting", "running")
 KIND = "sandbox"
+# The templates a call gets when it names none (the warm pool keeps both ready).
+RUN_DEFAULT = "python"
+CREATE_DEFAULT = "dev"
 
 
 def count_live(session: Session, tenant_id: str) -> int:
@@ -48,6 +51,7 @@ class SandboxRecord:
     state: str
     vcpus: float
     memory_mib: int
+    disk_mib: int
     ttl_s: int
 
     @classmethod
@@ -61,6 +65,7 @@ class SandboxRecord:
             row.state,
             row.vcpus,
             row.memory_mib,
+            row.disk_mib,
             row.ttl_s,
         )
 
@@ -70,20 +75,31 @@ class SandboxRecord:
         return SandboxHandle(container_id=self.container_id, name=f"cloudskills-{self.id}")
 
 
-def per_second(vcpus: float, memory_mib: int) -> Usage:
+def per_second(limits: Limits) -> Usage:
     """What one second of a sandbox of this size uses, in the sandbox meters' units."""
-    return Usage.of({"sandbox.vcpu_ms": round(vcpus * 1000), "sandbox.mib_ms": memory_mib * 1000})
+    return Usage.of(
+        {
+            "sandbox.vcpu_ms": round(limits.vcpus * 1000),
+            "sandbox.mib_ms": limits.memory_mib * 1000,
+            "sandbox.disk_mib_ms": limits.disk_mib * 1000,
+        }
+    )
 
 
-def usage_for(vcpus: float, memory_mib: int, ms: int) -> Usage:
+def usage_for(limits: Limits, ms: int) -> Usage:
     """What a sandbox of this size uses living ``ms`` milliseconds."""
-    return used_in(per_second(vcpus, memory_mib), ms)
+    return used_in(per_second(limits), ms)
+
+
+def row_limits(row: Sandbox) -> Limits:
+    """The limits its bill is made of (pids are not billed)."""
+    return Limits(vcpus=row.vcpus, memory_mib=row.memory_mib, disk_mib=row.disk_mib)
 
 
 def lifetime_usage(row: Sandbox) -> Usage:
     end = row.destroyed_at or utcnow()
     ms = max(int((end - row.created_at) / timedelta(milliseconds=1)), 0)
-    return usage_for(row.vcpus, row.memory_mib, ms)
+    return usage_for(row_limits(row), ms)
 
 
 def ended_because(row: Sandbox) -> str:
@@ -91,6 +107,8 @@ def ended_because(row: Sandbox) -> str:
         return f"has failed ({row.destroy_reason}) and was removed"
     if row.destroy_reason == "budget":
         return "was destroyed because the budget could not cover its next lease (billing_balance shows it)"
+    if row.destroy_reason == "idle_ttl":
+        return f"expired after {row.ttl_s} s without a call (its ttl_s)"
     return f"was destroyed ({row.destroy_reason})"
 
 

@@ -27,6 +27,8 @@ class Sandbox(Base):
     state: Mapped[str] = mapped_column(String(16), default="starting")  # starting | running | destroyed
     vcpus: Mapped[float] = mapped_column(Float)
     memory_mib: Mapped[int] = mapped_column(Integer)
+    # Its disk (/work and /tmp), billed by the GiB-hour like its memory.
+    disk_mib: Mapped[int] = mapped_column(Integer, default=0)
     ttl_s: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

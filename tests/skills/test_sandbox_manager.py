@@ -4,6 +4,7 @@ and test_lease_budget.py."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from runtime.tenants import ensure_tenant, update_tenant
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, AgentRequest, Command, Limits, SandboxSpec
 from sandbox.templates import TEMPLATES
 from scheduler.leases import Leases
-from scheduler.models import Lease, Tenant
+from scheduler.models import Lease, Tenant, utcnow
 from scheduler.pricing import PriceCatalog
 from scheduler.store import Store
 from skills.sandbox.manager import SandboxManager
@@ -41,7 +42,8 @@ def driver() -> MemoryDriver:
 
 @pytest.fixture
 def manager(store: Store, driver: MemoryDriver) -> SandboxManager:
-    return SandboxManager(store, driver, Leases(store, PriceCatalog.load(), lease_s=60.0), "image:test")
+    images = {"sandbox": "image:test", "dev": "image:dev"}
+    return SandboxManager(store, driver, Leases(store, PriceCatalog.load(), lease_s=60.0), images)
 
 
 def held(store: Store) -> int:
@@ -55,8 +57,9 @@ async def test_a_session_sandbox_holds_a_lease_and_releases_it_when_destroyed(
     manager: SandboxManager, store: Store
 ) -> None:
     record = await manager.create("acme", PYTHON, Limits(), 600, None)
-    # 60 s of 1 vCPU (14 micro-units a second) and 512 MiB (2.25 a second), rounded per meter.
-    assert held(store) == 840 + 135
+    # 60 s of 1 vCPU (14 micro-units a second), 512 MiB (2.25 a second) and a 2 GiB disk
+    # (150 a GiB-hour: 5 for the minute), rounded per meter.
+    assert held(store) == 840 + 135 + 5
     await manager.destroy(record.id, "destroyed_by_owner")
     assert held(store) == 0
     with store.transaction() as session:
@@ -140,3 +143,24 @@ async def test_a_sandbox_stopped_for_its_budget_is_destroyed_and_says_why(manage
     await manager.stop_for_budget(record.id)
     with pytest.raises(NotFound, match="budget could not cover its next lease"):
         manager.get("acme", record.id)
+
+
+async def test_a_sandbox_that_expired_by_itself_is_billed_to_its_end_and_says_so(
+    manager: SandboxManager, store: Store, driver: MemoryDriver
+) -> None:
+    record = await manager.create("acme", PYTHON, Limits(), 600, None)
+    assert record.container_id is not None
+    assert driver.requests[-1].idle_s == 600, "handed over: it ends by itself after its ttl_s idle"
+    ended_at = utcnow()  # a moment ago, by the time the reaper looks
+    driver.expire(record.container_id, ended_at)
+    assert record.id in await manager.reap()
+    with store.transaction() as session:
+        row = session.get(Sandbox, record.id)
+        lease = session.get(Lease, record.id)
+        assert row is not None and lease is not None
+        assert (row.state, row.destroy_reason, row.destroyed_at) == ("destroyed", "idle_ttl", ended_at)
+        # Billed to the moment it ended (by whole milliseconds), not to when the reaper came.
+        assert lease.ended_at == lease.billed_until and abs(lease.billed_until - ended_at) < timedelta(milliseconds=1)
+    with pytest.raises(NotFound, match="expired after 600 s without a call"):
+        manager.get("acme", record.id)
+    assert driver.labels == {} and held(store) == 0

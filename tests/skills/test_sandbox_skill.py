@@ -10,6 +10,7 @@ from sqlalchemy import select
 from runtime.app import App
 from runtime.tenants import ensure_tenant, update_tenant
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, SandboxSpec
+from sandbox.images import sandbox_image
 from scheduler.models import LedgerEntry, Task
 from skills.sandbox.manager import SandboxManager
 from skills.sandbox.rows import Sandbox
@@ -53,7 +54,7 @@ async def test_a_session_keeps_files_between_calls(app: App) -> None:
     async with mcp_client(app) as client:
         created = await call(client, "sandbox_create")
         sid = created["sandbox_id"]
-        assert created["template"] == "python"
+        assert created["template"] == "dev" and created["disk_mib"] == 4096
         await call(client, "sandbox_write_file", sandbox_id=sid, path="notes/a.txt", content="first")
         await call(client, "sandbox_exec", sandbox_id=sid, command="echo second >> notes/a.txt")
         ran = await call(client, "sandbox_run_code", sandbox_id=sid, code="print(open('notes/a.txt').read())")
@@ -71,7 +72,7 @@ async def test_a_session_keeps_files_between_calls(app: App) -> None:
     assert "was destroyed" in after and "sandbox_create" in after
     with app.store.transaction() as session:
         lifetime = session.scalars(select(LedgerEntry).where(LedgerEntry.op == "lifetime")).all()
-        assert {e.item for e in lifetime} == {"sandbox.vcpu_ms", "sandbox.mib_ms"}
+        assert {e.item for e in lifetime} == {"sandbox.vcpu_ms", "sandbox.mib_ms", "sandbox.disk_mib_ms"}
 
 
 async def test_bad_input_gets_one_clear_error_and_costs_nothing(app: App) -> None:
@@ -146,7 +147,7 @@ async def test_the_reaper_destroys_idle_sandboxes_and_strays(app: App) -> None:
         sid = (await call(client, "sandbox_create", ttl_s=10))["sandbox_id"]
     # A container with our labels but no record, as a crash between the two would leave.
     labels = {LABEL_STORE: app.store.store_id, LABEL_SANDBOX: "sb_ghost"}
-    stray = app.docker.create(SandboxSpec(image=app.service(SandboxManager).image, labels=labels))
+    stray = app.docker.create(SandboxSpec(image=sandbox_image(), labels=labels))
     with app.store.transaction() as session:
         row = session.get(Sandbox, sid)
         assert row is not None

@@ -1,0 +1,28 @@
+"""A tool's answer carries its content once: whole in structuredContent, and in the text
+block beside it as the same JSON with only long strings cut to their start and size."""
+
+from __future__ import annotations
+
+import json
+
+from runtime.mcp_tasks import TEXT_PREVIEW_CHARS, TEXT_WHOLE_CHARS, tool_result
+
+
+def test_a_small_answer_is_the_same_json_in_its_text() -> None:
+    data = {"exit_code": 0, "stdout": "42\n", "files": [{"path": "a.txt", "content": "x" * TEXT_WHOLE_CHARS}]}
+    result = tool_result(data)
+    assert result.structured_content == data
+    assert json.loads(result.content[0].text) == data  # type: ignore[union-attr]
+
+
+def test_a_long_string_travels_once() -> None:
+    content = "é" * (10 << 20)  # a 10 MiB-character file's content
+    data = {"path": "/work/big.txt", "size": 2 * len(content), "content": content, "encoding": "utf-8"}
+    result = tool_result(data)
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert result.structured_content is data
+    assert len(text) < 2 * TEXT_PREVIEW_CHARS
+    shown = json.loads(text)
+    assert shown["path"] == "/work/big.txt" and shown["size"] == data["size"]
+    assert shown["content"].startswith("é" * TEXT_PREVIEW_CHARS)
+    assert f"[{len(content)} characters in all: the whole is in structuredContent]" in shown["content"]
