@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -31,6 +33,7 @@ from sqlalchemy.orm import Session
 from common.errors import CloudSkillsError, QuotaExceeded
 from scheduler import ledger
 from scheduler.leases import Leases
+from scheduler.models import utcnow
 
 log = logging.getLogger("cloudskills.resources")
 
@@ -129,9 +132,20 @@ class Every:
             self.chore()
 
 
+@dataclass(frozen=True)
+class DutyPass:
+    """One pass of ``ResourceDuties``, as an operator sees it: when, how long, what it did."""
+
+    started_at: datetime
+    seconds: float
+    reaped: dict[str, int] = field(default_factory=dict)  # kind -> resources reaped
+    stopped_for_budget: int = 0
+    errors: tuple[str, ...] = ()
+
+
 class ResourceDuties:
     """The periodic care of every kind: reap, then renew leases and stop the ones
-    the budget no longer covers."""
+    the budget no longer covers. The last passes are kept (``passes``) for the operator."""
 
     def __init__(
         self, kinds: Sequence[ResourceKind], leases: Leases, chores: Sequence[Callable[[], object]] = ()
@@ -140,6 +154,7 @@ class ResourceDuties:
         self.leases = leases
         # Other periodic care of the store (pruning old task details), once a pass.
         self.chores = list(chores)
+        self.passes: deque[DutyPass] = deque(maxlen=20)
 
     async def recover(self) -> list[str]:
         handled: list[str] = []
@@ -149,11 +164,13 @@ class ResourceDuties:
 
     async def pass_once(self) -> list[str]:
         """One pass; the ids of the resources it stopped for money."""
+        started, clock, reaped, errors = utcnow(), time.monotonic(), {}, []
         for kind in self.kinds.values():
             try:
-                await kind.reap()
+                reaped[kind.kind] = len(await kind.reap())
             except CloudSkillsError as exc:
                 log.warning("reaping %s: %s", kind.kind, exc)
+                errors.append(f"reaping {kind.kind}: {exc.message}")
         for chore in self.chores:
             chore()
         stopped = []
@@ -166,6 +183,8 @@ class ResourceDuties:
                 stopped.append(ended.resource_id)
             except CloudSkillsError as exc:
                 log.warning("could not stop %s %s for its budget: %s", ended.kind, ended.resource_id, exc)
+                errors.append(f"stopping {ended.kind} {ended.resource_id}: {exc.message}")
+        self.passes.append(DutyPass(started, time.monotonic() - clock, reaped, len(stopped), tuple(errors)))
         return stopped
 
     async def run(self, interval_s: float) -> None:

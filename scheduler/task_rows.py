@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, null, select, update
 
 from scheduler.models import Task
 
@@ -36,6 +36,13 @@ FINISH = (
         error_message=bindparam("error_message"),
         cost_micros=bindparam("cost"),
     )
+)
+
+# The details (arguments, result) of tasks finished before ``before`` are let go (Scheduler.prune).
+PRUNE = (
+    update(Task)
+    .where(Task.finished_at < bindparam("before"), Task.result.is_not(None))
+    .values(args={}, args_whole=False, result=null())
 )
 
 

@@ -15,13 +15,14 @@ op is idempotent), and queued tasks are queued again.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from datetime import timedelta
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from sqlalchemy import null, select, update
+from sqlalchemy import select
 
 from common.errors import (
     BackendUnavailable,
@@ -37,11 +38,12 @@ from common.errors import (
 )
 from scheduler import ledger, quotas
 from scheduler.models import Task, utcnow
+from scheduler.observe import NO_OBSERVER, TaskObserver
 from scheduler.pricing import PriceCatalog, Usage
 from scheduler.resources import Services
 from scheduler.store import Store
 from scheduler.task_details import Details, summarize
-from scheduler.task_rows import CLAIM, FINISH, INSERT_TASK, SETTLING, Claimed
+from scheduler.task_rows import CLAIM, FINISH, INSERT_TASK, PRUNE, SETTLING, Claimed
 from scheduler.task_types import OpBinding, Progress, TaskContext, TaskOutcome, as_json, new_id, outcome_of
 
 __all__ = ["OpBinding", "Progress", "Scheduler", "TaskContext", "TaskOutcome", "new_id", "outcome_of"]
@@ -65,6 +67,7 @@ class Scheduler:
         self.services = services
         self.concurrency = concurrency
         self.deadline_overhead_s = DEADLINE_OVERHEAD_S
+        self.observer: TaskObserver = NO_OBSERVER  # metrics, traces and logs (scheduler.observe)
         self._bindings: dict[str, OpBinding] = {}
         # Tasks someone in this process may wait for: set when the task settles,
         # with its outcome, so a waiter needs no read of the store.
@@ -92,7 +95,7 @@ class Scheduler:
     def submit(self, tenant_id: str, binding: OpBinding, args: Any, agent: str | None = None) -> str:
         """Admit and store a task for ``tenant_id`` (its ``agent``, if named), then queue it;
         raise before any work if it is refused."""
-        task_id = new_id("t")
+        task_id, since = new_id("t"), time.time_ns()
         worst = binding.worst_case(args)
         # An op that is never refused for money holds nothing (see OpBinding).
         hold = 0 if binding.always_admitted else self.catalog.worst_case(binding.key, worst)
@@ -123,11 +126,16 @@ class Scheduler:
             "hold_micros": hold,
             "cost_micros": 0,
         }
-        with self.store.transaction() as session:
-            tenant = ledger.admit(session, tenant_id, hold)
-            quotas.check_tasks(session, tenant, worst)
-            ledger.check_budget(self.catalog, tenant, hold)
-            session.connection().execute(INSERT_TASK, row)
+        try:
+            with self.store.transaction() as session:
+                tenant = ledger.admit(session, tenant_id, hold)
+                quotas.check_tasks(session, tenant, worst)
+                ledger.check_budget(self.catalog, tenant, hold)
+                session.connection().execute(INSERT_TASK, row)
+        except CloudSkillsError as refusal:
+            self.observer.refused(binding.skill, binding.op, tenant_id, refusal, since)
+            raise
+        self.observer.admitted(task_id, binding.skill, binding.op, tenant_id, agent, since)
         self._done[task_id] = anyio.Event()
         self._args[task_id] = args
         if starts_now:
@@ -239,10 +247,10 @@ class Scheduler:
         error: CloudSkillsError | None = None
         state = "failed"
         keep = False
-        scope = anyio.CancelScope()
+        scope, running = anyio.CancelScope(), self.observer.running(task)
         self._running[task_id] = scope
         try:
-            with scope, anyio.move_on_after(task.timeout_s + self.deadline_overhead_s) as deadline:
+            with scope, running, anyio.move_on_after(task.timeout_s + self.deadline_overhead_s) as deadline:
                 if binding is None:
                     raise TaskFailed(f"this server does not know the op {task.skill}_{task.op}; upgrade it.")
                 try:
@@ -330,6 +338,7 @@ class Scheduler:
                 next_row = row.one_or_none()
                 following = None if next_row is None else Claimed(*next_row)
         outcome = TaskOutcome(task_id, state, result, error, cost, output)
+        self.observer.settled(task_id, task, state, cost, usage, error)
         event = self._done.pop(task_id, None)
         if event is not None:
             self._outcomes[task_id] = outcome
@@ -341,12 +350,7 @@ class Scheduler:
         ago; their rows keep op, timing, cost and error, and the ledger is kept for good."""
         before = utcnow() - timedelta(seconds=retention_s)
         with self.store.transaction() as session:
-            pruned = session.connection().execute(
-                update(Task)
-                .where(Task.finished_at < before, Task.result.is_not(None))
-                .values(args={}, args_whole=False, result=null())
-            )
-            return int(pruned.rowcount or 0)
+            return int(session.connection().execute(PRUNE, {"before": before}).rowcount or 0)
 
     def money(self, micros: int) -> dict[str, Any]:
         return {"micros": micros, "amount": self.catalog.format(micros)}

@@ -21,7 +21,7 @@ billed to the moment it ended.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
 import anyio
@@ -44,6 +44,7 @@ from sandbox.images import IMAGES, sandbox_image
 from sandbox.templates import TEMPLATES, Template
 from scheduler.leases import Leases
 from scheduler.models import Task, utcnow
+from scheduler.observe import Sample
 from scheduler.pricing import Usage
 from scheduler.store import Store
 from scheduler.tasks import new_id
@@ -106,6 +107,10 @@ class SandboxManager:
 
     async def stop_for_budget(self, resource_id: str) -> None:
         await self.destroy(resource_id, "budget", wait=False)
+
+    def samples(self) -> Iterable[Sample]:
+        """The warm pool's readings, for the process's metrics (``scheduler.observe.Reports``)."""
+        return self.pool.samples() if self.pool is not None else ()
 
     async def create(
         self,

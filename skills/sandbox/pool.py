@@ -16,14 +16,16 @@ store's label and an id the pool holds, so the reaper leaves them alone.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
 
 from common.errors import CloudSkillsError
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, Limits, SandboxDriver, SandboxHandle, SandboxSpec
+from scheduler.observe import Sample
 from scheduler.tasks import new_id
 
 log = logging.getLogger("cloudskills.pool")
@@ -34,6 +36,14 @@ RETRY_AFTER_FAILURE_S = 5.0
 # A warm sandbox ends after HOLD_S without a heartbeat; one comes every HEARTBEAT_S.
 HOLD_S = 10.0
 HEARTBEAT_S = 3.0
+# What the pool counts per template (see ``samples``), and what each count means.
+COUNTED = {
+    "claimed": "Warm sandboxes handed out.",
+    "missed": "Claims that found the pool empty (the sandbox started cold).",
+    "dead": "Warm sandboxes found dead and replaced.",
+    "refills": "Warm sandboxes started to refill the pool.",
+    "refill_seconds": "Seconds the refills took, in all (divide by pool_refills for the mean).",
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class WarmPool:
         self._claiming: set[str] = set()
         self._wanted = {shape: anyio.Event() for shape in self.targets}
         self.stats = {"claimed": 0, "missed": 0, "dead": 0}
+        # The same by template, with the refills and the seconds they took (the process's metrics).
+        self.counts = {shape.template: dict.fromkeys(COUNTED, 0.0) for shape in self.targets}
 
     def shape_for(self, template: str, limits: Limits) -> Shape | None:
         """The shape a sandbox of this template and limits would take from the pool, if any."""
@@ -108,13 +120,31 @@ class WarmPool:
             warm = ready.popleft()
             self._claiming.add(warm.sandbox_id)
             if await anyio.to_thread.run_sync(self.driver.ping, warm.handle):
-                self.stats["claimed"] += 1
+                self._count(shape, "claimed")
                 return warm
             self._claiming.discard(warm.sandbox_id)
-            self.stats["dead"] += 1
+            self._count(shape, "dead")
             await self._discard(warm)
-        self.stats["missed"] += 1
+        self._count(shape, "missed")
         return None
+
+    def _count(self, shape: Shape, what: str, seconds: float = 0.0) -> None:
+        if what in self.stats:
+            self.stats[what] += 1
+        counts = self.counts[shape.template]
+        counts[what] += 1
+        counts["refill_seconds"] += seconds
+
+    def samples(self) -> Iterator[Sample]:
+        """The pool by template, for the process's metrics (``scheduler.observe.Reports``)."""
+        for shape, target in self.targets.items():
+            labels = {"template": shape.template}
+            yield Sample("pool_target", "gauge", "Warm sandboxes the pool keeps.", target, labels)
+            yield Sample("pool_ready", "gauge", "Warm sandboxes ready now.", len(self._ready[shape]), labels)
+            yield Sample("pool_starting", "gauge", "Warm sandboxes being started.", len(self._starting[shape]), labels)
+        for template, counts in self.counts.items():
+            for what, help_ in COUNTED.items():
+                yield Sample(f"pool_{what}", "counter", help_, counts[what], {"template": template})
 
     def handed_over(self, sandbox_id: str) -> None:
         self._claiming.discard(sandbox_id)
@@ -135,12 +165,14 @@ class WarmPool:
             if len(self._ready[shape]) + len(self._starting[shape]) < self.targets[shape]:
                 # Shielded: a sandbox being born when the server stops must
                 # land in the pool, so the drain removes it.
+                begun = time.monotonic()
                 with anyio.CancelScope(shield=True):
                     warm = await self._start_one(shape)
                 if warm is None:
                     await anyio.sleep(RETRY_AFTER_FAILURE_S)
                 else:
                     self._ready[shape].append(warm)
+                    self._count(shape, "refills", time.monotonic() - begun)
                 continue
             self._wanted[shape] = anyio.Event()
             await self._wanted[shape].wait()
@@ -161,7 +193,7 @@ class WarmPool:
         ready = self._ready[warm.shape]
         if warm in ready:  # not claimed meanwhile
             ready.remove(warm)
-            self.stats["dead"] += 1
+            self._count(warm.shape, "dead")
             self._wanted[warm.shape].set()
             await self._discard(warm)
 
