@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from common.errors import InvalidInput, NotFound
 from runtime.settings import Settings
 from runtime.storage import open_store
+from runtime.telemetry import Telemetry
 from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
 from scheduler.leases import Leases
@@ -105,6 +106,8 @@ class App:
                 self.scheduler.bind(binding(skill.name, op))
         prune = Every(PRUNE_EVERY_S, lambda: self.scheduler.prune(settings.task_retention_s))
         self.duties = ResourceDuties(self.services.kinds(), self.leases, chores=[prune])
+        # Metrics of every task, traces when configured, the task on every log line (runtime/telemetry.py).
+        self.telemetry = Telemetry.install(self)
         # Shown once by whoever starts the process; None once any tenant exists.
         self.first_key = bootstrap(self.store)
 

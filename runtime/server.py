@@ -23,14 +23,17 @@ from mcp.server.mcpserver.context import Context
 from mcp_types import CallToolResult, InputRequiredResult, ToolAnnotations
 from mcp_types import Tool as MCPTool
 from pydantic import AnyHttpUrl
+from starlette.applications import Starlette
 
 from common.errors import CloudSkillsError, Forbidden
+from runtime import logs
 from runtime.app import App
 from runtime.confirm import confirm
 from runtime.mcp_skills import SkillsExtension
 from runtime.mcp_tasks import TasksExtension, tool_error, tool_result
 from runtime.stdio import exit_at_once, run_stdio
 from runtime.tenants import caller_of_key, check_agent
+from runtime.web import metrics_app, split_address, web_routes
 from scheduler.tasks import Progress
 
 log = logging.getLogger("cloudskills.server")
@@ -212,13 +215,26 @@ class QuietUvicorn(uvicorn.Server):
         yield
 
 
-async def serve_http(app: App, host: str, port: int) -> None:
+def http_app(app: App, host: str, port: int) -> Starlette:
+    """The HTTP server's ASGI app: MCP at /mcp, then /metrics and /console (runtime/web.py)."""
     server = CloudSkillsServer(app, None, base_url=f"http://{host}:{port}")
     asgi = server.streamable_http_app(streamable_http_path="/mcp", host=host)
-    web = QuietUvicorn(uvicorn.Config(asgi, host=host, port=port, log_level="warning"))
+    asgi.router.routes.extend(web_routes(app))
+    return asgi
+
+
+async def serve_http(app: App, host: str, port: int) -> None:
+    logs.configure(app.settings.log_json)
+    servers = [QuietUvicorn(uvicorn.Config(http_app(app, host, port), host=host, port=port, log_level="warning"))]
+    if app.settings.metrics_address:  # /metrics without a key, on an address only the operator reaches
+        metrics_host, metrics_port = split_address(app.settings.metrics_address)
+        config = uvicorn.Config(metrics_app(app), host=metrics_host, port=metrics_port, log_level="warning")
+        servers.append(QuietUvicorn(config))
 
     def stop() -> None:
-        web.should_exit = True
+        for web in servers:
+            web.should_exit = True
 
-    async with on_stop_signal(stop), app.running():
-        await web.serve()
+    async with on_stop_signal(stop), app.running(), anyio.create_task_group() as group:
+        for web in servers:
+            group.start_soon(web.serve)

@@ -66,6 +66,21 @@ class Settings(BaseSettings):
     )
     image_cache: Path = Field(default_factory=default_image_cache, description="Where VM guests are built and kept.")
     prices_file: Path | None = Field(default=None, description="A price catalog overriding the built-in one.")
+    operator_key: str | None = Field(
+        default=None,
+        description="The operator's key: signs in to the console over every tenant and reads /metrics "
+        "(Authorization: Bearer). Unset: no operator, and /metrics only on metrics_address.",
+    )
+    metrics_address: str | None = Field(
+        default=None,
+        description="host:port where an HTTP server also serves /metrics without a key (e.g. 127.0.0.1:9464).",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector (e.g. http://127.0.0.1:4318) to export traces to; also read from "
+        "OTEL_EXPORTER_OTLP_ENDPOINT. Unset: no tracing.",
+    )
+    log_json: bool = Field(default=False, description="Log one JSON object a line, with task id, tenant and agent.")
 
     @property
     def db_url(self) -> str:

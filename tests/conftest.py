@@ -22,7 +22,7 @@ from skills.vm.instances import VmManager
 # What makes a test part of the real tiers; every other test is in the fast tier
 # (`pytest -m fast`, run first by scripts/test), on in-memory drivers and SQLite.
 # Tests that start real server or CLI processes (tests/e2e, the CLI's) are real too.
-REAL_BACKENDS = ("docker", "model", "processes")
+REAL_BACKENDS = ("docker", "model", "processes", "browser")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
