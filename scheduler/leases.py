@@ -1,6 +1,7 @@
 """Leases: how anything that outlives its call pays for its life, within the budget.
 
-A long-lived resource (whatever a skill keeps alive past the call that made it) cannot know its worst case, so it never holds it. It holds one *lease*
+A long-lived resource (whatever a skill keeps alive past the call that made it)
+cannot know its worst case, so it never holds it. It holds one *lease*
 instead: the price of ``lease_s`` of its running cost, held on the tenant when
 it is created and refused then if the budget cannot cover it.
 

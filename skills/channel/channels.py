@@ -12,17 +12,18 @@ the end of the first lease that may make a message visible again: no loop polls
 the store. Messages live in the store, so they survive restarts, receipts too.
 
 A channel pays a fee per op and, on a lease (``scheduler.leases``), for the MiB it
-stores. **At budget**: when the budget cannot cover the next lease, the channel is
-*stopped*: its billing ends then, its messages are kept, sends are refused; receives,
-acks, lists, describes and deletes still work (they can only lower what it stores).
-The next send the budget covers starts its billing again.
+stores (the most since the reaper's last pass: ``skills.channel.storage_lease``).
+**At budget**: when the budget cannot cover the next lease, the channel is *stopped*:
+its billing ends then, its messages are kept, sends are refused; receives, acks,
+lists, describes and deletes still work (they can only lower what it stores). The
+next send the budget covers starts its billing again.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import anyio
 from sqlalchemy import delete, select, update
@@ -36,10 +37,10 @@ from scheduler.store import Store
 from scheduler.tasks import new_id
 from skills.base import Platform
 from skills.channel import queue
-from skills.channel.limits import LIVE_STATES, QUOTA, limits_of
-from skills.channel.queue import DEAD, READY, Stats
+from skills.channel.limits import QUOTA, limits_of
+from skills.channel.queue import DEAD, READY, Claimed, Stats
 from skills.channel.rows import Channel, ChannelDedupe, ChannelMessage
-from skills.channel.storage_lease import StorageLease
+from skills.channel.storage_lease import MIB, StorageLease, overbilled
 from skills.channel.wakeups import Bells, Notifier, notifier_for
 
 log = logging.getLogger("cloudskills.channels")
@@ -65,33 +66,9 @@ class Sent:
 
 
 @dataclass(frozen=True)
-class Delivery:
-    message_id: str
-    body: str  # JSON
-    receipt: str
-    deliveries: int
-    sender_agent: str | None
-    sent_at: datetime
-    lease_until: datetime
-
-
-@dataclass(frozen=True)
 class ChannelView:
     row: Channel
     stats: Stats
-
-
-def delivered(message: ChannelMessage) -> Delivery:
-    assert message.receipt is not None
-    return Delivery(
-        message.id,
-        message.body,
-        message.receipt,
-        message.deliveries,
-        message.sender_agent,
-        message.sent_at,
-        message.visible_at,
-    )
 
 
 class ChannelManager:
@@ -145,48 +122,52 @@ class ChannelManager:
                 f"the body is {size} bytes of JSON, more than the {most} a message may carry: send less, "
                 "or keep the data elsewhere (a database) and send where it is."
             )
-        channel = self._find(session, tenant_id, name, lock=True)
+        channel = queue.find(session, tenant_id, name, lock=True)
         if channel is None:
-            channel = self._make(session, tenant_id, name, DEFAULT_MAX_DELIVERIES, DEFAULT_RETENTION_S)
+            self._make(session, tenant_id, name, DEFAULT_MAX_DELIVERIES, DEFAULT_RETENTION_S)
+            channel = queue.find(session, tenant_id, name, lock=True)
+            assert channel is not None
         now = utcnow()
         if key is not None:
-            seen = session.get(ChannelDedupe, (channel.id, key), with_for_update=True)
+            seen = session.connection().execute(queue.SEEN, {"channel_id": channel.id, "key": key}).one_or_none()
             if seen is not None and seen.expires_at > now:
                 return Sent(seen.message_id, channel.id, duplicate=True)
             if seen is not None:
-                session.delete(seen)
-                session.flush()
+                session.connection().execute(queue.FORGET, {"channel_id": channel.id, "key": key})
         if channel.stored_count >= limits.max_channel_depth:
             raise QuotaExceeded(
                 f"channel {name!r} holds {channel.stored_count} messages, your quota's most: receive and "
                 "channel_ack some (dead letters too: receive them with dead_letters), then retry."
             )
-        expires = now + timedelta(seconds=channel.retention_s)
-        message = ChannelMessage(
-            id=new_id("msg"),
-            channel_id=channel.id,
-            tenant_id=tenant_id,
-            body=body,
-            size_bytes=size,
-            sender_agent=agent,
-            state=READY,
-            deliveries=0,
-            visible_at=now,
-            sent_at=now,
-            expires_at=expires,
-        )
-        session.add(message)
-        channel.stored_count += 1
-        channel.stored_bytes += size
-        self.storage.bill(session, channel, may_refuse=True)
+        message_id, expires = new_id("msg"), now + timedelta(seconds=channel.retention_s)
+        message = {
+            "id": message_id,
+            "channel_id": channel.id,
+            "tenant_id": tenant_id,
+            "body": body,
+            "size_bytes": size,
+            "sender_agent": agent,
+            "state": queue.READY,
+            "deliveries": 0,
+            "visible_at": now,
+            "sent_at": now,
+            "expires_at": expires,
+        }
+        session.connection().execute(queue.INSERT_MESSAGE, message)
+        session.connection().execute(queue.STORED, {"channel_id": channel.id, "count": 1, "bytes": size})
+        if channel.state == "stopped" or -(-(channel.stored_bytes + size) // MIB) > channel.billed_mib:
+            row = session.get(Channel, channel.id, populate_existing=True)
+            assert row is not None
+            self.storage.grow(session, row)  # the lease's rate changes: rare, so through the ORM
         if key is not None:
-            session.add(ChannelDedupe(channel_id=channel.id, dedupe_key=key, message_id=message.id, expires_at=expires))
+            remembered = {"channel_id": channel.id, "dedupe_key": key, "message_id": message_id, "expires_at": expires}
+            session.connection().execute(queue.REMEMBER, remembered)
         self.notifier.announce(session, bell(tenant_id, name))
-        return Sent(message.id, channel.id, duplicate=False)
+        return Sent(message_id, channel.id, duplicate=False)
 
     async def receive(
         self, tenant_id: str, name: str, max_messages: int, wait_s: float, lease_s: float, dead_letters: bool = False
-    ) -> list[Delivery]:
+    ) -> list[Claimed]:
         """Lease up to ``max_messages``; with none there, wait up to ``wait_s`` for a send
         (or for a lease to run out) and take what it brings."""
         key = bell(tenant_id, name)
@@ -207,34 +188,32 @@ class ChannelManager:
 
     def _claim(
         self, tenant_id: str, name: str, max_messages: int, lease_s: float, dead_letters: bool
-    ) -> tuple[list[Delivery], float | None]:
+    ) -> tuple[list[Claimed], float | None]:
         """The messages leased now, and else the seconds until a lease ends (None: no lease)."""
         with self.store.transaction() as session:
-            channel = self._find(session, tenant_id, name)
+            channel = queue.find(session, tenant_id, name)
             if channel is None:
                 return [], None
             now = utcnow()
             claimed = queue.claim(session, channel.id, channel.max_deliveries, now, max_messages, lease_s, dead_letters)
             if claimed:
-                return [delivered(message) for message in claimed], None
+                return claimed, None
             ends = queue.next_visible(session, channel.id, now, dead_letters)
             return [], None if ends is None else max((ends - now).total_seconds(), 0.0)
 
     def ack(self, tenant_id: str, name: str, receipts: list[str]) -> tuple[int, list[str]]:
         """Delete the messages of these receipts; the count deleted and the receipts that
-        matched none (acked already, or delivered again since: their lease ran out)."""
+        matched none (acked already, or delivered again since: their lease ran out).
+        What they stored is billed until the reaper's next pass (see storage_lease)."""
         with self.store.transaction() as session:
-            channel = self._get(session, tenant_id, name, lock=True)
-            rows = session.execute(
-                select(ChannelMessage.seq, ChannelMessage.receipt, ChannelMessage.size_bytes).where(
-                    ChannelMessage.channel_id == channel.id, ChannelMessage.receipt.in_(receipts)
-                )
-            ).all()
+            channel = queue.find(session, tenant_id, name, lock=True)
+            if channel is None:
+                raise NotFound(f"no channel {name!r}: channel_list shows yours; channel_send makes one.")
+            rows = session.connection().execute(queue.RECEIPTED, {"channel_id": channel.id, "receipts": receipts}).all()
             if rows:
-                session.execute(queue.remove([row.seq for row in rows]))
-                channel.stored_count -= len(rows)
-                channel.stored_bytes -= sum(row.size_bytes for row in rows)
-                self.storage.bill(session, channel, may_refuse=False)
+                session.connection().execute(queue.REMOVE, {"seqs": [row.seq for row in rows]})
+                freed = {"channel_id": channel.id, "count": -len(rows), "bytes": -sum(row.size_bytes for row in rows)}
+                session.connection().execute(queue.STORED, freed)
         matched = {row.receipt for row in rows}
         return len(rows), [receipt for receipt in receipts if receipt not in matched]
 
@@ -243,7 +222,7 @@ class ChannelManager:
             rows = list(
                 session.scalars(
                     select(Channel)
-                    .where(Channel.tenant_id == tenant_id, Channel.state.in_(LIVE_STATES))
+                    .where(Channel.tenant_id == tenant_id, queue.LIVE)
                     .order_by(Channel.created_at, Channel.name)
                 )
             )
@@ -267,20 +246,17 @@ class ChannelManager:
             self.storage.stop(session, channel, "deleted")
             channel.state, channel.deleted_at = "deleted", utcnow()
             channel.stored_count = channel.stored_bytes = 0
-        self.bells.ring(bell(tenant_id, name))
         return True
 
     # -- rows and money ------------------------------------------------------
 
     def _find(self, session: Session, tenant_id: str, name: str, lock: bool = False) -> Channel | None:
-        query = select(Channel).where(
-            Channel.tenant_id == tenant_id, Channel.name == name, Channel.state.in_(LIVE_STATES)
-        )
+        query = select(Channel).where(Channel.tenant_id == tenant_id, Channel.name == name, queue.LIVE)
         return session.scalar(query.with_for_update() if lock else query)
 
-    def _get(self, session: Session, tenant_id: str, name: str, lock: bool = False) -> Channel:
+    def _get(self, session: Session, tenant_id: str, name: str) -> Channel:
         """This tenant's channel; another tenant's looks exactly like a missing one."""
-        row = self._find(session, tenant_id, name, lock)
+        row = self._find(session, tenant_id, name)
         if row is None:
             raise NotFound(f"no channel {name!r}: channel_list shows yours; channel_send makes one.")
         return row
@@ -318,22 +294,18 @@ class ChannelManager:
 
     async def reap(self) -> list[str]:
         """Remove messages past their channel's retention and dedupe keys past their window;
-        move to the dead letters the messages whose last allowed lease ran out. The ids of
-        the channels whose storage changed."""
+        move to the dead letters the messages whose last allowed lease ran out; bill the
+        storage acks and expiries freed. The ids of the channels whose storage changed."""
         now = utcnow()
         with self.store.transaction() as session:
-            expired = list(session.scalars(select(ChannelMessage.channel_id).where(ChannelMessage.expires_at <= now)))
-        touched = sorted(set(expired))
-        for channel_id in touched:
+            expired = set(session.scalars(select(ChannelMessage.channel_id).where(ChannelMessage.expires_at <= now)))
+        for channel_id in sorted(expired):
             with self.store.transaction() as session:
-                channel = session.get(Channel, channel_id, with_for_update=True)
-                if channel is None:
-                    continue
-                seqs, size = queue.held(session, channel_id, ChannelMessage.expires_at <= now)
-                session.execute(queue.remove(seqs))
-                channel.stored_count -= len(seqs)
-                channel.stored_bytes -= size
-                self.storage.bill(session, channel, may_refuse=False)
+                session.get(Channel, channel_id, with_for_update=True)  # counters move under the channel's lock
+                rows = session.connection().execute(queue.EXPIRED, {"channel_id": channel_id, "now": now}).all()
+                session.connection().execute(queue.REMOVE, {"seqs": [row.seq for row in rows]})
+                freed = {"channel_id": channel_id, "count": -len(rows), "bytes": -sum(row.size_bytes for row in rows)}
+                session.connection().execute(queue.STORED, freed)
         most = select(Channel.max_deliveries).where(Channel.id == ChannelMessage.channel_id).scalar_subquery()
         with self.store.transaction() as session:
             session.execute(
@@ -343,7 +315,13 @@ class ChannelManager:
                 .values(state=DEAD, dead_at=now)
             )
             session.execute(delete(ChannelDedupe).where(ChannelDedupe.expires_at <= now))
-        return touched
+            smaller = list(session.scalars(select(Channel.id).where(overbilled())))
+        for channel_id in smaller:
+            with self.store.transaction() as session:
+                channel = session.get(Channel, channel_id, with_for_update=True)
+                if channel is not None:
+                    self.storage.settle(session, channel)
+        return sorted(expired | set(smaller))
 
     async def stop_for_budget(self, resource_id: str) -> None:
         """The budget could not renew the channel's lease (its billing has ended): refuse

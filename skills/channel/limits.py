@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from scheduler.models import Tenant
 from scheduler.resources import LiveQuota
 from skills.channel.rows import Channel
 
-LIVE_STATES = ("live", "stopped")
+QUOTAS = select(Tenant.quotas).where(Tenant.id == bindparam("tenant_id"))
 # What one message may carry, whatever a tenant's quota says.
 MAX_BODY_BYTES = 256 * 1024
 
@@ -38,11 +38,11 @@ class Limits:
 
 
 def limits_of(session: Session, tenant_id: str) -> Limits:
-    return Limits.of(session.scalar(select(Tenant.quotas).where(Tenant.id == tenant_id)))
+    return Limits.of(session.connection().execute(QUOTAS, {"tenant_id": tenant_id}).scalar())
 
 
 def count_live(session: Session, tenant_id: str) -> int:
-    query = select(func.count()).where(Channel.tenant_id == tenant_id, Channel.state.in_(LIVE_STATES))
+    query = select(func.count()).where(Channel.tenant_id == tenant_id, Channel.state != "deleted")
     return int(session.scalar(query) or 0)
 
 

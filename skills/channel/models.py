@@ -97,7 +97,9 @@ class MessageOut(BaseModel):
     body: JsonValue
     receipt: str = Field(description="Pass it to channel_ack once the message is handled.")
     deliveries: int = Field(description="1 the first time; more when an earlier lease ran out without an ack.")
-    sender_agent: str | None = Field(description="The agent that sent it, when its caller named one.")
+    sender_agent: str | None = Field(
+        description="The agent that sent it (its key's or stdio server's); null if unnamed."
+    )
     sent_at: str
     lease_until: str = Field(description="Ack before this, or the message is delivered again.")
 

@@ -8,7 +8,8 @@ from datetime import datetime
 from scheduler.models import utcnow
 from scheduler.tasks import TaskContext
 from skills.channel import models as m
-from skills.channel.channels import ChannelManager, ChannelView, Delivery
+from skills.channel.channels import ChannelManager, ChannelView
+from skills.channel.queue import Claimed
 
 # Time a receive's task gets beyond its wait: the claim and the answer.
 RECEIVE_OVERHEAD_S = 30.0
@@ -16,13 +17,6 @@ RECEIVE_OVERHEAD_S = 30.0
 
 def manager(ctx: TaskContext) -> ChannelManager:
     return ctx.service(ChannelManager)
-
-
-def sender(ctx: TaskContext) -> str | None:
-    """The agent the call came from, once the task's context carries one (agent names
-    are being added to the core); None until then."""
-    agent = getattr(ctx, "agent", None)
-    return agent if isinstance(agent, str) else None
 
 
 def age_s(since: datetime | None) -> float | None:
@@ -46,7 +40,7 @@ def info(view: ChannelView) -> m.ChannelInfo:
     )
 
 
-def message_out(delivery: Delivery) -> m.MessageOut:
+def message_out(delivery: Claimed) -> m.MessageOut:
     return m.MessageOut(
         message_id=delivery.message_id,
         body=json.loads(delivery.body),
@@ -66,7 +60,7 @@ async def create(ctx: TaskContext, args: m.CreateInput) -> m.CreateOutput:
 async def send(ctx: TaskContext, args: m.SendInput) -> m.SendOutput:
     """Store one message; the channel is made with default settings on its first send."""
     body = json.dumps(args.body, separators=(",", ":"), ensure_ascii=False)
-    sent = manager(ctx).send(ctx.tenant_id, args.channel, body, sender(ctx), args.dedupe_key)
+    sent = manager(ctx).send(ctx.tenant_id, args.channel, body, ctx.agent, args.dedupe_key)
     return m.SendOutput(message_id=sent.message_id, channel=args.channel, duplicate=sent.duplicate)
 
 

@@ -1,8 +1,11 @@
-"""The queries of a channel's messages, in one place: claim, lease, count and remove.
+"""The queries of channels and their messages, in one place: find, store, claim, lease,
+ack, count and remove.
 
-Each runs inside its caller's transaction. Claiming takes the oldest visible
-messages in send order; on PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so
-receivers on several replicas never claim the same message, and never wait on
+Sends, receives and acks run these on every call, so they are plain SQL built once
+(as the scheduler's task rows and ledger are): the ORM's per-call statement building
+was most of a send's time. Each runs inside its caller's transaction. Claiming takes
+the oldest visible messages in send order; on PostgreSQL with ``FOR UPDATE SKIP
+LOCKED``, so receivers on several replicas never claim the same message nor wait on
 one another (SQLite's ``BEGIN IMMEDIATE`` already runs one writer at a time).
 """
 
@@ -12,13 +15,86 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Delete, and_, case, delete, func, select, type_coerce
+from sqlalchemy import Row, and_, bindparam, case, delete, func, insert, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from scheduler.models import UTCDateTime
-from skills.channel.rows import ChannelMessage
+from skills.channel.rows import Channel, ChannelDedupe, ChannelMessage
 
 READY, DEAD = "ready", "dead"
+# A live channel is any not deleted (the partial unique index's own predicate, so it is used).
+LIVE = Channel.state != "deleted"
+
+FIND = select(
+    Channel.id,
+    Channel.name,
+    Channel.state,
+    Channel.max_deliveries,
+    Channel.retention_s,
+    Channel.stored_count,
+    Channel.stored_bytes,
+    Channel.billed_mib,
+).where(Channel.tenant_id == bindparam("tenant_id"), Channel.name == bindparam("name"), LIVE)
+FIND_LOCKED = FIND.with_for_update()
+INSERT_MESSAGE = insert(ChannelMessage)
+STORED = (
+    update(Channel)
+    .where(Channel.id == bindparam("channel_id"))
+    .values(
+        stored_count=Channel.stored_count + bindparam("count"),
+        stored_bytes=Channel.stored_bytes + bindparam("bytes"),
+    )
+)
+SEEN = (
+    select(ChannelDedupe.message_id, ChannelDedupe.expires_at)
+    .where(ChannelDedupe.channel_id == bindparam("channel_id"), ChannelDedupe.dedupe_key == bindparam("key"))
+    .with_for_update()
+)
+FORGET = delete(ChannelDedupe).where(
+    ChannelDedupe.channel_id == bindparam("channel_id"), ChannelDedupe.dedupe_key == bindparam("key")
+)
+REMEMBER = insert(ChannelDedupe)
+VISIBLE = (
+    select(
+        ChannelMessage.seq,
+        ChannelMessage.id,
+        ChannelMessage.body,
+        ChannelMessage.deliveries,
+        ChannelMessage.sender_agent,
+        ChannelMessage.sent_at,
+    )
+    .where(
+        ChannelMessage.channel_id == bindparam("channel_id"),
+        ChannelMessage.state == bindparam("state"),
+        ChannelMessage.visible_at <= bindparam("now"),
+    )
+    .order_by(ChannelMessage.seq)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+LEASE = (
+    update(ChannelMessage)
+    .where(ChannelMessage.seq == bindparam("b_seq"))
+    .values(deliveries=bindparam("b_deliveries"), receipt=bindparam("b_receipt"), visible_at=bindparam("b_until"))
+)
+BURY = (
+    update(ChannelMessage)
+    .where(ChannelMessage.seq.in_(bindparam("seqs", expanding=True)))
+    .values(state=DEAD, dead_at=bindparam("now"))
+)
+NEXT_VISIBLE = select(type_coerce(func.min(ChannelMessage.visible_at), UTCDateTime())).where(
+    ChannelMessage.channel_id == bindparam("channel_id"),
+    ChannelMessage.state == bindparam("state"),
+    ChannelMessage.visible_at > bindparam("now"),
+)
+RECEIPTED = select(ChannelMessage.seq, ChannelMessage.receipt, ChannelMessage.size_bytes).where(
+    ChannelMessage.channel_id == bindparam("channel_id"),
+    ChannelMessage.receipt.in_(bindparam("receipts", expanding=True)),
+)
+EXPIRED = select(ChannelMessage.seq, ChannelMessage.size_bytes).where(
+    ChannelMessage.channel_id == bindparam("channel_id"), ChannelMessage.expires_at <= bindparam("now")
+)
+REMOVE = delete(ChannelMessage).where(ChannelMessage.seq.in_(bindparam("seqs", expanding=True)))
 
 
 @dataclass(frozen=True)
@@ -34,8 +110,25 @@ class Stats:
 EMPTY = Stats(0, 0, 0, None)
 
 
-def new_receipt() -> str:
-    return f"rc_{secrets.token_hex(16)}"
+@dataclass(frozen=True)
+class Claimed:
+    """A message just leased, as its receiver gets it."""
+
+    message_id: str
+    body: str  # JSON
+    receipt: str
+    deliveries: int
+    sender_agent: str | None
+    sent_at: datetime
+    lease_until: datetime
+
+
+def find(
+    session: Session, tenant_id: str, name: str, lock: bool = False
+) -> Row[str, str, str, int, int, int, int, int] | None:
+    """The tenant's live channel of that name (locked for the transaction with ``lock``)."""
+    params = {"tenant_id": tenant_id, "name": name}
+    return session.connection().execute(FIND_LOCKED if lock else FIND, params).one_or_none()
 
 
 def claim(
@@ -46,48 +139,40 @@ def claim(
     max_messages: int,
     lease_s: float,
     dead_letters: bool = False,
-) -> list[ChannelMessage]:
+) -> list[Claimed]:
     """Lease up to ``max_messages`` visible messages, oldest first. A message already
     delivered ``max_deliveries`` times moves to the dead letters instead; from the
     dead letters (``dead_letters``) every message is delivered, however often."""
-    state = DEAD if dead_letters else READY
     until = now + timedelta(seconds=lease_s)
-    claimed: list[ChannelMessage] = []
+    claimed: list[Claimed] = []
     while len(claimed) < max_messages:
         want = max_messages - len(claimed)
-        batch = list(
-            session.scalars(
-                select(ChannelMessage)
-                .where(ChannelMessage.channel_id == channel_id, ChannelMessage.state == state)
-                .where(ChannelMessage.visible_at <= now)
-                .order_by(ChannelMessage.seq)
-                .limit(want)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        for message in batch:
-            if not dead_letters and message.deliveries >= max_deliveries:
-                message.state, message.dead_at = DEAD, now
+        params = {"channel_id": channel_id, "state": DEAD if dead_letters else READY, "now": now, "limit": want}
+        rows = session.connection().execute(VISIBLE, params).all()
+        buried = [row.seq for row in rows if not dead_letters and row.deliveries >= max_deliveries]
+        leases = []
+        for row in rows:
+            if row.seq in buried:
                 continue
-            message.deliveries += 1
-            message.receipt = new_receipt()
-            message.visible_at = until
-            claimed.append(message)
-        if len(batch) < want:
+            receipt = f"rc_{secrets.token_hex(16)}"
+            leases.append(
+                {"b_seq": row.seq, "b_deliveries": row.deliveries + 1, "b_receipt": receipt, "b_until": until}
+            )
+            claimed.append(Claimed(row.id, row.body, receipt, row.deliveries + 1, row.sender_agent, row.sent_at, until))
+        if buried:
+            session.connection().execute(BURY, {"seqs": buried, "now": now})
+        if leases:
+            session.connection().execute(LEASE, leases)
+        if len(rows) < want:
             break
-    session.flush()
     return claimed
 
 
 def next_visible(session: Session, channel_id: str, now: datetime, dead_letters: bool = False) -> datetime | None:
     """When the first lease of the channel ends (a message then becomes visible again)."""
-    return session.scalar(
-        select(type_coerce(func.min(ChannelMessage.visible_at), UTCDateTime())).where(
-            ChannelMessage.channel_id == channel_id,
-            ChannelMessage.state == (DEAD if dead_letters else READY),
-            ChannelMessage.visible_at > now,
-        )
-    )
+    params = {"channel_id": channel_id, "state": DEAD if dead_letters else READY, "now": now}
+    found: datetime | None = session.connection().execute(NEXT_VISIBLE, params).scalar()
+    return found
 
 
 def stats(session: Session, channel_ids: list[str], now: datetime) -> dict[str, Stats]:
@@ -108,14 +193,3 @@ def stats(session: Session, channel_ids: list[str], now: datetime) -> dict[str, 
         .group_by(ChannelMessage.channel_id)
     )
     return {row[0]: Stats(int(row[1]), int(row[2]), int(row[3]), row[4]) for row in rows}
-
-
-def held(session: Session, channel_id: str, *where: ColumnElement[bool]) -> tuple[list[int], int]:
-    """The seqs of a channel's messages that match, and their bytes."""
-    query = select(ChannelMessage.seq, ChannelMessage.size_bytes).where(ChannelMessage.channel_id == channel_id)
-    rows = session.execute(query.where(*where)).all()
-    return [row[0] for row in rows], sum(row[1] for row in rows)
-
-
-def remove(seqs: list[int]) -> Delete:
-    return delete(ChannelMessage).where(ChannelMessage.seq.in_(seqs))

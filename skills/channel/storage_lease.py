@@ -1,15 +1,19 @@
 """A channel's storage on a lease (``scheduler.leases``): the MiB it stores, every MiB
-begun counted whole, billed from its first byte to its last.
+begun counted whole.
 
-The lease's rate changes with what the channel stores, in the transaction that
-changes it. A send is refused when the budget cannot cover the lease it needs; an
-ack, an expiry or a delete never is: when even the smaller lease cannot be held,
+A send that needs more MiB than the lease bills raises its rate at once, in the
+send's transaction, and is refused when the budget cannot cover that lease. What
+acks and expiries free is given back by the reaper's next pass (``settle``), so a
+channel that empties and fills between passes (a waiting worker acking each job)
+does not reopen its lease on every message: it pays for the most it stored since
+the last pass. Settling never refuses: when even the smaller lease cannot be held,
 the channel is stopped (billing ends, its messages are kept), as the renewal loop
 stops it when a lease cannot be renewed.
 """
 
 from __future__ import annotations
 
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from common.errors import BudgetExceeded
@@ -25,17 +29,22 @@ def stored_mib(channel: Channel) -> int:
     return -(-channel.stored_bytes // MIB)
 
 
+def overbilled() -> ColumnElement[bool]:
+    """Live channels whose lease bills a MiB or more that they no longer store."""
+    return (Channel.state == "live") & (Channel.billed_mib * MIB - Channel.stored_bytes >= MIB)
+
+
 class StorageLease:
     def __init__(self, leases: Leases, kind: str) -> None:
         self.leases = leases
         self.kind = kind
 
-    def bill(self, session: Session, channel: Channel, may_refuse: bool) -> None:
-        """Bill what ``channel`` stores now (after a change in this transaction)."""
+    def grow(self, session: Session, channel: Channel) -> None:
+        """After a send: bill what the channel now stores, if more than its lease bills;
+        a stopped channel starts billing again. Raises ``BudgetExceeded`` (the send's
+        transaction then rolls back) when the budget cannot cover the lease."""
         mib = stored_mib(channel)
         if channel.state == "stopped":
-            if not may_refuse:
-                return  # billing ended; the next send the budget covers starts it again
             try:
                 self._set_rate(session, channel, mib)
             except BudgetExceeded as exc:
@@ -44,11 +53,13 @@ class StorageLease:
                     f"{exc.message[0].lower()}{exc.message[1:]}"
                 ) from exc
             channel.state = "live"
-            return
-        if mib == channel.billed_mib:
-            return
-        if may_refuse:
+        elif mib > channel.billed_mib:
             self._set_rate(session, channel, mib)
+
+    def settle(self, session: Session, channel: Channel) -> None:
+        """Bill what the channel stores now, less than before; never refused."""
+        mib = stored_mib(channel)
+        if channel.state != "live" or mib == channel.billed_mib:
             return
         try:
             with session.begin_nested():

@@ -13,6 +13,7 @@ store is SQLite (one process serves it), ``PostgresNotifier`` on PostgreSQL.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
@@ -26,47 +27,54 @@ log = logging.getLogger("cloudskills.channels")
 
 # The one PostgreSQL notification channel every replica listens on; the payload is the bell's key.
 PG_CHANNEL = "cloudskills_channels"
+NOTIFY = text("SELECT pg_notify(:channel, :key)")
 # Seconds between attempts to listen again after the connection was lost.
 RELISTEN_S = 1.0
 
 
 class Bells:
-    """One event per key (a tenant's channel) while someone waits on it."""
+    """The receives waiting on each key (a tenant's channel), oldest first.
+
+    A ring wakes one of them: a send brings one message, and waking every waiter
+    for it would have all but one look for it in vain. A waiter woken but stopped
+    before it could look (its call cancelled) passes its ring on to the next."""
 
     def __init__(self) -> None:
-        self._events: dict[str, anyio.Event] = {}
-        self._waiters: dict[str, int] = {}
+        self._waiters: dict[str, deque[anyio.Event]] = {}
 
     @contextmanager
     def listening(self, key: str) -> Iterator[anyio.Event]:
-        """The key's current bell: set by the next ``ring`` of the key."""
-        event = self._events.get(key)
-        if event is None:
-            event = self._events[key] = anyio.Event()
-        self._waiters[key] = self._waiters.get(key, 0) + 1
+        """This waiter's bell for ``key``: set by a ``ring`` of the key."""
+        event = anyio.Event()
+        self._waiters.setdefault(key, deque()).append(event)
+        looked = False
         try:
             yield event
+            looked = True
         finally:
-            left = self._waiters[key] - 1
-            if left:
-                self._waiters[key] = left
-            else:
+            waiting = self._waiters[key]
+            waiting.remove(event)
+            if not waiting:
                 del self._waiters[key]
-                if self._events.get(key) is event:
-                    del self._events[key]
+            if event.is_set() and not looked:
+                self.ring(key)
 
     def waiting(self, key: str) -> int:
-        """How many wait on ``key`` now."""
-        return self._waiters.get(key, 0)
+        """How many wait on ``key`` and were not woken yet."""
+        return sum(not event.is_set() for event in self._waiters.get(key, ()))
 
     def ring(self, key: str) -> None:
-        event = self._events.pop(key, None)
-        if event is not None:
-            event.set()
+        """Wake the longest waiting on ``key`` not woken yet, if any."""
+        for event in self._waiters.get(key, ()):
+            if not event.is_set():
+                event.set()
+                return
 
-    def ring_all(self) -> None:
-        for key in list(self._events):
-            self.ring(key)
+    def ring_all(self, key: str | None = None) -> None:
+        """Wake every waiter of ``key`` (of every key by default): they all look again."""
+        for found in [key] if key is not None else list(self._waiters):
+            for event in self._waiters.get(found, ()):
+                event.set()
 
 
 class Notifier(Protocol):
@@ -102,7 +110,7 @@ class PostgresNotifier:
         self.listening = anyio.Event()
 
     def announce(self, session: Session, key: str) -> None:
-        session.execute(text("SELECT pg_notify(:channel, :key)"), {"channel": PG_CHANNEL, "key": key})
+        session.connection().execute(NOTIFY, {"channel": PG_CHANNEL, "key": key})
 
     async def listen(self, bells: Bells) -> None:
         while True:

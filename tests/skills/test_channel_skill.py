@@ -58,7 +58,7 @@ async def test_a_planner_and_two_workers_do_every_job_exactly_once_even_when_one
     killed: list[dict[str, Any]] = []
 
     async def worker(name: str, die_at: int | None = None) -> None:
-        async with mcp_client(app) as client:
+        async with mcp_client(app, agent=f"worker-{name}") as client:
             done = 0
             while True:
                 got = await call(client, "channel_receive", channel="jobs", wait_s=10, lease_s=LEASE_S)
@@ -68,13 +68,14 @@ async def test_a_planner_and_two_workers_do_every_job_exactly_once_even_when_one
                 if done == die_at:
                     killed.append(job)
                     return  # the session closes here, the job unacked
+                assert job["sender_agent"] == "planner"
                 report = {"job": job["body"]["job"], "worker": name, "deliveries": job["deliveries"]}
                 await call(client, "channel_send", channel="results", body=report)
                 await call(client, "channel_ack", channel="jobs", receipts=[job["receipt"]])
                 done += 1
 
     with anyio.fail_after(90):
-        async with mcp_client(app) as planner, anyio.create_task_group() as workers:
+        async with mcp_client(app, agent="planner") as planner, anyio.create_task_group() as workers:
             workers.start_soon(worker, "a", 5)
             workers.start_soon(worker, "b")
             for n in range(JOBS):
@@ -82,7 +83,7 @@ async def test_a_planner_and_two_workers_do_every_job_exactly_once_even_when_one
             results: list[dict[str, Any]] = []
             while len(results) < JOBS:
                 got = await call(planner, "channel_receive", channel="results", max_messages=10, wait_s=10)
-                results += [message["body"] for message in got["messages"]]
+                results += [message["body"] | {"from": message["sender_agent"]} for message in got["messages"]]
                 receipts = [message["receipt"] for message in got["messages"]]
                 if receipts:
                     await call(planner, "channel_ack", channel="results", receipts=receipts)
@@ -95,8 +96,9 @@ async def test_a_planner_and_two_workers_do_every_job_exactly_once_even_when_one
     assert not left["messages"] and (jobs["depth"], jobs["in_flight"], jobs["dead_letters"]) == (0, 0, 0)
     (lost,) = killed
     redone = next(r for r in results if r["job"] == lost["body"]["job"])
-    assert lost["deliveries"] == 1 and redone == {"job": lost["body"]["job"], "worker": "b", "deliveries": 2}
-    assert {r["worker"] for r in results if r["job"] != lost["body"]["job"]} <= {"a", "b"}
+    assert lost["deliveries"] == 1
+    assert redone == {"job": lost["body"]["job"], "worker": "b", "deliveries": 2, "from": "worker-b"}
+    assert all(r["from"] == f"worker-{r['worker']}" for r in results)
 
 
 async def test_a_waiting_receive_wakes_on_a_send_from_another_session(app: App) -> None:
@@ -107,14 +109,18 @@ async def test_a_waiting_receive_wakes_on_a_send_from_another_session(app: App) 
         answered["at"] = time.perf_counter()
 
     with anyio.fail_after(10):
-        async with mcp_client(app) as waiting, mcp_client(app) as sending, anyio.create_task_group() as group:
+        async with (
+            mcp_client(app, agent="reader") as waiting,
+            mcp_client(app, agent="writer") as sending,
+            anyio.create_task_group() as group,
+        ):
             group.start_soon(receiver, waiting)
             await until(lambda: channels(app).bells.waiting(bell("local", "inbox")) == 1, "the receive to wait")
             sent_at = time.perf_counter()
             sent = await call(sending, "channel_send", channel="inbox", body={"hello": "world"})
     (message,) = answered["messages"]
     assert message["message_id"] == sent["message_id"] and message["body"] == {"hello": "world"}
-    assert message["deliveries"] == 1 and message["sender_agent"] is None
+    assert message["deliveries"] == 1 and message["sender_agent"] == "writer"
     # Woken by the send, not by the end of its 20 s wait.
     assert answered["at"] - sent_at < 2.0
 
