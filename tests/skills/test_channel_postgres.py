@@ -2,57 +2,32 @@
 by a send through the other (LISTEN/NOTIFY), and concurrent claims never take the same
 message (FOR UPDATE SKIP LOCKED).
 
-The PostgreSQL server is a real one: the project's own image, started as a database
-instance by the db skill's engine.
+The PostgreSQL server is a real one, with pgvector since the store's every skill
+migrates on it: ``postgres_url`` (tests/skills/conftest.py) runs the `pgserver`
+package's as a local process, a database per test.
 """
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import anyio
 import pytest
 
 from runtime.storage import open_store
 from runtime.tenants import ensure_tenant
-from sandbox.docker import DockerDriver
 from scheduler.leases import Leases
 from scheduler.models import Lease, utcnow
 from scheduler.pricing import PriceCatalog
 from scheduler.store import Store
-from scheduler.tasks import new_id
 from skills.channel import queue
 from skills.channel.channels import ChannelManager, bell
 from skills.channel.wakeups import PostgresNotifier
-from skills.db.engines.base import SIZES, Instance
-from skills.db.engines.postgres import PostgresEngine
 from tests.polling import until
 
-pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-
-
-@pytest.fixture
-def pg_url(docker_driver: DockerDriver) -> Iterator[str]:
-    """A throwaway PostgreSQL server for the store, removed afterwards."""
-    engine = PostgresEngine(docker_driver, f"chantest{secrets.token_hex(4)}")
-    instance = Instance(
-        id=new_id("db"),
-        tenant_id="test",
-        name="cloudskills",
-        engine="postgres",
-        size="small",
-        user="app",
-        password=secrets.token_hex(16),
-    )
-    placement = engine.provision(instance, SIZES["small"])
-    placed = replace(instance, container_id=placement.container_id, volume=placement.volume, port=placement.port)
-    try:
-        yield engine.connection_string(placed).replace("postgresql://", "postgresql+psycopg://", 1)
-    finally:
-        engine.remove(placed)
+pytestmark = pytest.mark.anyio
 
 
 @dataclass
@@ -63,12 +38,12 @@ class Replica:
 
 
 @pytest.fixture
-async def replicas(pg_url: str) -> AsyncIterator[tuple[Replica, Replica]]:
+async def replicas(postgres_url: str) -> AsyncIterator[tuple[Replica, Replica]]:
     """Two processes' worth of store, notifier and manager on one PostgreSQL, each listening."""
     built = []
     for n in range(2):
-        store = open_store(pg_url) if n == 0 else Store(pg_url)
-        notifier = PostgresNotifier(pg_url)
+        store = open_store(postgres_url) if n == 0 else Store(postgres_url)
+        notifier = PostgresNotifier(postgres_url)
         built.append(Replica(store, notifier, ChannelManager(store, Leases(store, PriceCatalog.load()), notifier)))
     ensure_tenant(built[0].store, "acme")
     async with anyio.create_task_group() as group:
