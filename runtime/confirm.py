@@ -28,7 +28,7 @@ class Confirmation(BaseModel):
 
 
 def question(tool: str, arguments: dict[str, Any]) -> str:
-    target = ", ".join(f"{k}={v}" for k, v in arguments.items() if k.endswith("_id") or k == "namespace")
+    target = ", ".join(f"{k}={v}" for k, v in arguments.items() if k.endswith("_id") or k in ("namespace", "channel"))
     return f"{tool} ({target}) destroys data for good. Go ahead?"
 
 

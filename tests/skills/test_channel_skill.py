@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
+from mcp_types import ElicitResult
 from sqlalchemy import select, update
 
 from runtime.app import App
@@ -240,6 +241,23 @@ async def test_storage_is_billed_on_a_lease_and_old_messages_expire(app: App) ->
         assert ended.ended_at is not None and ended.end_reason == "deleted"
         assert (await call(client, "channel_list"))["channels"] == []
         assert (await call(client, "channel_delete", channel="big"))["deleted"] is False
+
+
+async def test_a_delete_asks_to_confirm_naming_the_channel(settings: Settings) -> None:
+    asking = App(load_settings(auto_confirm=False), DockerDriver("unix:///nonexistent/docker.sock"))
+    questions: list[str] = []
+
+    async def decline(context: Any, params: Any) -> ElicitResult:
+        questions.append(params.message)
+        return ElicitResult(action="decline")
+
+    async with asking.running(serving=False), mcp_client(asking, elicitation_callback=decline) as client:
+        await call(client, "channel_send", channel="keep", body="precious")
+        refused = await call_error(client, "channel_delete", channel="keep")
+        assert "was not confirmed, so nothing was changed" in refused
+        assert questions == ["channel_delete (channel=keep) destroys data for good. Go ahead?"]
+        assert (await call(client, "channel_describe", channel="keep"))["depth"] == 1
+    asking.close()
 
 
 def lease_of(app: App, resource_id: str) -> Lease:
