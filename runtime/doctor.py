@@ -69,8 +69,20 @@ def doctor_checks(settings: Settings) -> list[Check]:
         checks.append(
             Check("sandbox image", built, tag if built else f"{tag} is not built", "cloudskills images build")
         )
+        dev = sandbox_image("dev")
+        dev_built = image_exists(driver, dev)
+        detail = dev if dev_built else f"{dev} is not built (the dev template, sandbox_create's default, fails)"
+        checks.append(Check("dev image", dev_built, detail, "cloudskills images build"))
         if built:
             checks.extend(runtime_checks(driver, tag))
+        disks = driver.disks is not None
+        fix = "run the server as root on the engine's machine"
+        checks.append(Check("sandbox disks", disks, driver.disk_backing(), fix, required=False))
+        lxcfs = os.path.ismount("/var/lib/lxcfs")
+        shown = (
+            "serves sandboxes their own /proc/meminfo" if lxcfs else "not running: runc sandboxes see the host's memory"
+        )
+        checks.append(Check("lxcfs", lxcfs, shown, "sudo scripts/ensure-docker", required=False))
         pg_tag = postgres_image.image_tag()
         pg_built = image_exists(driver, pg_tag)
         checks.append(

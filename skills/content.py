@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from typing import Literal
 
 from common.errors import InvalidInput
@@ -23,16 +22,19 @@ def decode(content: str, encoding: Encoding, path: str) -> bytes:
 
 # JSON spells each of these control characters as six bytes ("\u0000"): as text,
 # a file of them would cost six times its size on the way out, as base64 4/3.
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+CONTROL = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)])
 
 
 def clean_text(data: bytes) -> str | None:
     """The data as text when it is UTF-8 with no control characters but tab and line ends, else None."""
+    # No control byte (one C pass over the bytes, ten times a regex's speed); in UTF-8
+    # these bytes never occur inside another character.
+    if len(data.translate(None, CONTROL)) != len(data):
+        return None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    return None if CONTROL.search(text) else text
 
 
 def encode(data: bytes, wanted: Encoding | None) -> tuple[str, Encoding]:

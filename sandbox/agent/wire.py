@@ -74,7 +74,12 @@ class Reader:
             if not self.buffer and not self.fill():
                 raise Closed("the request ended before its last blob")
             take = min(size, len(self.buffer), CHUNK)
-            sink(memoryview(self.buffer)[:take])
+            chunk = memoryview(self.buffer)[:take]
+            try:
+                sink(chunk)
+            finally:
+                # Released even if the sink kept it (in a traceback): the buffer must stay resizable.
+                chunk.release()
             del self.buffer[:take]
             size -= take
 
