@@ -199,21 +199,23 @@ class MemoryManager:
         by_words = self.index.matching(session, namespace.id, query_words(query), n, where)
         similarity = dict(by_meaning)
         ranked = fuse([seq for seq, _ in by_meaning], by_words)
-        missing = [r.seq for r in ranked if r.seq not in similarity]
-        similarity |= self.index.similarity(session, missing, vector)
+        hits: list[Found] = []
         now = utcnow()
-        rows = {
-            row.seq: row
-            for row in session.scalars(select(Memory).where(Memory.seq.in_([r.seq for r in ranked]), alive(now)))
-        }
-        hits = []
-        for r in ranked:
-            row, score = rows.get(r.seq), similarity.get(r.seq, -1.0)
-            if row is not None and score >= min_score:
-                hits.append(Found(row, namespace.name, round(float(np.clip(score, -1, 1)), 6), r))
-            if len(hits) == top_k:
+        # The best first, a window at a time: most searches read only top_k rows.
+        for start in range(0, len(ranked), top_k):
+            window = ranked[start : start + top_k]
+            fetch = select(Memory).where(Memory.seq.in_([r.seq for r in window]), alive(now))
+            rows = {row.seq: row for row in session.scalars(fetch)}
+            # What only the words found: its similarity of meaning, for its score.
+            unscored = [r.seq for r in window if r.seq in rows and r.seq not in similarity]
+            similarity |= self.index.similarity(session, unscored, vector)
+            for r in window:
+                score = similarity.get(r.seq, -1.0)
+                if r.seq in rows and score >= min_score:
+                    hits.append(Found(rows[r.seq], namespace.name, round(float(np.clip(score, -1, 1)), 6), r))
+            if len(hits) >= top_k:
                 break
-        return hits
+        return hits[:top_k]
 
     def get(self, tenant_id: str, memory_id: str) -> tuple[Memory, str]:
         with self.store.transaction() as session:

@@ -25,6 +25,7 @@ ADD_WORDS = text("INSERT INTO memory_words(rowid, text) VALUES (:seq, :text)")
 DROP_VECTOR = text("DELETE FROM memory_vectors WHERE rowid = :seq")
 # An external-content FTS5 table forgets a row given the text it indexed.
 DROP_WORDS = text("INSERT INTO memory_words(memory_words, rowid, text) VALUES ('delete', :seq, :text)")
+DISTANCE = text("SELECT vec_distance_cosine(embedding, :vector) FROM memory_vectors WHERE rowid = :seq")
 KNN = text(
     "SELECT rowid, distance FROM memory_vectors "
     "WHERE embedding MATCH :vector AND k = :k AND namespace_id = :namespace_id ORDER BY distance"
@@ -87,8 +88,11 @@ class SqliteIndex:
         return [int(seq) for seq in session.scalars(query, {"match": match})]
 
     def similarity(self, session: Session, seqs: Sequence[int], vector: Vector) -> dict[int, float]:
-        if not seqs:
-            return {}
-        distance = func.vec_distance_cosine(VECTORS.c.embedding, blob(vector))
-        query = select(VECTORS.c.rowid, distance).where(VECTORS.c.rowid.in_(list(seqs)))
-        return {int(seq): 1.0 - float(d) for seq, d in session.execute(query)}
+        # One lookup by rowid each: vec0 finds a rowid directly, but would scan for an IN list.
+        query = blob(vector)
+        found = {}
+        for seq in seqs:
+            distance = session.scalar(DISTANCE, {"seq": seq, "vector": query})
+            if distance is not None:
+                found[seq] = 1.0 - float(distance)
+        return found
