@@ -88,6 +88,7 @@ class LoopDisks:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._templates_lock = threading.Lock()
+        self._attach_lock = threading.Lock()
         self._preparing: set[Path] = set()
 
     @staticmethod
@@ -158,7 +159,13 @@ class LoopDisks:
 
     def _attach(self, image: Path) -> tuple[str, int]:
         """A free loop device backed by ``image``, auto-clearing; (its path, an open fd to it)."""
-        for _ in range(8):  # another process may take the free device first
+        # One at a time in this process: the kernel names the same free device to every
+        # thread that asks before one takes it. Another process may still take it first.
+        with self._attach_lock:
+            return self._attach_one(image)
+
+    def _attach_one(self, image: Path) -> tuple[str, int]:
+        for _ in range(32):
             control = os.open("/dev/loop-control", os.O_RDWR)
             try:
                 number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)

@@ -52,6 +52,7 @@ from skills.base import Platform
 from skills.sandbox.pool import Shape, WarmPool
 from skills.sandbox.records import (
     CREATE_DEFAULT,
+    DISK_METER,
     KIND,
     LIVE_STATES,
     QUOTA,
@@ -87,6 +88,14 @@ class SandboxManager:
         # Where background container removals run (set while the process serves).
         self.background: TaskGroup | None = None
         self._removing: set[str] = set()
+
+    def billable(self, usage: Usage) -> Usage:
+        """The usage, less the disk meter where the price catalog has no price for it (an
+        operator's own prices_file from before sandbox disks): their disk is then free,
+        rather than every sandbox failing at settlement."""
+        if DISK_METER in self.leases.catalog.rates:
+            return usage
+        return Usage.of({meter: quantity for meter, quantity in usage if meter != DISK_METER})
 
     async def serve(self) -> None:
         """While the process serves: keep the warm pool full, and remove destroyed
@@ -125,7 +134,7 @@ class SandboxManager:
         with self.store.transaction() as session:
             QUOTA.check(session, tenant_id)
             if task_id is None:  # refused here, before any container, if the budget is short
-                self.leases.check(session, tenant_id, KIND, per_second(limits))
+                self.leases.check(session, tenant_id, KIND, self.billable(per_second(limits)))
         row = Sandbox(
             tenant_id=tenant_id,
             task_id=task_id,
@@ -192,7 +201,7 @@ class SandboxManager:
 
     def _open_lease(self, session: Session, row: Sandbox) -> None:
         if row.task_id is None:
-            per_s = per_second(row_limits(row))
+            per_s = self.billable(per_second(row_limits(row)))
             self.leases.open(
                 session, kind=KIND, resource_id=row.id, tenant_id=row.tenant_id, op="lifetime", per_s=per_s
             )
@@ -281,7 +290,7 @@ class SandboxManager:
             end = at or utcnow() if bill else row.created_at
             row.destroyed_at = max(min(end, utcnow()), row.created_at)
             self.leases.close(session, sandbox_id, reason, row.destroyed_at)
-            return lifetime_usage(row)
+            return self.billable(lifetime_usage(row))
 
     async def reap(self) -> list[str]:
         """Reconcile session sandboxes that ended by themselves (expired, or died: billed to

@@ -20,6 +20,7 @@ from skills.sandbox.rows import Sandbox
 
 LIVE_STATES = ("starting", "running")
 KIND = "sandbox"
+DISK_METER = "sandbox.disk_mib_ms"
 # The templates a call gets when it names none (the warm pool keeps both ready).
 RUN_DEFAULT = "python"
 CREATE_DEFAULT = "dev"
@@ -81,7 +82,7 @@ def per_second(limits: Limits) -> Usage:
         {
             "sandbox.vcpu_ms": round(limits.vcpus * 1000),
             "sandbox.mib_ms": limits.memory_mib * 1000,
-            "sandbox.disk_mib_ms": limits.disk_mib * 1000,
+            DISK_METER: limits.disk_mib * 1000,
         }
     )
 

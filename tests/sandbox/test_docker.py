@@ -20,6 +20,7 @@ from sandbox.driver import (
     SandboxHandle,
     SandboxSpec,
 )
+from sandbox.hardening import GVISOR_HOST_PIDS_BASE, GVISOR_HOST_PIDS_PER_PROCESS
 from sandbox.images import sandbox_image
 
 pytestmark = pytest.mark.docker
@@ -51,6 +52,22 @@ def test_the_container_is_hardened(docker_driver: DockerDriver, handle: SandboxH
     assert host["Memory"] == 256 * 1024 * 1024
     assert host["NanoCpus"] == 1_000_000_000
     assert attrs["Config"]["User"] == "1000:1000"
+
+
+def test_a_gvisor_sandbox_gets_room_for_gvisors_own_threads_and_keeps_its_own_limit(
+    docker_driver: DockerDriver,
+) -> None:
+    labels = {LABEL_STORE: "driver-test", LABEL_SANDBOX: f"sb_{uuid.uuid4().hex[:8]}"}
+    spec = SandboxSpec(image=sandbox_image(), limits=Limits(pids=64), labels=labels, runtime="runsc")
+    created = docker_driver.create(spec)
+    try:
+        host = docker_driver.client.api.inspect_container(created.container_id)["HostConfig"]
+    finally:
+        docker_driver.destroy(created.container_id)
+    # The host's limit bounds runsc's own threads too; the sandbox's 64 hold inside, by gVisor.
+    assert host["PidsLimit"] == 64 * GVISOR_HOST_PIDS_PER_PROCESS + GVISOR_HOST_PIDS_BASE
+    assert [(u["Name"], u["Soft"], u["Hard"]) for u in host["Ulimits"]] == [("nproc", 64, 64)]
+    assert host["LogConfig"]["Type"] == "none"
 
 
 def test_inside_it_is_unprivileged_and_offline(docker_driver: DockerDriver, handle: SandboxHandle) -> None:
