@@ -16,6 +16,7 @@ from skills.inference.engines.base import Engine, ModelSpec
 from skills.inference.engines.llama import LlamaEngine, default_spec
 from skills.inference.engines.onnx import OnnxEmbedEngine, embedder_spec
 from skills.inference.engines.openai import OpenAIEngine
+from skills.inference.pool import Pool, pool_spec
 
 
 def specs_from(configured: Mapping[str, Mapping[str, Any]], embedder: TextEmbedder | None = None) -> list[ModelSpec]:
@@ -37,14 +38,26 @@ def engine_for(spec: ModelSpec, embedder: TextEmbedder | None = None) -> Engine:
         if embedder is None:
             raise ValueError(f"the model {spec.name!r}: engine onnx serves only the built-in embedder")
         return OnnxEmbedEngine(spec, embedder)
+    if spec.engine == "pool":
+        raise ValueError(f"the backend {spec.name!r} is a pool: a pool's backends are llama or openai models")
     return LlamaEngine(spec) if spec.engine == "llama" else OpenAIEngine(spec)
+
+
+def served(spec: ModelSpec, embedder: TextEmbedder | None = None) -> Pool:
+    """A served model: a pool of its backends, or of the one engine a plain model is."""
+    if spec.engine != "pool":
+        return Pool(spec, [engine_for(spec, embedder)])
+    names = [backend.name for backend in spec.backends]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"the pool {spec.name!r} in the `models` setting needs backends with distinct names")
+    return Pool(pool_spec(spec), [engine_for(backend, embedder) for backend in spec.backends])
 
 
 class ModelCatalog:
     def __init__(self, specs: list[ModelSpec], embedder: TextEmbedder | None = None) -> None:
-        self.engines: dict[str, Engine] = {spec.name: engine_for(spec, embedder) for spec in specs}
+        self.engines: dict[str, Pool] = {spec.name: served(spec, embedder) for spec in specs}
 
-    def engine(self, name: str) -> Engine:
+    def engine(self, name: str) -> Pool:
         engine = self.engines.get(name)
         if engine is None:
             raise NotFound(f"no model {name!r}: call inference_models to see the ones offered.")

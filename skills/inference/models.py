@@ -26,14 +26,44 @@ class ModelPrices(BaseModel):
     output_per_mtok: Money
 
 
-class ModelInfo(BaseModel):
+class BackendLatency(BaseModel):
+    """Measured over the backend's latest successful requests."""
+
+    ttft_p50_ms: float = Field(description="Time to first token, median (the whole call where nothing streams).")
+    ttft_p95_ms: float
+    samples: int
+
+
+class BackendInfo(BaseModel):
     name: str
     engine: Literal["llama", "openai", "onnx"]
+    available: bool
+    detail: str = Field(description="Where it runs, or why it is unavailable.")
+    health: Literal["healthy", "out_of_rotation", "half_open"] = Field(
+        description="out_of_rotation: it failed repeatedly and is skipped while others can serve; "
+        "half_open: the next request probes it."
+    )
+    back_in_s: float = Field(description="Seconds until it is probed again (0 when in rotation).")
+    in_flight: int
+    capacity: int = Field(description="Requests it serves at once.")
+    failures: int = Field(description="Failed attempts in a row.")
+    last_error: str | None
+    latency: BackendLatency | None = Field(description="Null until it has answered.")
+    cost: ModelPrices = Field(description="What its tokens cost the operator, per million; it steers `cheapest`.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    engine: Literal["llama", "openai", "onnx", "pool"]
     context_length: int
     prices: ModelPrices | None = Field(description="Per million tokens; null when the catalog has no price.")
     available: bool
     detail: str = Field(description="Where it runs, or why it is unavailable.")
     embeddings: bool
+    policy: Literal["least_loaded", "cheapest", "lowest_p95"] = Field(
+        description="How a request picks one of its backends; one that fails is left for the next."
+    )
+    backends: list[BackendInfo] = Field(description="What serves the model: one backend, or a pool's several.")
 
 
 class ModelsOutput(BaseModel):

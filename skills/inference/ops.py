@@ -11,6 +11,7 @@ from skills.base import Money
 from skills.inference import models as m
 from skills.inference.catalog import ModelCatalog
 from skills.inference.engines.base import GenerateRequest, Message, prompt_bound
+from skills.inference.pool import BackendStatus
 
 # Beyond the engine's own time: loading the model on first use, queueing for a slot.
 GENERATE_DEADLINE_S = 600.0
@@ -56,9 +57,38 @@ async def models(ctx: TaskContext, args: m.ModelsInput) -> m.ModelsOutput:
                 available=available and priced is not None,
                 detail=detail if priced is not None else f"{detail}; no price in the catalog, so it is not offered",
                 embeddings=engine.spec.embeddings or engine.spec.engine == "llama",
+                policy=engine.spec.policy,
+                backends=[backend_info(prices, status) for status in engine.status()],
             )
         )
     return m.ModelsOutput(models=listed)
+
+
+def backend_info(prices: PriceCatalog, status: BackendStatus) -> m.BackendInfo:
+    cost = status.cost
+    latency = None
+    if status.ttft_p50_ms is not None and status.ttft_p95_ms is not None:
+        latency = m.BackendLatency(
+            ttft_p50_ms=round(status.ttft_p50_ms, 1), ttft_p95_ms=round(status.ttft_p95_ms, 1), samples=status.samples
+        )
+    return m.BackendInfo(
+        name=status.name,
+        engine=status.engine,
+        available=status.available,
+        detail=status.detail,
+        health=status.health,
+        back_in_s=status.back_in_s,
+        in_flight=status.in_flight,
+        capacity=status.capacity,
+        failures=status.failures,
+        last_error=status.last_error,
+        latency=latency,
+        cost=m.ModelPrices(
+            input_per_mtok=money(prices, cost.input_per_mtok),
+            cached_input_per_mtok=money(prices, cost.cached_input_per_mtok),
+            output_per_mtok=money(prices, cost.output_per_mtok),
+        ),
+    )
 
 
 async def generate(ctx: TaskContext, args: m.GenerateInput) -> m.GenerateOutput:

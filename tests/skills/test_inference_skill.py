@@ -19,9 +19,11 @@ from runtime.app import App
 from runtime.settings import Settings, load_settings
 from runtime.tenants import ensure_tenant
 from scheduler.models import LedgerEntry, Task, Tenant
-from skills.inference.engines.llama import DEFAULT_MODEL, default_model_path
+from skills.inference.catalog import ModelCatalog
+from skills.inference.engines.llama import DEFAULT_MODEL, LlamaEngine, default_model_path
 from skills.inference.slots import FairSlots
 from tests.mcp_helpers import call, call_error, mcp_client
+from tests.polling import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
@@ -261,23 +263,34 @@ async def test_slots_are_shared_fairly_between_tenants() -> None:
     assert served.index("quiet") <= 2
 
 
-async def test_a_quiet_tenant_is_not_starved_by_a_busy_one(model_app: App) -> None:
-    """The model's one slot, six calls of a busy tenant queued first: the quiet tenant's one
-    call is served within the next two, not after all six."""
-    ensure_tenant(model_app.store, "quiet")
+async def test_a_quiet_tenant_is_not_starved_by_a_busy_one(settings: Settings) -> None:
+    """The model with two lanes, six equal calls of a busy tenant first: two decode, four
+    wait. The quiet tenant's one call takes the second lane freed (the busy tenant's turn
+    takes the first), so it ends fourth at the latest, not seventh."""
+    path = str(model_path())
+    two_lanes = {DEFAULT_MODEL: {"engine": "llama", "path": path, "context_length": 2048, "slots": 2}}
+    app = App(load_settings(pool_size=0, reap_interval_s=0.2, models=two_lanes))
+    ensure_tenant(app.store, "quiet")
     finished: list[str] = []
 
     async def generate(client: Any, who: str) -> None:
         await call(client, "inference_generate", messages=QUESTION, max_tokens=24, temperature=0)
         finished.append(who)
 
+    def waiting() -> int:
+        lanes = app.service(ModelCatalog).engine(DEFAULT_MODEL).single
+        assert isinstance(lanes, LlamaEngine)
+        return lanes.lanes.queued() if lanes.lanes is not None else 0
+
     async with (
-        mcp_client(model_app) as busy,
-        mcp_client(model_app, "quiet") as quiet,
+        app.running(),
+        mcp_client(app) as busy,
+        mcp_client(app, "quiet") as quiet,
         anyio.create_task_group() as group,
     ):
         for _ in range(6):
             group.start_soon(generate, busy, "busy")
-        await anyio.sleep(0.3)  # all six admitted and waiting for the slot
+        await until(lambda: waiting() == 4, "four busy calls waiting for a lane", timeout_s=120)
         group.start_soon(generate, quiet, "quiet")
-    assert finished.index("quiet") <= 2, finished
+    app.close()
+    assert finished.index("quiet") <= 3, finished

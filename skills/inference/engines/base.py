@@ -12,16 +12,27 @@ from pydantic import BaseModel, Field
 OnText = Callable[[str], Awaitable[None]]
 
 
+class TokenCost(BaseModel):
+    """What a million tokens through one backend cost the operator, in micro-units (for
+    a pool's `cheapest` policy; what a tenant pays is the served model's price)."""
+
+    input_per_mtok: int = Field(default=0, ge=0)
+    cached_input_per_mtok: int = Field(default=0, ge=0)
+    output_per_mtok: int = Field(default=0, ge=0)
+
+
 class ModelSpec(BaseModel):
     """A model this server offers: from the built-in default or the `models` setting."""
 
     name: str
-    engine: Literal["llama", "openai", "onnx"]
+    engine: Literal["llama", "openai", "onnx", "pool"]
     context_length: int = Field(default=2048, ge=16)
-    slots: int = Field(default=1, ge=1, le=64, description="Requests served at once.")
+    slots: int = Field(
+        default=1, ge=1, le=64, description="Requests served at once (llama: decoded together, one lane each)."
+    )
     # llama: a GGUF file.
     path: str | None = None
-    threads: int | None = Field(default=None, ge=1, description="CPU threads per slot (default: all cores).")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all cores).")
     # openai: an OpenAI-compatible endpoint.
     base_url: str | None = None
     api_key: str | None = None
@@ -34,6 +45,15 @@ class ModelSpec(BaseModel):
     )
     embeddings: bool = False
     timeout_s: float = Field(default=120.0, gt=0)
+    # Any backend: what its tokens cost the operator.
+    cost: TokenCost = Field(default_factory=TokenCost)
+    # pool: one served name for several backends, each a model of its own kind.
+    backends: list[ModelSpec] = Field(default_factory=list, description="A pool's backends, tried in this order.")
+    policy: Literal["least_loaded", "cheapest", "lowest_p95"] = Field(
+        default="least_loaded", description="How a pool picks a backend for each request."
+    )
+    breaker_failures: int = Field(default=3, ge=1, description="Failures in a row that take a backend out of rotation.")
+    breaker_open_s: float = Field(default=30.0, gt=0, description="Seconds a failing backend stays out of rotation.")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ from skills.inference.engines.base import (
 )
 from skills.inference.slots import FairSlots
 
+# HTTP statuses that say the endpoint cannot serve, whatever the request.
+BACKEND_FAULTS = frozenset({401, 403, 404, 408, 429})
+
 
 def usage_of(answer: dict[str, Any]) -> tuple[int, int, int]:
     usage = answer.get("usage") or {}
@@ -121,7 +124,9 @@ class OpenAIEngine:
             message = detail.get("message") if isinstance(detail, dict) else str(detail)
         except (ValueError, AttributeError):
             message = response.text[:300]
-        if 400 <= response.status_code < 500:
+        # The request's own fault; an endpoint that is rate limited, lacks the model or refuses
+        # our key is failing on its side, and a pool tries another backend.
+        if 400 <= response.status_code < 500 and response.status_code not in BACKEND_FAULTS:
             raise InvalidInput(f"the endpoint of {self.spec.name!r} refused the request: {message}")
         raise BackendUnavailable(
             f"the endpoint of {self.spec.name!r} failed (HTTP {response.status_code}: {message}); try again later."

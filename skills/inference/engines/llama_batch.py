@@ -1,0 +1,377 @@
+"""Continuous batching: one llama.cpp context decodes every request of a model together.
+
+The context holds one KV-cache sequence per *lane* (``n_seq_max`` of them, each with
+the model's whole context length, not shared: ``kv_unified`` off). A request takes
+a lane, and with it the lane's cache: the tokens its last request left there, so a
+prompt that starts the same way is not computed again. One thread owns the
+context and repeats one step while any request is active:
+
+    requests that joined since the last step: trim their lane's cache to the prompt's
+        common prefix, queue the rest of the prompt
+    one batch (``llama_batch``, a seq_id per token): the next token of every request
+        that is generating, then prompt tokens of new ones, up to ``n_batch``
+    llama_decode, then each request that reached its end samples its next token
+    requests that finished or were cancelled leave; their lane keeps its cache
+
+Tokens go into the batch in lane order: llama.cpp computes the lanes of one step in a
+single pass only while their ids are consecutive (``split_equal``), so requests take
+the lowest free lane unless another holds clearly more of their prompt.
+
+Text crosses to the event loop once per step (``call_soon_threadsafe``), never
+blocking the decode on the loop. Usage is what the context did: the prompt's tokens,
+those kept from the lane's cache (never the last: its logits are computed), and
+every token sampled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import threading
+from collections import defaultdict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from common.errors import BackendUnavailable, Cancelled
+from skills.inference.engines.base import Completion, GenerateRequest, OnText
+from skills.inference.engines.llama_text import ChatPrompt, TextOut, new_sampler
+
+log = logging.getLogger("cloudskills.inference")
+
+# Tokens decoded in one step at most (prompt tokens of joining requests fill what the
+# generating ones leave); llama.cpp splits it into passes of N_UBATCH.
+N_BATCH = 512
+N_UBATCH = 512
+# A lane holding at most this many more prompt tokens than the lowest free lane is not
+# worth breaking the run of consecutive lanes for.
+REUSE_WORTH = 32
+
+
+@dataclass
+class Lane:
+    seq_id: int
+    # The tokens this lane's KV-cache sequence holds, as of its last request.
+    tokens: list[int] = field(default_factory=list)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def lane_score(lane: Lane, prompt: list[int], lanes: int) -> int:
+    """How much a free lane is worth to a prompt: its reusable prefix (in steps of
+    REUSE_WORTH), then the lower id."""
+    reuse = min(common_prefix(lane.tokens, prompt), max(len(prompt) - 1, 0))
+    return (reuse // REUSE_WORTH) * lanes + (lanes - 1 - lane.seq_id)
+
+
+class Sequence:
+    """One request on one lane, shared by the event loop and the decoding thread."""
+
+    def __init__(self, lane: Lane, prompt: list[int], request: GenerateRequest) -> None:
+        self.lane = lane
+        self.prompt = prompt
+        self.request = request
+        self.loop = asyncio.get_running_loop()
+        self.cancelled = False  # set by the event loop; read by the thread between steps
+        # The thread's side.
+        self.feed: list[int] = []  # tokens to decode next: the prompt's rest, then the last one sampled
+        self.n_past = 0
+        self.cached = 0
+        self.sampled = 0
+        self.out = TextOut(request.stop)
+        self.sampler: Any = None
+        # The event loop's side, written only on the loop (see deliver).
+        self.pieces: list[str] = []
+        self.result: Completion | BaseException | None = None
+        self.wake = anyio.Event()
+
+    async def follow(self, on_text: OnText) -> Completion:
+        """Hand each piece of text to ``on_text`` as it comes, then return the completion."""
+        while True:
+            self.wake = anyio.Event()
+            if self.pieces:
+                pieces, self.pieces = self.pieces, []
+                for piece in pieces:
+                    await on_text(piece)
+                continue
+            if isinstance(self.result, BaseException):
+                raise self.result
+            if self.result is not None:
+                return self.result
+            await self.wake.wait()
+
+    async def stopped(self) -> None:
+        """Wait until the thread has let go of the sequence (after ``cancelled``)."""
+        while self.result is None:
+            self.wake = anyio.Event()
+            await self.wake.wait()
+
+
+def deliver(items: list[tuple[Sequence, str, Completion | BaseException | None]]) -> None:
+    """On the event loop: what one step produced for its sequences."""
+    for seq, text, result in items:
+        if text:
+            seq.pieces.append(text)
+        if result is not None:
+            seq.result = result
+        seq.wake.set()
+
+
+class Batcher:
+    """The thread that owns a model context and decodes every lane's request together."""
+
+    def __init__(self, path: str, context_length: int, lanes: int, threads: int) -> None:
+        self.path = path
+        self.context_length = context_length
+        self.lanes = lanes
+        self.threads = threads
+        self.ready: Future[None] = Future()
+        self._cv = threading.Condition()
+        self._joining: list[Sequence] = []
+        self._active: list[Sequence] = []
+        self._outbox: list[tuple[Sequence, str, Completion | BaseException | None]] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
+        self.prompt: ChatPrompt | None = None
+        self.n_ctx_seq = context_length
+        # What it has done: steps decoded, and the most requests one step decoded together.
+        self.steps = 0
+        self.widest = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, seq: Sequence) -> None:
+        with self._cv:
+            if self._closing or not self._thread.is_alive():
+                raise BackendUnavailable("the model's engine has stopped; try again.")
+            self._joining.append(seq)
+            self._cv.notify()
+
+    def poke(self) -> None:
+        """Wake the thread: a sequence was cancelled."""
+        with self._cv:
+            self._cv.notify()
+
+    def busy(self) -> int:
+        return len(self._active) + len(self._joining)
+
+    def close(self) -> None:
+        """Stop after the current step, fail what is left, free the context (on its own thread)."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    # -- the thread --------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:
+            self.ready.set_exception(exc)
+            return
+        self.ready.set_result(None)
+        failure: BaseException = BackendUnavailable("the model's engine was shut down; try again.")
+        try:
+            while True:
+                with self._cv:
+                    while not (self._joining or self._active or self._closing):
+                        self._cv.wait()
+                    if self._closing:
+                        break
+                    joining, self._joining = self._joining, []
+                for seq in joining:
+                    self._admit(seq)
+                for seq in [s for s in self._active if s.cancelled]:
+                    self._leave(seq, Cancelled("the generation was cancelled."))
+                if self._active:
+                    self._step()
+                self._flush()
+        except Exception as exc:
+            log.exception("the batch decoder failed")
+            failure = BackendUnavailable(f"the model's engine failed ({type(exc).__name__}); try again.")
+        finally:
+            with self._cv:
+                self._closing = True
+                left, self._joining = self._active + self._joining, []
+            self._active = []
+            for seq in left:
+                self._outbox.append((seq, "", failure))
+            self._flush()
+            self._free()
+
+    def _load(self) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        internals: Any = _internals  # untyped
+
+        llama_cpp.llama_backend_init()
+        # llama.cpp logs through llama-cpp-python's callback, quiet below errors; the model is
+        # loaded without its fd-level silencing, which would blank the stdio server's stdout.
+        quiet = logging.getLogger("llama-cpp-python")
+        if quiet.level == logging.NOTSET:
+            quiet.setLevel(logging.ERROR)
+        model_params = llama_cpp.llama_model_default_params()
+        self.model = internals.LlamaModel(path_model=self.path, params=model_params, verbose=True)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.context_length * self.lanes
+        params.n_seq_max = self.lanes
+        params.n_batch = max(N_BATCH, self.lanes)
+        params.n_ubatch = N_UBATCH
+        params.n_threads = params.n_threads_batch = self.threads
+        params.kv_unified = False
+        params.no_perf = True
+        self.context = internals.LlamaContext(model=self.model, params=params, verbose=True)
+        self.ctx = self.context.ctx
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.vocab = self.model.vocab
+        self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self.ctx))
+        self.batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
+        self.n_batch = int(params.n_batch)
+        self.piece = ctypes.create_string_buffer(256)
+        self.prompt = ChatPrompt(self.model)
+
+    def _free(self) -> None:
+        import llama_cpp
+
+        if getattr(self, "ctx", None) is None:
+            return
+        llama_cpp.llama_batch_free(self.batch)
+        self.context.close()
+        self.model.close()
+        self.ctx = None
+
+    def _admit(self, seq: Sequence) -> None:
+        import llama_cpp
+
+        if seq.cancelled:
+            self._outbox.append((seq, "", Cancelled("the generation was cancelled.")))
+            return
+        lane, prompt = seq.lane, seq.prompt
+        # The prompt's last token is always computed: its logits give the first token.
+        keep = min(common_prefix(lane.tokens, prompt), len(prompt) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, -1, -1)
+            keep = 0
+        lane.tokens = prompt[:keep]
+        seq.cached = seq.n_past = keep
+        seq.feed = prompt[keep:]
+        seq.sampler = new_sampler(seq.request.temperature, seq.request.seed)
+        self._active.append(seq)
+
+    def _step(self) -> None:
+        import llama_cpp
+
+        # How many tokens each sequence decodes now: generating ones one each, then the
+        # prompts of new ones in the order they joined, within the batch's size.
+        budget = self.n_batch - sum(1 for s in self._active if s.sampled)
+        take: dict[int, int] = {}
+        for seq in self._active:
+            n = 1 if seq.sampled else min(len(seq.feed), budget)
+            if not seq.sampled:
+                budget -= n
+            if n:
+                take[id(seq)] = n
+        batch, count, outputs = self.batch, 0, []
+        for seq in sorted(self._active, key=lambda s: s.lane.seq_id):
+            n = take.get(id(seq), 0)
+            for i in range(n):
+                batch.token[count] = seq.feed[i]
+                batch.pos[count] = seq.n_past + i
+                batch.n_seq_id[count] = 1
+                batch.seq_id[count][0] = seq.lane.seq_id
+                last = i == n - 1 and n == len(seq.feed)
+                batch.logits[count] = last
+                if last:
+                    outputs.append((seq, count))
+                count += 1
+        batch.n_tokens = count
+        rc = llama_cpp.llama_decode(self.ctx, batch)
+        stepped = [s for s in self._active if id(s) in take]
+        self.steps += 1
+        self.widest = max(self.widest, len(stepped))
+        if rc != 0:
+            for seq in stepped:
+                llama_cpp.llama_memory_seq_rm(self.memory, seq.lane.seq_id, -1, -1)
+                seq.lane.tokens = []
+                self._leave(seq, BackendUnavailable(f"llama.cpp could not decode the batch (code {rc}); try again."))
+            return
+        for seq in stepped:
+            n = take[id(seq)]
+            seq.lane.tokens.extend(seq.feed[:n])
+            seq.n_past += n
+            seq.feed = seq.feed[n:]
+        for seq, index in outputs:
+            self._sample(seq, index)
+
+    def _sample(self, seq: Sequence, index: int) -> None:
+        import llama_cpp
+
+        token = int(llama_cpp.llama_sampler_sample(seq.sampler.sampler, self.ctx, index))
+        seq.sampled += 1
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            self._finish(seq, "stop")
+            return
+        text = seq.out.add(self._piece(token))
+        if text:
+            self._outbox.append((seq, text, None))
+        if seq.out.stopped:
+            self._finish(seq, "stop")
+        elif seq.sampled >= seq.request.max_tokens or seq.n_past >= self.n_ctx_seq:
+            self._finish(seq, "length")
+        else:
+            seq.feed = [token]
+
+    def _piece(self, token: int) -> bytes:
+        import llama_cpp
+
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self.piece, len(self.piece), 0, False)
+        if n < 0:
+            self.piece = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self.piece, len(self.piece), 0, False)
+        return self.piece.raw[:n]
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        rest = seq.out.finish()
+        completion = Completion(
+            text=seq.out.text,
+            finish_reason=reason,
+            prompt_tokens=len(seq.prompt),
+            cached_tokens=seq.cached,
+            completion_tokens=seq.sampled,
+        )
+        self._leave(seq, completion, rest)
+
+    def _leave(self, seq: Sequence, result: Completion | BaseException, text: str = "") -> None:
+        self._active.remove(seq)
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+        self._outbox.append((seq, text, result))
+
+    def _flush(self) -> None:
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, str, Completion | BaseException | None]]]
+        by_loop = defaultdict(list)
+        for item in self._outbox:
+            by_loop[item[0].loop].append(item)
+        self._outbox = []
+        for loop, items in by_loop.items():
+            # A closed loop: nobody waits for these any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(deliver, items)

@@ -1,0 +1,112 @@
+"""Text in and out of a llama.cpp model: the chat prompt as tokens, the sampler each
+request draws with, and the sampled tokens back as text with its stop sequences.
+
+The prompt is the one llama-cpp-python's ``create_chat_completion`` makes: the GGUF's
+own chat template (Jinja2), tokenized with its special tokens parsed and no extra BOS.
+The sampler is its default chain (top-k 40, top-p 0.95, min-p 0.05, then the
+temperature and a seeded draw), or greedy at temperature 0.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Any
+
+from skills.inference.engines.base import Message, as_dicts
+
+# llama.cpp's "pick a random seed" value.
+RANDOM_SEED = 0xFFFFFFFF
+
+
+class ChatPrompt:
+    """Renders messages with the model's chat template and tokenizes them. Reads only the
+    model's vocabulary, so any thread may use it while another decodes."""
+
+    def __init__(self, model: Any) -> None:
+        from llama_cpp.llama_chat_format import CHATML_CHAT_TEMPLATE, Jinja2ChatFormatter
+
+        self.model = model
+        metadata = model.metadata()
+        eos, bos = model.token_eos(), model.token_bos()
+        self.formatter = Jinja2ChatFormatter(
+            template=metadata.get("tokenizer.chat_template") or CHATML_CHAT_TEMPLATE,
+            eos_token=model.token_get_text(eos) if eos != -1 else "",
+            bos_token=model.token_get_text(bos) if bos != -1 else "",
+        )
+
+    def tokens(self, messages: list[Message]) -> list[int]:
+        rendered = self.formatter(messages=as_dicts(messages))  # type: ignore[arg-type]
+        tokens = self.model.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
+        return [int(t) for t in tokens]
+
+    def prefix_tokens(self, text: str) -> list[int]:
+        return [int(t) for t in self.model.tokenize(text.encode(), add_bos=False, special=False)]
+
+
+def new_sampler(temperature: float, seed: int | None) -> Any:
+    from llama_cpp import _internals
+
+    sampler: Any = _internals.LlamaSampler()  # type: ignore[no-untyped-call]
+    if temperature == 0:
+        sampler.add_greedy()
+    else:
+        sampler.add_top_k(40)
+        sampler.add_top_p(0.95, 1)
+        sampler.add_min_p(0.05, 1)
+        sampler.add_temp(temperature)
+        sampler.add_dist(RANDOM_SEED if seed is None else seed)
+    return sampler
+
+
+class TextOut:
+    """Sampled tokens' bytes in, text out: multi-byte characters split across tokens are
+    joined, and text that may be the start of a stop sequence is held back until it is
+    known not to be one. ``stopped`` once a stop sequence appears (it is not part of the text)."""
+
+    def __init__(self, stop: list[str]) -> None:
+        self.stop = [s for s in stop if s]
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""  # decoded, not yet given out
+        self.parts: list[str] = []
+        self.stopped = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def add(self, piece: bytes) -> str:
+        """The text that is certain after this piece ('' while undecided)."""
+        if self.stopped:
+            return ""
+        self.pending += self.decoder.decode(piece)
+        cut = min((i for i in (self.pending.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            return self._give(self.pending[:cut])
+        hold = self._stop_prefix(self.pending)
+        ready = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(ready) :]
+        return self._give(ready)
+
+    def finish(self) -> str:
+        """Whatever was held back, once nothing follows."""
+        if self.stopped:
+            return ""
+        rest = self.pending + self.decoder.decode(b"", final=True)
+        self.pending = ""
+        return self._give(rest)
+
+    def _give(self, text: str) -> str:
+        if text:
+            self.parts.append(text)
+        return text
+
+    def _stop_prefix(self, text: str) -> int:
+        """The length of the longest end of ``text`` that begins a stop sequence."""
+        longest = 0
+        for stop in self.stop:
+            for n in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:n]):
+                    longest = n
+                    break
+        return longest

@@ -1,0 +1,155 @@
+"""Continuous batching on the real model: one llama.cpp context decodes every request
+together, each on a lane with its own prefix cache, and each billed exactly its own usage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import select
+
+from runtime.app import App
+from runtime.settings import Settings, load_settings
+from scheduler.models import LedgerEntry, Task, Tenant
+from skills.inference.catalog import ModelCatalog
+from skills.inference.engines.llama import DEFAULT_MODEL, LlamaEngine
+from tests.mcp_helpers import call, mcp_client
+
+pytestmark = [pytest.mark.anyio, pytest.mark.model]
+
+TOPICS = ["a lighthouse", "a dragon", "the sea", "a robot", "a garden", "a train"]
+# Two long, different system prompts (well over 100 tokens each).
+POET = "You are a poet who answers every question with a short rhyme about the weather. " * 8
+CLERK = "You are a bank clerk who answers in exact figures and never uses adjectives at all. " * 8
+
+
+@pytest.fixture
+async def model_app(settings: Settings) -> AsyncIterator[App]:
+    application = App(load_settings(pool_size=0, reap_interval_s=0.2))
+    async with application.running():
+        yield application
+    application.close()
+
+
+def engine_of(app: App) -> LlamaEngine:
+    engine = app.service(ModelCatalog).engine(DEFAULT_MODEL).single
+    assert isinstance(engine, LlamaEngine)
+    return engine
+
+
+def ledger_items(app: App, task_id: str) -> dict[str, int]:
+    with app.store.transaction() as session:
+        rows = session.execute(select(LedgerEntry.item, LedgerEntry.quantity).where(LedgerEntry.task_id == task_id))
+        return {item: quantity for item, quantity in rows}
+
+
+def held(app: App) -> int:
+    with app.store.transaction() as session:
+        tenant = session.get(Tenant, app.settings.tenant)
+        assert tenant is not None
+        return tenant.held_micros
+
+
+async def test_concurrent_requests_are_decoded_together_and_each_billed_its_own_usage(model_app: App) -> None:
+    streamed: dict[int, list[str]] = {i: [] for i in range(len(TOPICS))}
+    answers: dict[int, dict[str, Any]] = {}
+
+    async with mcp_client(model_app) as client:
+
+        async def generate(i: int) -> None:
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                if message:
+                    streamed[i].append(message)
+
+            messages = [{"role": "user", "content": f"Tell a short story about {TOPICS[i]}."}]
+            arguments = {"messages": messages, "max_tokens": 24, "temperature": 0.7, "seed": i}
+            result = await client.call_tool("inference_generate", arguments, progress_callback=on_progress)
+            assert not result.is_error, result.content
+            answers[i] = dict(result.structured_content or {})
+
+        async with anyio.create_task_group() as group:
+            for i in range(len(TOPICS)):
+                group.start_soon(generate, i)
+
+    batcher = engine_of(model_app).batcher
+    assert batcher is not None and batcher.widest == len(TOPICS), "all the requests were decoded in one step"
+    for i, out in answers.items():
+        assert "".join(streamed[i]) == out["text"], "each request streamed its own text, and only it"
+        usage = out["usage"]
+        assert 0 < usage["completion_tokens"] <= 24 and usage["prompt_tokens"] > 5
+        if out["finish_reason"] == "length":
+            assert usage["completion_tokens"] == 24
+        items = ledger_items(model_app, out["task_id"])
+        assert items[f"tokens.output:{DEFAULT_MODEL}"] == usage["completion_tokens"]
+        assert items[f"tokens.input:{DEFAULT_MODEL}"] == usage["prompt_tokens"] - usage["cached_tokens"]
+    assert held(model_app) == 0
+
+
+async def test_each_lane_keeps_its_own_prefix_cache(model_app: App) -> None:
+    """Two long system prompts served side by side, then again in the other order: each
+    request finds its own prompt in the lane that served it, not the other's."""
+
+    async def both(client: Any, question: str) -> dict[str, dict[str, Any]]:
+        outs: dict[str, dict[str, Any]] = {}
+
+        async def one(name: str, system: str) -> None:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+            outs[name] = await call(client, "inference_generate", messages=messages, max_tokens=8, temperature=0)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(one, "poet", POET)
+            group.start_soon(one, "clerk", CLERK)
+        return outs
+
+    async with mcp_client(model_app) as client:
+        first = await both(client, "How is the day?")
+        again = await both(client, "And tomorrow?")
+    for name in ("poet", "clerk"):
+        assert first[name]["usage"]["cached_tokens"] < 20, "nothing of either long prompt was cached yet"
+        usage = again[name]["usage"]
+        assert usage["cached_tokens"] > 100, f"the {name}'s system prompt came from its lane's cache"
+        assert usage["cached_tokens"] < usage["prompt_tokens"]
+        items = ledger_items(model_app, again[name]["task_id"])
+        assert items[f"tokens.cached_input:{DEFAULT_MODEL}"] == usage["cached_tokens"]
+
+
+async def test_a_cancelled_request_leaves_its_lane_while_the_others_go_on(model_app: App) -> None:
+    engine = engine_of(model_app)
+    tenant = model_app.settings.tenant
+    long_call = {"messages": [{"role": "user", "content": "Count from one to a thousand."}], "max_tokens": 1500}
+    short_call = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 12, "temperature": 0}
+    doomed_started, other_started = anyio.Event(), anyio.Event()
+    outcome: dict[str, Any] = {}
+
+    async def doomed(scope: anyio.CancelScope) -> None:
+        async def progress(count: float, message: str | None) -> None:
+            doomed_started.set()
+
+        with scope:
+            await model_app.call(tenant, "inference_generate", long_call, progress)
+
+    async def other() -> None:
+        async def progress(count: float, message: str | None) -> None:
+            other_started.set()
+
+        outcome.update((await model_app.call(tenant, "inference_generate", short_call, progress)).unwrap())
+
+    cancel = anyio.CancelScope()
+    with anyio.fail_after(300):
+        async with anyio.create_task_group() as group:
+            group.start_soon(doomed, cancel)
+            await doomed_started.wait()
+            group.start_soon(other)
+            await other_started.wait()  # both are decoding now
+            cancel.cancel()
+    batcher, lanes = engine.batcher, engine.lanes
+    assert batcher is not None and lanes is not None
+    assert batcher.widest >= 2 and batcher.busy() == 0
+    assert len(lanes.free) == lanes.size, "every lane is free again"
+    assert 0 < outcome["usage"]["completion_tokens"] <= 12
+    with model_app.store.transaction() as session:
+        states = sorted(session.scalars(select(Task.state)).all())
+    assert states == ["cancelled", "succeeded"]
+    assert held(model_app) == 0
