@@ -31,6 +31,7 @@ from runtime.app import App
 from runtime.confirm import confirm
 from runtime.mcp_skills import SkillsExtension
 from runtime.mcp_tasks import TasksExtension, tool_error, tool_result
+from runtime.openai_api import openai_routes
 from runtime.stdio import exit_at_once, run_stdio
 from runtime.tenants import caller_of_key, check_agent
 from runtime.web import metrics_app, split_address, web_routes
@@ -216,10 +217,12 @@ class QuietUvicorn(uvicorn.Server):
 
 
 def http_app(app: App, host: str, port: int) -> Starlette:
-    """The HTTP server's ASGI app: MCP at /mcp, then /metrics and /console (runtime/web.py)."""
+    """The HTTP server's ASGI app: MCP at /mcp, then /metrics and /console (runtime/web.py), and
+    the OpenAI-compatible API at /v1 (runtime/openai_api.py)."""
     server = CloudSkillsServer(app, None, base_url=f"http://{host}:{port}")
     asgi = server.streamable_http_app(streamable_http_path="/mcp", host=host)
     asgi.router.routes.extend(web_routes(app))
+    asgi.router.routes.extend(openai_routes(app))
     return asgi
 
 

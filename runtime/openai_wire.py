@@ -1,0 +1,191 @@
+"""The OpenAI API's shapes, as runtime/openai_api.py reads and answers them: requests to
+tool arguments, tool results to responses, our errors to OpenAI error bodies."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.errors import CloudSkillsError
+
+# max_tokens for a request that names none: the tools need a bound to hold the budget.
+DEFAULT_MAX_TOKENS = 512
+
+# Our error codes as HTTP statuses and OpenAI error types.
+STATUS: dict[str, tuple[int, str]] = {
+    "invalid_input": (400, "invalid_request_error"),
+    "not_found": (404, "invalid_request_error"),
+    "forbidden": (403, "permission_error"),
+    "budget_exceeded": (402, "insufficient_quota"),
+    "quota_exceeded": (429, "rate_limit_exceeded"),
+    "timed_out": (504, "timeout"),
+    "backend_unavailable": (503, "service_unavailable"),
+    "cancelled": (409, "cancelled"),
+    "failed": (500, "server_error"),
+}
+
+
+class Loose(BaseModel):
+    """Fields we do not use (logprobs, tools, user, ...) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(Loose):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(Loose):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(Loose):
+    include_usage: bool = False
+
+
+class ChatRequest(Loose):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class EmbeddingRequest(Loose):
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class Refused(Exception):
+    """A request the API cannot take as sent, answered with ``status`` and an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
+
+
+def refused(exc: CloudSkillsError) -> Refused:
+    status, kind = STATUS.get(exc.code, (500, "server_error"))
+    code = "model_not_found" if exc.code == "not_found" and "no model" in exc.message else exc.code
+    return Refused(status, exc.message, kind, code)
+
+
+def text_of(message: ChatMessage) -> str:
+    if isinstance(message.content, list):
+        return "".join(part.text or "" for part in message.content if part.type == "text")
+    return message.content or ""
+
+
+def generate_arguments(request: ChatRequest) -> dict[str, Any]:
+    """``inference_generate``'s arguments for a chat request."""
+    if request.n != 1:
+        raise Refused(400, "n must be 1: ask for one choice per request.", code="unsupported_parameter")
+    arguments: dict[str, Any] = {
+        "model": request.model,
+        "messages": [
+            {"role": "system" if m.role == "developer" else m.role, "content": text_of(m)} for m in request.messages
+        ],
+        "max_tokens": request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS,
+    }
+    if request.temperature is not None:
+        arguments["temperature"] = request.temperature
+    if request.stop:
+        arguments["stop"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    if request.seed is not None:
+        arguments["seed"] = request.seed
+    return arguments
+
+
+def usage(result: dict[str, Any]) -> dict[str, Any]:
+    used = result["usage"]
+    return {
+        "prompt_tokens": used["prompt_tokens"],
+        "completion_tokens": used["completion_tokens"],
+        "total_tokens": used["prompt_tokens"] + used["completion_tokens"],
+        "prompt_tokens_details": {"cached_tokens": used["cached_tokens"]},
+    }
+
+
+def billing(result: dict[str, Any]) -> dict[str, Any]:
+    """What this request was, on our side: its task and what it cost (extra fields OpenAI
+    clients keep and ignore)."""
+    return {"task_id": result["task_id"], "cost": result["cost"]}
+
+
+def completion(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{result['task_id']}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": result["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result["text"]},
+                "finish_reason": result["finish_reason"],
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(result),
+        "cloudskills": billing(result),
+    }
+
+
+def chunk(chat_id: str, model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": chat_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+
+
+def embeddings(result: dict[str, Any], encoding: str) -> dict[str, Any]:
+    def encoded(vector: list[float]) -> list[float] | str:
+        if encoding == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return vector
+
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encoded(vector)}
+            for i, vector in enumerate(result["vectors"])
+        ],
+        "model": result["model"],
+        "usage": {"prompt_tokens": result["prompt_tokens"], "total_tokens": result["prompt_tokens"]},
+        "cloudskills": billing(result),
+    }
+
+
+def model_list(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": model["name"],
+                "object": "model",
+                "created": 0,
+                "owned_by": "cloudskills",
+                "context_length": model["context_length"],
+            }
+            for model in result["models"]
+            if model["available"]
+        ],
+    }
