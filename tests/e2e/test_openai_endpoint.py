@@ -24,6 +24,7 @@ from scheduler.store import Store
 from skills.inference.engines.llama import DEFAULT_MODEL
 from tests.e2e.conftest import first_key, free_port, server_env
 from tests.mcp_helpers import call, http_client
+from tests.polling import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
@@ -221,3 +222,27 @@ async def test_bad_requests_are_openai_errors(api: Api) -> None:
             f"{api.base_url}/chat/completions", content=b"{not json", headers={"Authorization": f"Bearer {api.key}"}
         )
     assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_client_that_hangs_up_mid_stream_cancels_its_task(api: Api) -> None:
+    body = {
+        "model": DEFAULT_MODEL,
+        "messages": [{"role": "user", "content": "Count from one to a thousand."}],
+        "max_tokens": 1500,
+        "stream": True,
+    }
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {api.key}"}, timeout=300) as raw,
+        raw.stream("POST", f"{api.base_url}/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                break  # the first piece of text: hang up now
+
+    def states() -> list[str]:
+        with api.store.transaction() as session:
+            return list(session.scalars(select(Task.state).where(Task.op == "generate")))
+
+    await until(lambda: states() == ["cancelled"], "the task cancelled", timeout_s=120)
+    assert held(api.store, "local") == 0
