@@ -163,11 +163,8 @@ class WarmPool:
     async def _keep_full(self, shape: Shape) -> None:
         while True:
             if len(self._ready[shape]) + len(self._starting[shape]) < self.targets[shape]:
-                # Shielded: a sandbox being born when the server stops must
-                # land in the pool, so the drain removes it.
                 begun = time.monotonic()
-                with anyio.CancelScope(shield=True):
-                    warm = await self._start_one(shape)
+                warm = await self._start_one(shape)
                 if warm is None:
                     await anyio.sleep(RETRY_AFTER_FAILURE_S)
                 else:
@@ -214,9 +211,19 @@ class WarmPool:
             hold_s=HOLD_S,
         )
         try:
-            handle = await anyio.to_thread.run_sync(self.driver.create, spec)
-            # Up means answering: the agent and its interpreter have started.
-            if not await anyio.to_thread.run_sync(self.driver.ping, handle, 20.0):
+            # Shielded: a container being made when the server stops must be made
+            # whole, so that it can be removed (a created one would not end by itself).
+            with anyio.CancelScope(shield=True):
+                handle = await anyio.to_thread.run_sync(self.driver.create, spec)
+            try:
+                # Up means answering: the agent and its interpreter have started. Not
+                # shielded: a stop does not wait for that, it removes the sandbox.
+                ready = await anyio.to_thread.run_sync(self.driver.ping, handle, 20.0, abandon_on_cancel=True)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._discard(WarmSandbox(sandbox_id, handle, shape))
+                raise
+            if not ready:
                 await anyio.to_thread.run_sync(self.driver.destroy, handle.container_id)
                 return None
         except CloudSkillsError as exc:
