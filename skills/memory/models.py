@@ -10,9 +10,11 @@ from pydantic import BaseModel, Field, model_validator
 from skills.base import OpInput
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-# A metadata value: flat JSON only (no objects or lists inside).
+# A metadata value: flat JSON only (no objects or lists inside); a key is a plain name, so a
+# filter on it is a plain path into the stored JSON on every store.
 Scalar = str | int | float | bool | None
-Metadata = dict[Annotated[str, Field(min_length=1, max_length=64)], Scalar]
+MetadataKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")]
+Metadata = dict[MetadataKey, Scalar]
 MAX_TTL_S = 10 * 365 * 86400
 
 NAMESPACE = Field(

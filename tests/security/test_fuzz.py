@@ -148,6 +148,13 @@ TOOLS = [
     "inference_models",
     "inference_generate",
     "inference_embed",
+    "memory_put",
+    "memory_put_batch",
+    "memory_search",
+    "memory_get",
+    "memory_list",
+    "memory_namespaces",
+    "memory_delete",
 ]
 
 
