@@ -82,6 +82,9 @@ STOPWORDS = frozenset(
     ]
 )
 MOST_WORDS = 32
+# A word found in this many memories of a namespace or more tells them apart no better than a
+# stopword: a keyword search leaves it out, so what it costs stays bounded however common it is.
+COMMON_WORD = 1000
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,8 @@ class MemoryIndex(Protocol):
     def matching(
         self, session: Session, namespace_id: str, words: list[str], k: int, where: Sequence[ColumnElement[bool]]
     ) -> list[int]:
-        """The ``k`` memories that best match any of ``words``, best first."""
+        """The ``k`` memories that best match any of ``words`` (but those in ``COMMON_WORD``
+        memories or more), best first."""
         ...
 
     def similarity(self, session: Session, seqs: Sequence[int], vector: Vector) -> dict[int, float]:

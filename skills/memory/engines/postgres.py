@@ -16,10 +16,14 @@ from typing import Any
 from sqlalchemy import ColumnClause, ColumnElement, column, select, text
 from sqlalchemy.orm import Session
 
-from skills.memory.engines.base import Entry, Vector
+from skills.memory.engines.base import COMMON_WORD, Entry, Vector
 from skills.memory.rows import Memory
 
 SET_VECTOR = text("UPDATE memories SET embedding = CAST(:vector AS vector) WHERE seq = :seq")
+COUNT_CAPPED = text(
+    "SELECT count(*) FROM (SELECT 1 FROM memories WHERE namespace_id = :namespace_id "
+    "AND words @@ plainto_tsquery('english', :word) LIMIT :cap) AS found"
+)
 # Candidates the HNSW search keeps while it walks the graph: recall against speed.
 EF_SEARCH = 100
 EMBEDDING: ColumnClause[Any] = column("embedding")
@@ -69,6 +73,7 @@ class PostgresIndex:
     def matching(
         self, session: Session, namespace_id: str, words: list[str], k: int, where: Sequence[ColumnElement[bool]]
     ) -> list[int]:
+        words = [word for word in words if not self._common(session, namespace_id, word)]
         if not words:
             return []
         tsquery = text("websearch_to_tsquery('english', :match)")
@@ -79,6 +84,10 @@ class PostgresIndex:
             .limit(k)
         )
         return [int(seq) for seq in session.scalars(query, {"match": " or ".join(words)})]
+
+    def _common(self, session: Session, namespace_id: str, word: str) -> bool:
+        params = {"word": word, "namespace_id": namespace_id, "cap": COMMON_WORD}
+        return int(session.scalar(COUNT_CAPPED, params) or 0) >= COMMON_WORD
 
     def similarity(self, session: Session, seqs: Sequence[int], vector: Vector) -> dict[int, float]:
         if not seqs:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement, column, func, literal_column, select, table, text
 from sqlalchemy.orm import Session
 
-from skills.memory.engines.base import Entry, Vector
+from skills.memory.engines.base import COMMON_WORD, Entry, Vector
 from skills.memory.rows import Memory
 
 VECTORS = table("memory_vectors", column("rowid"), column("embedding"))
@@ -26,6 +26,10 @@ DROP_VECTOR = text("DELETE FROM memory_vectors WHERE rowid = :seq")
 # An external-content FTS5 table forgets a row given the text it indexed.
 DROP_WORDS = text("INSERT INTO memory_words(memory_words, rowid, text) VALUES ('delete', :seq, :text)")
 DISTANCE = text("SELECT vec_distance_cosine(embedding, :vector) FROM memory_vectors WHERE rowid = :seq")
+COUNT_CAPPED = text(
+    "SELECT count(*) FROM (SELECT m.seq FROM memory_words JOIN memories m ON m.seq = memory_words.rowid "
+    "WHERE memory_words MATCH :match AND m.namespace_id = :namespace_id LIMIT :cap)"
+)
 KNN = text(
     "SELECT rowid, distance FROM memory_vectors "
     "WHERE embedding MATCH :vector AND k = :k AND namespace_id = :namespace_id ORDER BY distance"
@@ -75,6 +79,7 @@ class SqliteIndex:
     def matching(
         self, session: Session, namespace_id: str, words: list[str], k: int, where: Sequence[ColumnElement[bool]]
     ) -> list[int]:
+        words = [word for word in words if not self._common(session, namespace_id, word)]
         if not words:
             return []
         match = " OR ".join(f'"{word}"' for word in words)
@@ -86,6 +91,10 @@ class SqliteIndex:
             .limit(k)
         )
         return [int(seq) for seq in session.scalars(query, {"match": match})]
+
+    def _common(self, session: Session, namespace_id: str, word: str) -> bool:
+        params = {"match": f'"{word}"', "namespace_id": namespace_id, "cap": COMMON_WORD}
+        return int(session.scalar(COUNT_CAPPED, params) or 0) >= COMMON_WORD
 
     def similarity(self, session: Session, seqs: Sequence[int], vector: Vector) -> dict[int, float]:
         # One lookup by rowid each: vec0 finds a rowid directly, but would scan for an IN list.
