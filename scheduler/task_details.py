@@ -31,7 +31,8 @@ class Details:
 
 
 def preview(text: str) -> str:
-    size = len(text.encode())
+    # An ASCII string's size is its length (isascii is a flag lookup): no copy of a 10 MiB file.
+    size = len(text) if text.isascii() else len(text.encode())
     return f"{text[:PREVIEW_CHARS]}… [{size} bytes, not kept]"
 
 
