@@ -46,7 +46,8 @@ async def main() -> None:
         }
     }
     model = os.environ.get("MODEL") or FunctionModel(scripted)
-    agent = Agent(model, toolsets=[MCPToolset(server)])
+    # A fresh server builds its catalog and store first: give its handshake a minute on a busy machine.
+    agent = Agent(model, toolsets=[MCPToolset(server, init_timeout=60)])
     async with agent:
         result = await agent.run("What is the mean of 3, 5 and 10? Compute it in a sandbox.")
     print(result.output)

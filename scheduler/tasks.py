@@ -130,7 +130,8 @@ class Scheduler:
             with self.store.transaction() as session:
                 tenant = ledger.admit(session, tenant_id, hold)
                 quotas.check_tasks(session, tenant, worst)
-                ledger.check_budget(self.catalog, tenant, hold)
+                if not binding.always_admitted:  # a read or a delete is never refused for money
+                    ledger.check_budget(self.catalog, tenant, hold)
                 session.connection().execute(INSERT_TASK, row)
         except CloudSkillsError as refusal:
             self.observer.refused(binding.skill, binding.op, tenant_id, refusal, since)

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,21 @@ class Api:
 
     def client(self, key: str | None = None) -> openai.AsyncOpenAI:
         # No retries: a refusal must come back as it is, once.
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=key or self.key, max_retries=0, timeout=300)
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key or self.key, max_retries=0, timeout=300)
+        OPEN_CLIENTS.append(client)
+        return client
+
+
+# Clients a test made, closed on its own event loop when it ends: one closed later by the
+# garbage collector would fail whatever test runs then ("Event loop is closed").
+OPEN_CLIENTS: list[openai.AsyncOpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_clients() -> AsyncIterator[None]:
+    yield
+    while OPEN_CLIENTS:
+        await OPEN_CLIENTS.pop().close()
 
 
 @pytest.fixture

@@ -155,7 +155,16 @@ TOOLS = [
     "memory_list",
     "memory_namespaces",
     "memory_delete",
+    "channel_create",
+    "channel_send",
+    "channel_ack",
+    "channel_list",
+    "channel_describe",
+    "channel_delete",
 ]
+# Not fuzzed: a receive may wait up to 30 s on an empty channel, per example; its
+# bad input is covered in tests/skills/test_channel_skill.py.
+WAITING = ["channel_receive"]
 
 
 def check(served: Served, name: str, arguments: Any) -> None:
@@ -170,7 +179,7 @@ def check(served: Served, name: str, arguments: Any) -> None:
 
 
 def test_every_tool_is_fuzzed(served: Served) -> None:
-    assert set(TOOLS) == set(served.tools), "fuzz every tool: update TOOLS"
+    assert set(TOOLS) | set(WAITING) == set(served.tools), "fuzz every tool: update TOOLS"
 
 
 @pytest.mark.parametrize("name", TOOLS)

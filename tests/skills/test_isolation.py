@@ -29,6 +29,12 @@ HARMLESS: dict[str, Any] = {
     "messages": [{"role": "user", "content": "hi"}],
     "max_tokens": 1,
     "input": ["x"],
+    "channel": "jobs",
+    "body": {"n": 1},
+    "receipts": ["rc_ffffffffffffffff"],
+    "text": "x",
+    "query": "x",
+    "items": [{"text": "x"}],
 }
 ID_FIELDS = ("sandbox_id", "task_id", "db_id", "vm_id")
 MADE_UP = {
