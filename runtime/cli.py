@@ -41,6 +41,10 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
 
 
+# A stdio server's client closes its stdin and kills it a second or two later.
+STDIO_POOL_DRAIN_S = 0.3
+
+
 @main.command()
 @click.option("--http", "use_http", is_flag=True, help="Serve Streamable HTTP at /mcp instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -54,6 +58,8 @@ def serve(use_http: bool, host: str, port: int, tenant: str | None, agent: str |
 
     chosen = {"tenant": tenant, "agent": agent}
     settings = load_settings(**{k: v for k, v in chosen.items() if v})
+    if not use_http and "pool_drain_s" not in settings.model_fields_set:
+        settings = load_settings(**{k: v for k, v in chosen.items() if v}, pool_drain_s=STDIO_POOL_DRAIN_S)
     try:
         app = App(settings)
     except CloudSkillsError as exc:

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     reap_interval_s: float = Field(default=10.0, gt=0, description="Seconds between reaper passes.")
     pool_size: int = Field(default=8, ge=0, le=256, description="Warm sandboxes kept ready by a server.")
     pool_memory_mib: int = Field(default=4096, ge=0, description="Host memory the warm pool may hold, in MiB.")
+    pool_drain_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="At shutdown, seconds to wait for the warm pool's removal (None: all of it). A warm sandbox "
+        "ends anyway once its server lets go, and the engine completes a removal under way; a stdio server "
+        "waits 0.3 s, as MCP clients give a server about a second.",
+    )
     task_retention_s: float = Field(
         default=7 * 86400,
         gt=0,

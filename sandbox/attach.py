@@ -16,6 +16,7 @@ inside stdout, so a frame may span chunks or share one with the next.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
 import struct
@@ -124,3 +125,37 @@ def read_answer(take: Callable[[int], bytes]) -> tuple[dict[str, Any], list[byte
     if any(n < 0 for n in sizes) or sum(sizes) > MAX_FRAME_BYTES:
         raise ValueError("the sandbox sent more than it may")
     return answer, [take(n) for n in sizes]
+
+
+def answer_in(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """The answer a relay printed, and its blobs."""
+    stream = io.BytesIO(data)
+
+    def exact(size: int) -> bytes:
+        part = stream.read(size)
+        if len(part) < size:
+            raise EOFError("the answer ended early")
+        return part
+
+    return read_answer(exact)
+
+
+def read_stream(raw: socket.socket) -> tuple[bytes, bytes]:
+    """Read Docker's multiplexed exec stream (8-byte header per chunk) to its end."""
+    out, err = bytearray(), bytearray()
+    while header := recv_exactly(raw, 8):
+        stream, size = struct.unpack(">BxxxL", header)
+        (out if stream == 1 else err).extend(recv_exactly(raw, size))
+        if len(out) + len(err) > MAX_FRAME_BYTES:
+            raise TaskFailed("the sandbox sent more than it may: ask for less output and try again.")
+    return bytes(out), bytes(err)
+
+
+def recv_exactly(raw: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = raw.recv(min(size - len(chunks), 1 << 20))
+        if not chunk:
+            break
+        chunks.extend(chunk)
+    return bytes(chunks)

@@ -10,13 +10,13 @@ requests reach it over the container's attached stdio (see
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +27,11 @@ import docker.errors
 import requests.exceptions
 
 from common.errors import BackendUnavailable, CloudSkillsError, InvalidInput, NotFound, TaskFailed
-from sandbox.attach import MAX_FRAME_BYTES, Channel, ChannelBroken, read_answer
+from sandbox.attach import Channel, ChannelBroken, answer_in, read_stream
 from sandbox.disks import LoopDisks
 from sandbox.driver import (
     LABEL_MANAGED,
+    LABEL_POOL,
     LABEL_SANDBOX,
     AgentRequest,
     AgentResponse,
@@ -53,6 +54,8 @@ DEADLINE_GRACE_S = 15.0
 EXIT_IDLE = 75
 EXIT_RELEASED = 76
 DEFAULT_DISK_ROOT = Path("/var/lib/cloudskills/disks")
+# A warm sandbox still only created this long after it was made was left by a stopped server.
+UNBORN_AFTER_S = 60.0
 
 
 def docker_unavailable(exc: Exception) -> BackendUnavailable:
@@ -255,9 +258,8 @@ class DockerDriver:
             raise TaskFailed(f"the connection to the sandbox broke ({exc}): try again.") from exc
         finally:
             raw.close()
-        answer = io.BytesIO(stdout)
         try:
-            return read_answer(lambda n: exact(answer, n))
+            return answer_in(stdout)
         except (ValueError, EOFError, struct.error) as exc:
             detail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
             raise TaskFailed(
@@ -323,8 +325,22 @@ class DockerDriver:
         ]
 
     def sweep(self) -> list[str]:
-        """Remove what a killed process left on this host half set up (disks' mounts and files)."""
-        return self.disks.sweep() if self.disks is not None else []
+        """Remove what a killed process left half set up: disks being made (on this host),
+        and warm sandboxes that ended when their server went away before handing them over
+        (any server's, on this engine: no record refers to them, whichever store made them)."""
+        swept = self.disks.sweep() if self.disks is not None else []
+        pool = [f"{LABEL_MANAGED}=1", f"{LABEL_POOL}=1"]
+        try:
+            released = self._api.containers(all=True, filters={"label": pool, "exited": EXIT_RELEASED})
+            # Made but never started: its server stopped in between (long enough ago).
+            unborn = self._api.containers(all=True, filters={"label": pool, "status": "created"})
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise docker_unavailable(exc) from exc
+        old = time.time() - UNBORN_AFTER_S
+        for container in [*released, *(c for c in unborn if int(c.get("Created") or 0) < old)]:
+            self.destroy(str(container["Id"]))
+            swept.append(str(container["Id"]))
+        return swept
 
 
 def exit_cause(state: dict[str, Any]) -> str:
@@ -337,13 +353,6 @@ def exit_cause(state: dict[str, Any]) -> str:
     return f"its container exited with code {state.get('ExitCode')}, out of memory or processes"
 
 
-def exact(stream: io.BytesIO, size: int) -> bytes:
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError("the answer ended early")
-    return data
-
-
 def docker_time(text: str | None) -> datetime:
     """Docker's RFC 3339 time with nanoseconds (or its zero time: now)."""
     if not text or text.startswith("0001-"):
@@ -351,27 +360,6 @@ def docker_time(text: str | None) -> datetime:
     head, _, fraction = text.rstrip("Z").partition(".")
     micros = (fraction + "000000")[:6]
     return datetime.fromisoformat(f"{head}.{micros}+00:00")
-
-
-def read_stream(raw: socket.socket) -> tuple[bytes, bytes]:
-    """Read Docker's multiplexed exec stream (8-byte header per chunk) to its end."""
-    out, err = bytearray(), bytearray()
-    while header := recv_exactly(raw, 8):
-        stream, size = struct.unpack(">BxxxL", header)
-        (out if stream == 1 else err).extend(recv_exactly(raw, size))
-        if len(out) + len(err) > MAX_FRAME_BYTES:
-            raise TaskFailed("the sandbox sent more than it may: ask for less output and try again.")
-    return bytes(out), bytes(err)
-
-
-def recv_exactly(raw: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = raw.recv(min(size - len(chunks), 1 << 20))
-        if not chunk:
-            break
-        chunks.extend(chunk)
-    return bytes(chunks)
 
 
 def parse_agent_answer(wire: dict[str, Any], blobs: list[bytes]) -> AgentResponse:

@@ -20,6 +20,8 @@ LABEL_MANAGED = "cloudskills.managed"
 LABEL_STORE = "cloudskills.store"
 LABEL_SANDBOX = "cloudskills.sandbox"
 LABEL_TENANT = "cloudskills.tenant"
+# A warm pool's sandbox: made ahead of need, held by its server until handed over.
+LABEL_POOL = "cloudskills.pool"
 
 
 @dataclass(frozen=True)
@@ -246,6 +248,7 @@ class SandboxDriver(Protocol):
         ...
 
     def sweep(self) -> list[str]:
-        """Remove what a killed process left half set up on this host (not containers:
-        the reaper judges those by their labels); what was removed."""
+        """Remove what a killed process left half set up on this host, any process's: a
+        disk being made, a warm sandbox that ended when its server went away before handing
+        it over (nothing refers to it). Other containers the reaper judges by their labels."""
         ...

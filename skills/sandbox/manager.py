@@ -371,5 +371,12 @@ def from_platform(platform: Platform) -> SandboxManager:
     shapes = [
         Shape(t.name, images[t.image], t.limits, t.runtime) for t in (TEMPLATES[RUN_DEFAULT], TEMPLATES[CREATE_DEFAULT])
     ]
-    pool = WarmPool(platform.docker, platform.store.store_id, shapes, settings.pool_size, settings.pool_memory_mib)
+    pool = WarmPool(
+        platform.docker,
+        platform.store.store_id,
+        shapes,
+        settings.pool_size,
+        settings.pool_memory_mib,
+        drain_s=settings.pool_drain_s,
+    )
     return SandboxManager(platform.store, platform.docker, platform.leases, images, pool)

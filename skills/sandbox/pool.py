@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 import anyio
 
 from common.errors import CloudSkillsError
+from sandbox.driver import LABEL_POOL as LABEL_POOL  # re-exported: the label of a warm sandbox
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, Limits, SandboxDriver, SandboxHandle, SandboxSpec
 from scheduler.observe import Sample
 from scheduler.tasks import new_id
 
 log = logging.getLogger("cloudskills.pool")
 
-LABEL_POOL = "cloudskills.pool"
 # After a failed start, wait before trying again (the engine may be down).
 RETRY_AFTER_FAILURE_S = 5.0
 # A warm sandbox ends after HOLD_S without a heartbeat; one comes every HEARTBEAT_S.
@@ -71,9 +71,11 @@ class WarmPool:
         shapes: Sequence[Shape],
         size: int,
         memory_budget_mib: int,
+        drain_s: float | None = None,
     ) -> None:
         self.driver = driver
         self.store_id = store_id
+        self.drain_s = drain_s  # at shutdown, how long to wait for the removals (None: all)
         # The size is shared out between the shapes, the first getting any remainder,
         # and each share capped so that the whole pool stays within the memory budget.
         self.targets: dict[Shape, int] = {}
@@ -211,10 +213,11 @@ class WarmPool:
             hold_s=HOLD_S,
         )
         try:
-            # Shielded: a container being made when the server stops must be made
-            # whole, so that it can be removed (a created one would not end by itself).
-            with anyio.CancelScope(shield=True):
-                handle = await anyio.to_thread.run_sync(self.driver.create, spec)
+            # Shielded unless the stop is bounded (drain_s): a container being made when the
+            # server stops is then made whole and removed. A bounded stop moves on; what the
+            # engine goes on to make ends by itself, or is swept if never started.
+            with anyio.CancelScope(shield=self.drain_s is None):
+                handle = await anyio.to_thread.run_sync(self.driver.create, spec, abandon_on_cancel=True)
             try:
                 # Up means answering: the agent and its interpreter have started. Not
                 # shielded: a stop does not wait for that, it removes the sandbox.
@@ -237,14 +240,17 @@ class WarmPool:
 
     async def _discard(self, warm: WarmSandbox) -> None:
         try:
-            await anyio.to_thread.run_sync(self.driver.destroy, warm.handle.container_id)
+            # abandon_on_cancel: a drain past drain_s moves on (see drain).
+            await anyio.to_thread.run_sync(self.driver.destroy, warm.handle.container_id, abandon_on_cancel=True)
         except CloudSkillsError as exc:
             log.warning("warm pool: could not remove a dead sandbox: %s", exc)
 
     async def drain(self) -> None:
-        """Remove every warm sandbox, all at once (shutdown has little time): each ends as
-        soon as this process lets go of it, and its container is removed meanwhile."""
-        async with anyio.create_task_group() as group:
-            for ready in self._ready.values():
-                while ready:
-                    group.start_soon(self._discard, ready.popleft())
+        """Remove every warm sandbox, all at once (shutdown has little time), waiting at most
+        ``drain_s``: each ends as soon as this process lets go of it, the engine completes a
+        removal it has begun, and any server's reaper removes what is left (``sweep``)."""
+        with anyio.move_on_after(self.drain_s if self.drain_s is not None else float("inf")):
+            async with anyio.create_task_group() as group:
+                for ready in self._ready.values():
+                    while ready:
+                        group.start_soon(self._discard, ready.popleft())

@@ -5,6 +5,7 @@ by itself within seconds; a server exits within a second of its stdin closing.""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -12,16 +13,16 @@ import time
 from pathlib import Path
 
 import anyio
+import docker.errors
 import pytest
 from mcp import Client, StdioServerParameters
 
 from runtime.app import App
 from runtime.settings import load_settings
 from sandbox.docker import EXIT_IDLE, EXIT_RELEASED, DockerDriver, docker_time
-from sandbox.driver import LABEL_STORE
+from sandbox.driver import LABEL_POOL, LABEL_STORE
 from scheduler.models import Lease
 from skills.sandbox.manager import SandboxManager
-from skills.sandbox.pool import LABEL_POOL
 from skills.sandbox.rows import Sandbox
 from tests.e2e.conftest import first_key, server_env, store_of
 from tests.mcp_helpers import call
@@ -96,7 +97,7 @@ async def test_a_sandbox_expires_with_no_server_and_a_later_server_bills_it_to_t
         app.close()
 
 
-async def test_a_killed_servers_warm_pool_ends_by_itself_within_seconds(
+async def test_a_killed_servers_warm_pool_ends_by_itself_within_seconds_and_any_server_removes_it(
     tmp_path: Path, docker_driver: DockerDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = tmp_path / "home"
@@ -112,16 +113,18 @@ async def test_a_killed_servers_warm_pool_ends_by_itself_within_seconds(
     killed = time.monotonic()
     await until(lambda: not any(pool_states(docker_driver, store_id).values()), "the warm pool to end", 15)
     ended_in = time.monotonic() - killed
-    api = docker_driver.client.api
-    codes = {api.inspect_container(c)["State"]["ExitCode"] for c in pool_states(docker_driver, store_id)}
-    assert codes == {EXIT_RELEASED} and ended_in < 5, (codes, ended_in)
-
-    app = await later_server(home, monkeypatch, docker_driver)
+    codes = set()
+    for container_id in pool_states(docker_driver, store_id):
+        with contextlib.suppress(docker.errors.NotFound):  # another store's server may sweep it first
+            codes.add(docker_driver.client.api.inspect_container(container_id)["State"]["ExitCode"])
+    assert codes <= {EXIT_RELEASED} and ended_in < 5, (codes, ended_in)
+    # Nothing refers to them: the next server on any data dir removes them.
+    other = await later_server(tmp_path / "another", monkeypatch, docker_driver)
     try:
-        async with app.running():
-            await until(lambda: pool_states(docker_driver, store_id) == {}, "the reaper to remove them")
+        async with other.running():
+            await until(lambda: pool_states(docker_driver, store_id) == {}, "another server to sweep them")
     finally:
-        app.close()
+        other.close()
 
 
 async def test_the_server_exits_within_a_second_of_stdin_closing_and_leaves_nothing(
@@ -147,4 +150,5 @@ async def test_the_server_exits_within_a_second_of_stdin_closing_and_leaves_noth
             proc.kill()
     assert proc.returncode == 0
     assert took < 1.0, f"the server took {took:.2f} s to exit"
-    assert docker_driver.list_labelled({LABEL_STORE: store_id}) == [], "its warm pool was drained"
+    # The removals it began complete in the engine, with no server left.
+    await until(lambda: docker_driver.list_labelled({LABEL_STORE: store_id}) == [], "its warm pool to be gone", 15)
