@@ -241,8 +241,7 @@ class Scheduler:
     async def _run(self, task: Claimed) -> Claimed | None:
         task_id = task.id
         binding = self._bindings.get(f"{task.skill}.{task.op}")
-        progress = self._progress.get(task.id)
-        ctx = TaskContext(task.id, task.tenant_id, self.services, agent=task.agent, progress=progress)
+        ctx = TaskContext(task.id, task.tenant_id, self.services, task.agent, progress=self._progress.get(task.id))
         ledger.acting_agent.set(task.agent)  # what the handler opens (a lease) is this agent's
         result: Any = None
         error: CloudSkillsError | None = None
