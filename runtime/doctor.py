@@ -13,6 +13,7 @@ import docker.errors
 from common.errors import CloudSkillsError
 from runtime.settings import Settings
 from sandbox.docker import DockerDriver
+from sandbox.hardening import lxcfs_serves
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def doctor_checks(settings: Settings) -> list[Check]:
         disks = driver.disks is not None
         fix = "run the server as root on the engine's machine"
         checks.append(Check("sandbox disks", disks, driver.disk_backing(), fix, required=False))
-        lxcfs = os.path.ismount("/var/lib/lxcfs")
+        lxcfs = lxcfs_serves()
         shown = (
             "serves sandboxes their own /proc/meminfo" if lxcfs else "not running: runc sandboxes see the host's memory"
         )

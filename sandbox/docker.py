@@ -40,7 +40,7 @@ from sandbox.driver import (
     SandboxHandle,
     SandboxSpec,
 )
-from sandbox.hardening import LXCFS_ROOT, CpuPlacement, host_config
+from sandbox.hardening import CpuPlacement, host_config, lxcfs_serves
 
 log = logging.getLogger("cloudskills.docker")
 
@@ -164,7 +164,7 @@ class DockerDriver:
     def _create(self, spec: SandboxSpec, name: str, disk: Path | None) -> SandboxHandle:
         cpus = self._host_cpus()
         cpuset = self._placement.cpuset(spec.limits.vcpus, cpus) if cpus else None
-        lxcfs = self.local and os.path.ismount(LXCFS_ROOT)
+        lxcfs = self.local and lxcfs_serves()
         config = self._api.create_host_config(**host_config(spec, disk, cpuset, lxcfs))
         try:
             created = self._api.create_container(

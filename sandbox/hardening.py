@@ -65,6 +65,15 @@ class CpuPlacement:
         return ",".join(str((first + i) % host_cpus) for i in range(count))
 
 
+def lxcfs_serves() -> bool:
+    """Whether lxcfs answers: a dead one leaves a mount whose every read fails."""
+    try:
+        with open(LXCFS_ROOT / "proc/meminfo", "rb") as meminfo:
+            return bool(meminfo.read(1))
+    except OSError:
+        return False
+
+
 def mounts(spec: SandboxSpec, disk: Path | None, lxcfs: bool) -> tuple[list[docker.types.Mount], dict[str, str]]:
     """Binds (its disk, lxcfs's files over /proc) and, without a disk, tmpfs mounts."""
     binds: list[docker.types.Mount] = []
