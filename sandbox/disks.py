@@ -20,6 +20,10 @@ window leaves it, and ``sweep`` removes it.
 
 Root on the engine's own machine is needed (loop devices, mounts); elsewhere
 the driver falls back to a tmpfs and says so (``cloudskills doctor``).
+
+The helpers below the ``LoopDisks`` line (format, mount, unmount) are the one
+mechanism for every capped ext4 filesystem: a workspace is one too, kept (with a
+journal) and mounted for as long as it lives rather than for a container's life.
 """
 
 from __future__ import annotations
@@ -82,13 +86,90 @@ def sparse_copy(source: Path, target: Path) -> None:
             position = end
 
 
+def format_ext4(path: Path, size_mib: int, journal: bool) -> None:
+    """Make ``path`` a sparse file of ``size_mib`` holding an empty ext4 filesystem whose
+    root the sandbox user owns, with no blocks kept for root (``-m 0``: the sandbox user
+    may fill all of it). Inode tables are zeroed lazily and never in the background
+    (mounted with noinit_itable), so an unused filesystem takes a megabyte of the host's."""
+    with open(path, "wb") as handle:
+        handle.truncate(size_mib << 20)
+    features = [] if journal else ["-O", "^has_journal"]
+    subprocess.run(
+        [
+            "mkfs.ext4", "-q", "-F", *features, "-m", "0",
+            "-E", f"lazy_itable_init=1,root_owner={SANDBOX_UID}:{SANDBOX_UID}", str(path),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+
+
+# One attach at a time in this process: the kernel names the same free device to every
+# thread that asks before one takes it. Another process may still take it first.
+_attach_lock = threading.Lock()
+
+
+def attach_loop(image: Path) -> tuple[str, int]:
+    """A free loop device backed by ``image``, auto-clearing; (its path, an open fd to it)."""
+    with _attach_lock:
+        for _ in range(32):
+            control = os.open("/dev/loop-control", os.O_RDWR)
+            try:
+                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+            finally:
+                os.close(control)
+            path = f"/dev/loop{number}"
+            device = os.open(path, os.O_RDWR)
+            backing = os.open(image, os.O_RDWR)
+            try:
+                fcntl.ioctl(device, LOOP_CONFIGURE, loop_config(backing, image.name))
+                return path, device
+            except OSError as exc:
+                os.close(device)
+                if exc.errno != 16:  # EBUSY: taken meanwhile, try the next
+                    raise
+            finally:
+                os.close(backing)
+    raise OSError(16, "no free loop device")
+
+
+def mount_image(image: Path, mount_point: Path) -> None:
+    """Mount the ext4 filesystem in ``image`` at ``mount_point`` (nosuid, nodev) through an
+    auto-clearing loop device: unmounted, the device frees itself and lets go of the file."""
+    device, fd = attach_loop(image)
+    try:
+        _check(
+            _libc.mount(device.encode(), bytes(mount_point), b"ext4", MS_NOSUID | MS_NODEV, b"noinit_itable"),
+            f"mount {device}",
+        )
+    finally:
+        os.close(fd)  # the mount holds the device now
+
+
+def unmount(mount_point: Path, lazy: bool = False) -> None:
+    """Unmount ``mount_point`` if it is a mount; ``lazy`` detaches it at once, and the
+    filesystem lives on while anything (a container's bind) still uses it."""
+    if os.path.ismount(mount_point):
+        _check(_libc.umount2(bytes(mount_point), MNT_DETACH if lazy else 0), f"umount {mount_point}")
+
+
+def loop_backed(image: Path) -> bool:
+    """Whether a loop device is backed by the file at ``image`` now (a filesystem on it is
+    still in use); one backed by a file since replaced there says "(deleted)" and is not."""
+    wanted = str(image.resolve())
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if backing.read_text().strip() == wanted:
+                return True
+    return False
+
+
 class LoopDisks:
     """Capped ext4 disks under ``root`` (one directory per sandbox while it is set up)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._templates_lock = threading.Lock()
-        self._attach_lock = threading.Lock()
         self._preparing: set[Path] = set()
 
     @staticmethod
@@ -108,19 +189,8 @@ class LoopDisks:
         with self._templates_lock:
             if not path.exists():
                 partial = path.with_suffix(f".{os.getpid()}.part")
-                with open(partial, "wb") as handle:
-                    handle.truncate(size_mib << 20)
-                # No journal: a sandbox's disk never outlives a crash. Inode tables are
-                # zeroed lazily and never in the background (noinit_itable), so an unused
-                # disk takes a megabyte of the host's.
-                subprocess.run(
-                    [
-                        "mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0",
-                        "-E", f"lazy_itable_init=1,root_owner={SANDBOX_UID}:{SANDBOX_UID}", str(partial),
-                    ],
-                    check=True,
-                    capture_output=True,
-                )  # fmt: skip
+                # No journal: a sandbox's disk never outlives a crash.
+                format_ext4(partial, size_mib, journal=False)
                 os.replace(partial, path)
         return path
 
@@ -135,16 +205,7 @@ class LoopDisks:
         try:
             sparse_copy(self._template(size_mib), image)
             mount_point.mkdir(exist_ok=True)
-            device = self._attach(image)
-            try:
-                _check(
-                    _libc.mount(
-                        device[0].encode(), bytes(mount_point), b"ext4", MS_NOSUID | MS_NODEV, b"noinit_itable"
-                    ),
-                    f"mount {device[0]}",
-                )
-            finally:
-                os.close(device[1])  # the mount holds the device now; unmounted, it clears itself
+            mount_image(image, mount_point)
             image.unlink()  # the loop device holds the file; it is freed when the device clears
             (mount_point / "work").mkdir(mode=0o755)
             os.chown(mount_point / "work", SANDBOX_UID, SANDBOX_UID)
@@ -157,41 +218,12 @@ class LoopDisks:
             ) from exc
         return mount_point
 
-    def _attach(self, image: Path) -> tuple[str, int]:
-        """A free loop device backed by ``image``, auto-clearing; (its path, an open fd to it)."""
-        # One at a time in this process: the kernel names the same free device to every
-        # thread that asks before one takes it. Another process may still take it first.
-        with self._attach_lock:
-            return self._attach_one(image)
-
-    def _attach_one(self, image: Path) -> tuple[str, int]:
-        for _ in range(32):
-            control = os.open("/dev/loop-control", os.O_RDWR)
-            try:
-                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
-            finally:
-                os.close(control)
-            path = f"/dev/loop{number}"
-            device = os.open(path, os.O_RDWR)
-            backing = os.open(image, os.O_RDWR)
-            try:
-                fcntl.ioctl(device, LOOP_CONFIGURE, loop_config(backing, image.name))
-                return path, device
-            except OSError as exc:
-                os.close(device)
-                if exc.errno != 16:  # EBUSY: taken meanwhile, try the next
-                    raise
-            finally:
-                os.close(backing)
-        raise OSError(16, "no free loop device")
-
     def release(self, mount_point: Path) -> None:
         """Let go of the host's view of a disk: detach its mount lazily (a container that
         binds it keeps it until it ends), and remove what is left."""
         image = mount_point.with_name(f"{mount_point.name}.img")
-        if os.path.ismount(mount_point):
-            with contextlib.suppress(OSError):
-                _check(_libc.umount2(bytes(mount_point), MNT_DETACH), f"umount {mount_point}")
+        with contextlib.suppress(OSError):
+            unmount(mount_point, lazy=True)
         with contextlib.suppress(OSError):
             mount_point.rmdir()
         with contextlib.suppress(FileNotFoundError):

@@ -175,7 +175,7 @@ class DockerDriver:
                 working_dir=WORK_DIR,
                 hostname="sandbox",
                 environment={"HOME": WORK_DIR, "LANG": "C.UTF-8", "CLOUDSKILLS_HOLD_S": f"{spec.hold_s:g}"},
-                labels={LABEL_MANAGED: "1", **spec.labels},
+                labels={LABEL_MANAGED: "1", **spec.labels, **spec.volume_labels()},
                 host_config=config,
                 name=name,
                 network_disabled=True,

@@ -35,6 +35,22 @@ class Limits:
     disk_mib: int = 2048
 
 
+# A label per volume a sandbox mounts (``<prefix><volume name>``: ``ro`` or ``rw``), so
+# whoever owns a volume can ask the engine which sandboxes mount it now.
+LABEL_VOLUME_PREFIX = "cloudskills.volume."
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """A directory of the engine's host bound into the sandbox at ``target``: plain data,
+    whatever made it (a workspace's filesystem). ``name`` is what its label says."""
+
+    name: str
+    source: str
+    target: str
+    read_only: bool = False
+
+
 @dataclass(frozen=True)
 class SandboxSpec:
     """What to start: an image, its limits, and the labels that name the owner."""
@@ -47,6 +63,10 @@ class SandboxSpec:
     # while its server does: it ends when the server lets go of it, or after this
     # many seconds without a request (a warm pool sends heartbeats).
     hold_s: float = 10.0
+    volumes: tuple[VolumeMount, ...] = ()
+
+    def volume_labels(self) -> dict[str, str]:
+        return {f"{LABEL_VOLUME_PREFIX}{v.name}": "ro" if v.read_only else "rw" for v in self.volumes}
 
 
 @dataclass(frozen=True)

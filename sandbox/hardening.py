@@ -75,7 +75,7 @@ def lxcfs_serves() -> bool:
 
 
 def mounts(spec: SandboxSpec, disk: Path | None, lxcfs: bool) -> tuple[list[docker.types.Mount], dict[str, str]]:
-    """Binds (its disk, lxcfs's files over /proc) and, without a disk, tmpfs mounts."""
+    """Binds (its disk, its volumes, lxcfs's files over /proc) and, without a disk, tmpfs mounts."""
     binds: list[docker.types.Mount] = []
     tmpfs: dict[str, str] = {}
     if disk is not None:
@@ -89,6 +89,8 @@ def mounts(spec: SandboxSpec, disk: Path | None, lxcfs: bool) -> tuple[list[dock
             WORK_DIR: f"rw,exec,nosuid,nodev,size={size}m,uid=1000,gid=1000,mode=0755",
             "/tmp": "rw,exec,nosuid,nodev,size=64m,mode=1777",
         }
+    for volume in spec.volumes:
+        binds.append(docker.types.Mount(volume.target, volume.source, type="bind", read_only=volume.read_only))
     if lxcfs and spec.runtime != "runsc":
         for name in LXCFS_FILES:
             if (LXCFS_ROOT / name).exists():

@@ -18,6 +18,7 @@ from skills.db.engines import postgres_image
 from skills.db.instances import DatabaseManager
 from skills.sandbox.manager import SandboxManager
 from skills.vm.instances import VmManager
+from skills.workspace.workspaces import WorkspaceManager
 
 # What makes a test part of the real tiers; every other test is in the fast tier
 # (`pytest -m fast`, run first by scripts/test), on in-memory drivers and SQLite.
@@ -86,6 +87,16 @@ async def clean_up(app: App, docker_driver: DockerDriver) -> tuple[list[str], li
     return leftovers, databases, vms
 
 
+async def remove_workspaces(app: App) -> list[str]:
+    """Delete what workspaces a test left (after its containers: none mounts them any more),
+    so no mount or loop device outlives it; their ids."""
+    workspaces = app.service(WorkspaceManager)
+    left = workspaces.list_all_live()
+    for row in left:
+        await workspaces.delete(row.tenant_id, row.id)
+    return [row.id for row in left]
+
+
 @pytest.fixture
 async def app(settings: Settings, docker_driver: DockerDriver) -> AsyncIterator[App]:
     """A running app on a fresh store; after the test, none of its containers may be left."""
@@ -93,10 +104,12 @@ async def app(settings: Settings, docker_driver: DockerDriver) -> AsyncIterator[
     async with application.running():
         yield application
     leftovers, databases, vms = await clean_up(application, docker_driver)
+    workspaces = await remove_workspaces(application)
     application.close()
     assert not leftovers, f"the test left {len(leftovers)} container(s) behind"
     assert not databases, f"the test left {len(databases)} database(s) behind"
     assert not vms, f"the test left {len(vms)} VM(s) behind"
+    assert not workspaces, f"the test left {len(workspaces)} workspace(s) behind"
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from sandbox.driver import (
     Limits,
     SandboxDriver,
     SandboxSpec,
+    VolumeMount,
 )
 from sandbox.images import IMAGES, sandbox_image
 from sandbox.templates import TEMPLATES, Template
@@ -128,8 +129,10 @@ class SandboxManager:
         limits: Limits,
         ttl_s: int,
         task_id: str | None,
+        volumes: tuple[VolumeMount, ...] = (),
     ) -> SandboxRecord:
-        """A running sandbox for the tenant: warm from the pool when it fits, else started cold."""
+        """A running sandbox for the tenant: warm from the pool when it fits, else started cold
+        (always, with volumes: a container's mounts are fixed when it is made)."""
         check_limits(limits)
         with self.store.transaction() as session:
             QUOTA.check(session, tenant_id)
@@ -145,7 +148,7 @@ class SandboxManager:
             disk_mib=limits.disk_mib,
             ttl_s=ttl_s,
         )
-        shape = self.pool.shape_for(template.name, limits) if self.pool else None
+        shape = self.pool.shape_for(template.name, limits) if self.pool and not volumes else None
         warm = await self.pool.claim(shape) if self.pool and shape else None
         if warm is not None:
             assert self.pool is not None
@@ -160,7 +163,7 @@ class SandboxManager:
                 # record the reaper removes it.
                 self.pool.handed_over(warm.sandbox_id)
         else:
-            record = await self._start_cold(row, template, limits)
+            record = await self._start_cold(row, template, limits, volumes)
         if task_id is None:
             await self._hand_over(record)
         return record
@@ -175,7 +178,9 @@ class SandboxManager:
                 await self.destroy(record.id, "failed_to_start")
             raise
 
-    async def _start_cold(self, row: Sandbox, template: Template, limits: Limits) -> SandboxRecord:
+    async def _start_cold(
+        self, row: Sandbox, template: Template, limits: Limits, volumes: tuple[VolumeMount, ...] = ()
+    ) -> SandboxRecord:
         sandbox_id = row.id = new_id("sb")
         with self.store.transaction() as session:
             session.add(row)  # the record first: its container is never a stray
@@ -185,6 +190,7 @@ class SandboxManager:
             limits=limits,
             runtime=template.runtime,
             labels={LABEL_STORE: self.store.store_id, LABEL_SANDBOX: sandbox_id, LABEL_TENANT: row.tenant_id},
+            volumes=volumes,
         )
         try:
             handle = await anyio.to_thread.run_sync(self.driver.create, spec)

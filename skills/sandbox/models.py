@@ -10,6 +10,7 @@ from pydantic_core import PydanticCustomError
 from skills.base import OpInput
 from skills.commands import EnvVars
 from skills.commands import ExecOutput as ExecOutput  # re-exported: the sandbox ops' answer
+from skills.sandbox.mounts import WORKSPACES, Workspaces
 from skills.sandbox.records import CREATE_DEFAULT, RUN_DEFAULT
 
 Language = Literal["python", "bash"]
@@ -76,6 +77,7 @@ class RunInput(OpInput):
     max_output: int = MAX_OUTPUT
     env: EnvVars = Field(default_factory=dict)
     template: str = Field(default=RUN_DEFAULT, description="The sandbox template (see sandbox_create).")
+    workspaces: Workspaces = WORKSPACES
 
 
 class RunOutput(ExecOutput):
@@ -103,6 +105,7 @@ class CreateInput(OpInput):
         description="The disk /work and /tmp share, in MiB, billed by the GiB-hour; default the template's "
         "(2048; 4096 for dev).",
     )
+    workspaces: Workspaces = WORKSPACES
 
 
 class SandboxInfo(BaseModel):

@@ -14,6 +14,7 @@ from scheduler.pricing import Usage
 from scheduler.tasks import TaskContext
 from skills.commands import command_timed_out
 from skills.content import decode, encode
+from skills.sandbox import mounts
 from skills.sandbox.manager import SandboxManager
 from skills.sandbox.models import (
     CreateInput,
@@ -125,7 +126,8 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
     sandboxes = ctx.service(SandboxManager)
     ttl_s = int(args.timeout_s + RUN_OVERHEAD_S)
     with TRACER.start_as_current_span("placement", attributes={"sandbox.template": template.name}) as span:
-        record = await sandboxes.create(ctx.tenant_id, template, template.limits, ttl_s, ctx.task_id)
+        volumes = await mounts.volumes_for(ctx, args.workspaces)
+        record = await sandboxes.create(ctx.tenant_id, template, template.limits, ttl_s, ctx.task_id, volumes)
         span.set_attribute("sandbox.id", record.id)
     try:
         # idle_s: should this process die mid-run, the sandbox ends by itself soon after.
@@ -174,7 +176,8 @@ async def create(ctx: TaskContext, args: CreateInput) -> CreateOutput:
         disk_mib=base.disk_mib if args.disk_mib is None else args.disk_mib,
     )
     sandboxes = ctx.service(SandboxManager)
-    record = await sandboxes.create(ctx.tenant_id, template, limits, args.ttl_s, None)
+    volumes = await mounts.volumes_for(ctx, args.workspaces)
+    record = await sandboxes.create(ctx.tenant_id, template, limits, args.ttl_s, None, volumes)
     return CreateOutput(**row_info(sandboxes.row(record.id)).model_dump())
 
 

@@ -86,6 +86,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, docker_driver: DockerDriver
         max_live_sandboxes=3,
         max_live_databases=2,
         max_live_vms=1,
+        max_live_workspaces=2,
         tasks_per_minute=100_000,
         # A valid inference_generate may ask for thousands of tokens: a quota bounds the model's work.
         tokens_per_minute=3_000,
@@ -106,6 +107,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, docker_driver: DockerDriver
         vms = portal.call(client.call_tool, "vm_list", {})
         for vm in (vms.structured_content or {}).get("vms", []):
             portal.call(client.call_tool, "vm_delete", {"vm_id": vm["vm_id"]})
+        workspaces = portal.call(client.call_tool, "workspace_list", {})
+        for workspace in (workspaces.structured_content or {}).get("workspaces", []):
+            portal.call(client.call_tool, "workspace_delete", {"workspace_id": workspace["workspace_id"]})
     app.close()
 
 
@@ -161,6 +165,16 @@ TOOLS = [
     "channel_list",
     "channel_describe",
     "channel_delete",
+    "workspace_create",
+    "workspace_list",
+    "workspace_describe",
+    "workspace_write_file",
+    "workspace_read_file",
+    "workspace_list_files",
+    "workspace_snapshot",
+    "workspace_restore",
+    "workspace_delete_snapshot",
+    "workspace_delete",
 ]
 # Not fuzzed: a receive may wait up to 30 s on an empty channel, per example; its
 # bad input is covered in tests/skills/test_channel_skill.py.
@@ -186,7 +200,11 @@ def test_every_tool_is_fuzzed(served: Served) -> None:
 def test_tool_survives_valid_and_garbage_input(served: Served, name: str) -> None:
     schema = served.tools[name].input_schema
     # Fewer for the tools that start real sandboxes with every valid call.
-    examples = 12 if name in ("sandbox_run", "sandbox_create", "db_create", "vm_create", "inference_generate") else 30
+    examples = (
+        12
+        if name in ("sandbox_run", "sandbox_create", "db_create", "vm_create", "inference_generate", "workspace_create")
+        else 30
+    )
 
     @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(arguments=from_schema(schema) | garbage)

@@ -35,13 +35,15 @@ HARMLESS: dict[str, Any] = {
     "text": "x",
     "query": "x",
     "items": [{"text": "x"}],
+    "name": "x",
 }
-ID_FIELDS = ("sandbox_id", "task_id", "db_id", "vm_id")
+ID_FIELDS = ("sandbox_id", "task_id", "db_id", "vm_id", "workspace_id")
 MADE_UP = {
     "sandbox_id": "sb_ffffffffffffffff",
     "task_id": "t_ffffffffffffffff",
     "db_id": "db_ffffffffffffffff",
     "vm_id": "vm_ffffffffffffffff",
+    "workspace_id": "ws_ffffffffffffffff",
 }
 
 
@@ -70,11 +72,13 @@ async def test_no_tool_lets_one_tenant_reach_anothers_resources(app: App) -> Non
         sandbox = await call(owner, "sandbox_create")
         database = await call(owner, "db_create", name="owned")
         vm = await call(owner, "vm_create")
+        workspace = await call(owner, "workspace_create", name="owned", size_mib=32)
         owned = {
             "sandbox_id": sandbox["sandbox_id"],
             "task_id": sandbox["task_id"],
             "db_id": database["db_id"],
             "vm_id": vm["vm_id"],
+            "workspace_id": workspace["workspace_id"],
         }
         # Tools that name nothing go first: later, the intruder's own task records
         # echo the owner's ids back to it, which is its own input, not a leak.
@@ -104,13 +108,18 @@ async def test_no_tool_lets_one_tenant_reach_anothers_resources(app: App) -> Non
         await call(owner, "vm_delete", vm_id=owned["vm_id"])
         await call(owner, "sandbox_destroy", sandbox_id=owned["sandbox_id"])
         await call(owner, "db_delete", db_id=owned["db_id"])
+        still_ws = await call(owner, "workspace_list_files", workspace_id=owned["workspace_id"])
+        await call(owner, "workspace_delete", workspace_id=owned["workspace_id"])
         for own in (await call(intruder, "sandbox_list"))["sandboxes"]:  # what sandbox_create made for it
             await call(intruder, "sandbox_destroy", sandbox_id=own["sandbox_id"])
         for own in (await call(intruder, "db_list"))["databases"]:  # and db_create
             await call(intruder, "db_delete", db_id=own["db_id"])
         for own in (await call(intruder, "vm_list"))["vms"]:  # and vm_create
             await call(intruder, "vm_delete", vm_id=own["vm_id"])
+        for own in (await call(intruder, "workspace_list"))["workspaces"]:  # and workspace_create
+            await call(intruder, "workspace_delete", workspace_id=own["workspace_id"])
     assert still["stdout"] == "alive\n" and still_db["rows"] == [["alive"]] and still_vm["stdout"] == "alive\n"
+    assert still_ws["entries"] == []
     assert len(checked) == len(tools) and {
         "sandbox_exec",
         "tasks_get",
