@@ -218,15 +218,16 @@ def op_command(tool_name: str, op: Op[Any, Any]) -> click.Command:
                 with contextlib.suppress(ValueError):
                     value = json.loads(value)
             arguments[name] = value
+        echo = None if as_json else StreamEcho()
         try:
-            outcome = anyio.run(run_op, tool_name, arguments)
+            outcome = anyio.run(run_op, tool_name, arguments, echo)
         except CloudSkillsError as exc:
             fail(exc.message)
         if csv_path is not None and op.csv is not None:
             with open(csv_path, "w", newline="") as handle:
                 csv.writer(handle).writerows(op.csv(outcome.output))
             click.echo(f"wrote {csv_path}", err=True)
-        print_result(outcome.unwrap(), as_json)
+        print_result(outcome.unwrap(), as_json, echo.shown if echo is not None else None)
 
     return click.Command(op.name.replace("_", "-"), params=params, callback=callback, help=op.description)
 
@@ -242,31 +243,59 @@ def field_option(name: str, field: FieldInfo, json_fields: set[str]) -> click.Op
     return click.Option([flag, name], type=kind, default=None, required=field.is_required(), help=help_text)
 
 
-async def run_op(tool_name: str, arguments: dict[str, Any]) -> TaskOutcome:
+class StreamEcho:
+    """Prints a command's output as it streams (progress "[stdout] ..." / "[stderr] ..."),
+    and remembers what it printed, so the result is not printed twice."""
+
+    def __init__(self) -> None:
+        self.shown = {"stdout": "", "stderr": ""}
+
+    async def __call__(self, progress: float, message: str | None) -> None:
+        for stream in self.shown:
+            prefix = f"[{stream}] "
+            if message and message.startswith(prefix):
+                text = message[len(prefix) :]
+                click.echo(text, nl=False, err=stream == "stderr")
+                self.shown[stream] += text
+
+
+async def run_op(tool_name: str, arguments: dict[str, Any], progress: StreamEcho | None = None) -> TaskOutcome:
     from runtime.app import App
 
     settings = load_settings()
     app = App(settings)
     try:
         async with app.running(serving=False):
-            return await app.call(settings.tenant, tool_name, arguments, agent=check_agent(settings.agent))
+            agent = check_agent(settings.agent)
+            return await app.call(settings.tenant, tool_name, arguments, progress=progress, agent=agent)
     finally:
         app.close()
 
 
-def print_result(data: dict[str, Any], as_json: bool) -> None:
+def unshown(text: str, shown: str) -> str:
+    return text[len(shown) :] if text.startswith(shown) else text
+
+
+def print_result(data: dict[str, Any], as_json: bool, streamed: dict[str, str] | None = None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
         return
     if "stdout" in data and "exit_code" in data:
-        # A command's output reads best as itself; the rest goes to stderr.
-        click.echo(data["stdout"], nl=False)
-        click.echo(data["stderr"], nl=False, err=True)
+        # A command's output reads best as itself (what streamed already shows); the rest goes to stderr.
+        streamed = streamed or {"stdout": "", "stderr": ""}
+        click.echo(unshown(data["stdout"], streamed["stdout"]), nl=False)
+        click.echo(unshown(data["stderr"], streamed["stderr"]), nl=False, err=True)
         cost = data.get("cost", {}).get("amount", "")
         click.echo(f"[exit {data['exit_code']} · {data['duration_ms']} ms · {cost}]", err=True)
         for file in data.get("files", []):
             click.echo(f"--- {file['path']} ({file['size']} bytes)", err=True)
             click.echo(file["content"] if not file.get("error") else file["error"])
+        for item in data.get("attachments") or []:
+            click.echo(f"--- {item['path']} ({item['mime_type']}, {item['size']} bytes: --json shows it)", err=True)
+        if data.get("attachments_note"):
+            click.echo(data["attachments_note"], err=True)
+        if data.get("process_id"):
+            click.echo(f"started in the background as {data['process_id']}", err=True)
         sys.exit(data["exit_code"])
     for key, value in data.items():
         if isinstance(value, dict | list):

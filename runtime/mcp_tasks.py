@@ -37,6 +37,7 @@ from pydantic import Field
 
 from common.errors import CloudSkillsError, NotFound
 from runtime.app import PREPARED, App, PreparedCall
+from runtime.attachments import attachment_blocks, named_only
 from scheduler.models import Task
 from scheduler.tasks import outcome_of
 
@@ -108,7 +109,9 @@ def summary_text(data: dict[str, Any]) -> str:
 
 
 def tool_result(data: dict[str, Any]) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=summary_text(data))], structured_content=data)
+    """The answer: the text block, the files it carries as image or resource blocks, the structured result."""
+    text = TextContent(type="text", text=summary_text(named_only(data)))
+    return CallToolResult(content=[text, *attachment_blocks(data)], structured_content=data)
 
 
 def tool_error(message: str) -> CallToolResult:

@@ -48,9 +48,14 @@ class Channel:
         self.closed = False
 
     def request(
-        self, payload: dict[str, Any], timeout_s: float, blobs: list[bytes] | None = None
+        self,
+        payload: dict[str, Any],
+        timeout_s: float,
+        blobs: list[bytes] | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> tuple[dict[str, Any], list[bytes]]:
-        """Send one request (its header and blobs) and wait for its answer and the answer's blobs."""
+        """Send one request (its header and blobs) and wait for its answer and the answer's blobs;
+        output frames the agent sends before it (a streamed command's) go to ``on_output``."""
         with self._lock:
             if self.closed:
                 raise ChannelBroken("the channel is closed")
@@ -68,8 +73,13 @@ class Channel:
                     answer, answer_blobs = read_answer(self._take)
                     # Another process attached to the same sandbox sees our answers too,
                     # and we see its: keep only ours.
-                    if answer.get("id") == request_id:
+                    if answer.get("id") != request_id:
+                        continue
+                    if "output" not in answer:
                         return answer, answer_blobs
+                    if on_output is not None:
+                        for part in answer["output"]:
+                            on_output(str(part["stream"]), answer_blobs[int(part["blob"])])
             except TimeoutError as exc:
                 self.close()
                 raise TaskFailed("the sandbox stopped answering: destroy it and create a new one.") from exc

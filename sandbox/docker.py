@@ -36,6 +36,7 @@ from sandbox.driver import (
     AgentRequest,
     AgentResponse,
     LabelledSandbox,
+    OutputSink,
     SandboxExit,
     SandboxHandle,
     SandboxSpec,
@@ -198,19 +199,30 @@ class DockerDriver:
             raise BackendUnavailable(f"Docker could not start the sandbox: {exc}.") from exc
         return SandboxHandle(container_id=container_id, name=name)
 
-    def call(self, handle: SandboxHandle, request: AgentRequest, deadline_s: float) -> AgentResponse:
+    def call(
+        self, handle: SandboxHandle, request: AgentRequest, deadline_s: float, on_output: OutputSink | None = None
+    ) -> AgentResponse:
         """Send one request: over the attached channel if this process started the
-        sandbox, else through `docker exec` of the agent's relay (any other process)."""
+        sandbox, else through `docker exec` of the agent's relay (any other process).
+        Over the channel a command's output streams to ``on_output``; either way it
+        is given the rest from the answer, so what it got adds up to the output."""
         timeout_s = deadline_s + DEADLINE_GRACE_S
         header, blobs = request.to_wire()
+        sink = StreamedOutput(on_output) if on_output is not None and "exec" in header else None
         if handle.container_id not in self._attached:
-            return parse_agent_answer(*self._relay(handle.container_id, header, blobs, timeout_s))
-        try:
-            answer = self._channel(handle.container_id).request(header, timeout_s, blobs)
-        except ChannelBroken as exc:
-            self._forget(handle.container_id)
-            raise NotFound(self._stopped_reason(handle.container_id, str(exc))) from exc
-        return parse_agent_answer(*answer)
+            response = parse_agent_answer(*self._relay(handle.container_id, header, blobs, timeout_s))
+        else:
+            if sink is not None:
+                header["exec"]["stream"] = True
+            try:
+                answer = self._channel(handle.container_id).request(header, timeout_s, blobs, sink)
+            except ChannelBroken as exc:
+                self._forget(handle.container_id)
+                raise NotFound(self._stopped_reason(handle.container_id, str(exc))) from exc
+            response = parse_agent_answer(*answer)
+        if sink is not None and response.exec is not None:
+            sink.finish(response.exec.stdout.data, response.exec.stderr.data)
+        return response
 
     def exit_of(self, container_id: str) -> SandboxExit | None:
         try:
@@ -341,6 +353,30 @@ class DockerDriver:
             self.destroy(str(container["Id"]))
             swept.append(str(container["Id"]))
         return swept
+
+
+class StreamedOutput:
+    """Passes streamed output on, counting it, and never raises into the channel (a
+    listener that fails is dropped: the channel must still read the answer)."""
+
+    def __init__(self, sink: OutputSink) -> None:
+        self.sink: OutputSink | None = sink
+        self.sent = {"stdout": 0, "stderr": 0}
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        if self.sink is None or stream not in self.sent or not data:
+            return
+        self.sent[stream] += len(data)
+        try:
+            self.sink(stream, data)
+        except Exception:  # the caller went away (cancelled): nobody listens any more
+            log.debug("a streamed output's listener failed", exc_info=True)
+            self.sink = None
+
+    def finish(self, stdout: bytes, stderr: bytes) -> None:
+        """What the answer holds beyond what was streamed."""
+        for stream, data in (("stdout", stdout), ("stderr", stderr)):
+            self(stream, data[self.sent[stream] :])
 
 
 def exit_cause(state: dict[str, Any]) -> str:

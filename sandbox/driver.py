@@ -12,9 +12,16 @@ output): contents are never base64-encoded or JSON-escaped on the way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+
+from sandbox.outputs import CollectedOutputs, OutputCaps
+from sandbox.processes import ProcessAnswer, ProcessRequest
+
+# Where a running command's output goes as it comes: (stream name, bytes), in order.
+OutputSink = Callable[[str, bytes], None]
 
 LABEL_MANAGED = "cloudskills.managed"
 LABEL_STORE = "cloudskills.store"
@@ -145,6 +152,8 @@ class Command:
     # Python code runs in the sandbox's persistent interpreter: no interpreter
     # start per call, and variables survive from one call to the next.
     persistent: bool = False
+    # Started in the background: the answer comes at once with its process (AgentResponse.process).
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,9 @@ class AgentRequest:
     reads: tuple[FileRead, ...] = ()
     list_path: str | None = None
     idle_s: float | None = None
+    # Bring back the files the command leaves under /work/outputs (AgentResponse.outputs).
+    outputs: OutputCaps | None = None
+    process: ProcessRequest | None = None
 
     def to_wire(self) -> tuple[dict[str, Any], list[bytes]]:
         """The JSON header and the blobs that follow it, in order."""
@@ -185,7 +197,10 @@ class AgentRequest:
                 "env": c.env,
                 "cwd": c.cwd,
                 "persistent": c.persistent,
+                "background": c.background,
             }
+            if self.outputs is not None:
+                wire["exec"]["collect"] = self.outputs.to_wire()
             if c.stdin:
                 wire["exec"]["stdin_blob"] = len(blobs)
                 blobs.append(c.stdin)
@@ -193,6 +208,8 @@ class AgentRequest:
             wire["list"] = {"path": self.list_path}
         if self.idle_s is not None:
             wire["idle_s"] = self.idle_s
+        if self.process is not None:
+            wire["process"] = self.process.to_wire()
         wire["blobs"] = [len(blob) for blob in blobs]
         return wire, blobs
 
@@ -202,6 +219,8 @@ class AgentResponse:
     exec: ExecResult | None
     reads: tuple[FileContent, ...]
     listing: tuple[DirEntry, ...]
+    outputs: CollectedOutputs | None = None
+    process: ProcessAnswer | None = None
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any], blobs: list[bytes]) -> AgentResponse:
@@ -229,7 +248,14 @@ class AgentResponse:
         listing = tuple(
             DirEntry(name=d["name"], path=d["path"], type=d["type"], size=int(d["size"])) for d in wire.get("list", [])
         )
-        return cls(exec=exec_result, reads=reads, listing=listing)
+        outputs = wire.get("exec", {}).get("outputs") if wire.get("exec") else None
+        return cls(
+            exec=exec_result,
+            reads=reads,
+            listing=listing,
+            outputs=CollectedOutputs.from_wire(outputs, blobs) if outputs is not None else None,
+            process=ProcessAnswer.from_wire(wire["process"], blobs) if wire.get("process") else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -255,7 +281,12 @@ class SandboxDriver(Protocol):
 
     def create(self, spec: SandboxSpec) -> SandboxHandle: ...
 
-    def call(self, handle: SandboxHandle, request: AgentRequest, deadline_s: float) -> AgentResponse: ...
+    def call(
+        self, handle: SandboxHandle, request: AgentRequest, deadline_s: float, on_output: OutputSink | None = None
+    ) -> AgentResponse:
+        """One round trip; ``on_output`` gets the command's output while it runs, where the
+        backend can stream it (what it was not given comes with the answer)."""
+        ...
 
     def ping(self, handle: SandboxHandle, timeout_s: float = 5.0) -> bool: ...
 

@@ -64,7 +64,16 @@ def stderr_progress(line: str) -> None:
     print(f"cloudskills: {line}", file=sys.stderr, flush=True)
 
 
-AGENT_FILES = ("agent.py", "kernel.py", "files.py", "commands.py", "lifetime.py", "wire.py")
+AGENT_FILES = (
+    "agent.py",
+    "kernel.py",
+    "files.py",
+    "commands.py",
+    "lifetime.py",
+    "wire.py",
+    "processes.py",
+    "streaming.py",
+)
 
 
 def agent_file(name: str) -> bytes:

@@ -1,10 +1,14 @@
-"""File content on the wire: text as it is, anything else as base64."""
+"""File content on the wire: text as it is, anything else as base64; files a result carries as MCP content."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import mimetypes
+from pathlib import PurePosixPath
 from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from common.errors import InvalidInput
 
@@ -49,3 +53,33 @@ def encode(data: bytes, wanted: Encoding | None) -> tuple[str, Encoding]:
                 "read it with encoding 'base64'."
             )
     return base64.b64encode(data).decode(), "base64"
+
+
+# -- files that come back beside a result as MCP content -----------------------------
+
+# The output field the call path renders as content blocks (runtime/attachments.py).
+ATTACHMENTS = "attachments"
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/svg+xml"})
+EXTRA_TYPES = {".csv": "text/csv", ".md": "text/markdown", ".svg": "image/svg+xml", ".json": "application/json"}
+
+
+class Attachment(BaseModel):
+    """A file that comes back with a result: an image (PNG, JPEG, SVG) goes to the client as
+    MCP image content, any other file as an embedded resource, beside the structured result."""
+
+    path: str = Field(description="Where the code left it, e.g. '/work/outputs/chart.png'.")
+    mime_type: str = Field(description="Its media type, from its name, e.g. 'image/png', 'text/csv'.")
+    size: int = Field(description="Its size in bytes.")
+    encoding: Encoding = Field(description="'base64' for images and binary files, 'utf-8' for text.")
+    content: str
+
+
+def mime_type(path: str) -> str:
+    suffix = PurePosixPath(path).suffix.lower()
+    return EXTRA_TYPES.get(suffix) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def attachment(path: str, data: bytes) -> Attachment:
+    kind = mime_type(path)
+    content, encoding = encode(data, "base64" if kind in IMAGE_TYPES else None)
+    return Attachment(path=path, mime_type=kind, size=len(data), encoding=encoding, content=content)

@@ -16,6 +16,7 @@ from sandbox.driver import (
     AgentResponse,
     ExecResult,
     LabelledSandbox,
+    OutputSink,
     SandboxExit,
     SandboxHandle,
     SandboxSpec,
@@ -34,7 +35,9 @@ class MemoryDriver:
         self.labels[container_id] = dict(spec.labels)
         return SandboxHandle(container_id=container_id, name=f"memory-{container_id[:8]}")
 
-    def call(self, handle: SandboxHandle, request: AgentRequest, deadline_s: float) -> AgentResponse:
+    def call(
+        self, handle: SandboxHandle, request: AgentRequest, deadline_s: float, on_output: OutputSink | None = None
+    ) -> AgentResponse:
         if handle.container_id in self.died or handle.container_id not in self.labels:
             raise NotFound("this sandbox has stopped: destroy it and create a new one.")
         self.requests.append(request)

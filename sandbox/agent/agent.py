@@ -23,8 +23,10 @@ import socket
 import sys
 
 from commands import KERNEL, run_command
-from files import WORK_DIR, AgentError, list_dir, read_file, receive_file
+from files import OUTPUTS_DIR, WORK_DIR, AgentError, collect, list_dir, read_file, receive_file, snapshot
 from lifetime import Lifetime
+from processes import PROCESSES
+from streaming import Streamer
 from wire import CHUNK, Closed, Reader, send_answer, write_all
 
 SOCKET_PATH = "/tmp/.cloudskills/agent.sock"
@@ -58,7 +60,47 @@ def receive_blobs(request: dict, reader: Reader) -> bytes:
     return stdin
 
 
-def handle(request: dict, stdin: bytes) -> tuple[dict, list]:
+def streamer_for(spec: dict, request: dict, answers: int | None):
+    """What sends the command's output while it runs, if the request asks for it."""
+    if not spec.get("stream") or answers is None:
+        return None
+
+    def emit(parts: list) -> None:
+        frame = {"id": request.get("id"), "output": [{"stream": name, "blob": i} for i, (name, _) in enumerate(parts)]}
+        send_answer(answers, frame, [data for _, data in parts])
+
+    return Streamer(emit, int(spec.get("max_output", 64 * 1024)))
+
+
+def run_exec(spec: dict, request: dict, stdin: bytes, answers: int | None, blob) -> dict:
+    """Run the request's command; with ``collect``, bring back what it wrote under /work/outputs."""
+    before = snapshot(spec["collect"].get("path") or OUTPUTS_DIR) if spec.get("collect") else None
+    result = run_command({**spec, "stdin": stdin}, streamer_for(spec, request, answers))
+    for stream in ("stdout", "stderr"):
+        result[stream]["blob"] = blob(result[stream].pop("data"))
+    if before is not None:
+        outputs, contents = collect(before, spec["collect"])
+        for meta, data in zip(outputs["files"], contents, strict=True):
+            meta["blob"] = blob(data)
+        result["outputs"] = outputs
+    return result
+
+
+def process_op(spec: dict, blob) -> dict:
+    """A background process's op: list, output (from an offset) or kill."""
+    op = spec.get("op")
+    if op == "list":
+        return {"processes": PROCESSES.list()}
+    if op == "output":
+        meta, data = PROCESSES.output(spec)
+        return {"processes": [meta], "output_blob": blob(data)}
+    if op == "kill":
+        return {"processes": [PROCESSES.kill(spec)]}
+    raise AgentError("invalid_input", f"unknown process op {str(op)[:40]!r}: use list, output or kill.")
+
+
+def handle(request: dict, stdin: bytes, answers: int | None = None) -> tuple[dict, list]:
+    """Carry out one request; ``answers`` is where a streamed command's output goes meanwhile."""
     blobs: list = []
 
     def blob(data: bytes) -> int:
@@ -67,11 +109,12 @@ def handle(request: dict, stdin: bytes) -> tuple[dict, list]:
 
     answer: dict = {"ok": True}
     spec = request.get("exec")
-    if spec:
-        result = run_command({**spec, "stdin": stdin})
-        for stream in ("stdout", "stderr"):
-            result[stream]["blob"] = blob(result[stream].pop("data"))
-        answer["exec"] = result
+    if spec and spec.get("background"):
+        answer["process"] = {"processes": [PROCESSES.start(spec)]}
+    elif spec:
+        answer["exec"] = run_exec(spec, request, stdin, answers, blob)
+    if request.get("process"):
+        answer["process"] = process_op(request["process"], blob)
     answer["reads"] = []
     for read in request.get("reads", []):
         try:
@@ -93,7 +136,7 @@ def refusal(kind: str, message: str) -> dict:
     return {"ok": False, "kind": kind, "error": message}
 
 
-def serve_one(line: bytes, reader: Reader, lifetime: Lifetime) -> tuple[dict, list]:
+def serve_one(line: bytes, reader: Reader, lifetime: Lifetime, answers: int | None = None) -> tuple[dict, list]:
     """The answer to one request; never raises but for a stream that broke mid-request."""
     try:
         request = json.loads(line)
@@ -106,7 +149,7 @@ def serve_one(line: bytes, reader: Reader, lifetime: Lifetime) -> tuple[dict, li
         stdin = receive_blobs(request, reader)
         if request.get("idle_s") is not None:
             lifetime.set_idle(float(request["idle_s"]))
-        answer, blobs = handle(request, stdin)
+        answer, blobs = handle(request, stdin, answers)
     except Closed:
         raise
     except AgentError as exc:
@@ -144,6 +187,7 @@ def serve() -> None:
     sys.stdout = sys.stderr
     lifetime = Lifetime()
     os.chdir(WORK_DIR)
+    os.makedirs(OUTPUTS_DIR, exist_ok=True)  # where code leaves files for the caller
     os.makedirs(os.path.dirname(SOCKET_PATH), mode=0o700, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(SOCKET_PATH)
@@ -172,7 +216,7 @@ def serve() -> None:
                 continue
             try:
                 while (line := stdin.line()) is not None:
-                    answer, blobs = serve_one(line, stdin, lifetime)
+                    answer, blobs = serve_one(line, stdin, lifetime, answers)
                     send_answer(answers, answer, blobs)
                     lifetime.touch()
             except (Closed, ValueError):

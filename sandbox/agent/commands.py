@@ -59,12 +59,13 @@ class BoundedBuffer:
         return {"data": bytes(self.kept), "total_bytes": self.total, "truncated": self.total > len(self.kept)}
 
 
-def run_command(spec: dict) -> dict:
+def run_command(spec: dict, streamer=None) -> dict:
+    """Run the command to its end; ``streamer`` (streaming.py) sends its output as it comes."""
     if spec.get("persistent") and spec.get("language") == "python" and not spec.get("argv"):
-        return KERNEL.run(spec)
+        return KERNEL.run(spec, streamer)
     argv, script = command_argv(spec)
     try:
-        return supervise(argv, spec)
+        return supervise(argv, spec, streamer)
     finally:
         if script:
             os.unlink(script)
@@ -114,8 +115,10 @@ def start(
 class Pump:
     """Reads a child's stdout and stderr into bounded buffers until told to stop."""
 
-    def __init__(self, stdout, stderr, limit: int) -> None:
+    def __init__(self, stdout, stderr, limit: int, streamer=None) -> None:
         self.buffers = {stdout: BoundedBuffer(limit), stderr: BoundedBuffer(limit)}
+        self.names = {stdout: "stdout", stderr: "stderr"}
+        self.streamer = streamer
         self.selector = selectors.DefaultSelector()
         for pipe in self.buffers:
             os.set_blocking(pipe.fileno(), False)
@@ -135,6 +138,12 @@ class Pump:
                 self.selector.unregister(pipe)
                 return
             self.buffers[pipe].feed(chunk)
+            if self.streamer is not None:
+                self.streamer.feed(self.names[pipe], chunk)
+
+    def tick(self) -> None:
+        if self.streamer is not None:
+            self.streamer.tick()
 
     def drain(self) -> None:
         """Everything already in the pipes, without waiting for more."""
@@ -149,7 +158,7 @@ class Pump:
         return {"stdout": self.buffers[stdout].result(), "stderr": self.buffers[stderr].result()}
 
 
-def supervise(argv: list[str], spec: dict) -> dict:
+def supervise(argv: list[str], spec: dict, streamer=None) -> dict:
     timeout_s = float(spec.get("timeout_s", 60))
     stdin_data = spec.get("stdin") or b""
     started = time.monotonic()
@@ -162,7 +171,7 @@ def supervise(argv: list[str], spec: dict) -> dict:
         except BrokenPipeError:
             pass
         proc.stdin.close()
-    pump = Pump(proc.stdout, proc.stderr, int(spec.get("max_output", 64 * 1024)))
+    pump = Pump(proc.stdout, proc.stderr, int(spec.get("max_output", 64 * 1024)), streamer)
     deadline = started + timeout_s
     timed_out = False
     exited_at = None
@@ -178,6 +187,7 @@ def supervise(argv: list[str], spec: dict) -> dict:
             proc.wait()
             exited_at = time.monotonic()
         pump.poll(0.05)
+        pump.tick()
     proc.stdout.close()
     proc.stderr.close()
     exit_code = proc.wait()
@@ -228,7 +238,7 @@ class Kernel:
         socket.send_fds(self.control, [header], list(pipes))
         self.control.sendall(frame)
 
-    def run(self, spec: dict) -> dict:
+    def run(self, spec: dict, streamer=None) -> dict:
         env = checked_env(spec.get("env") or {})
         self.ensure()
         started = time.monotonic()
@@ -247,8 +257,10 @@ class Kernel:
         finally:
             os.close(out_write)
             os.close(err_write)
-        pump = Pump(stdout, stderr, int(spec.get("max_output", 64 * 1024)))
+        pump = Pump(stdout, stderr, int(spec.get("max_output", 64 * 1024)), streamer)
         deadline = started + float(spec.get("timeout_s", 60))
+        # While streaming, wake up often enough to send what came.
+        wait_at_most = 0.05 if streamer is not None else None
         pump.selector.register(self.control, selectors.EVENT_READ)
         answer = None
         finished = False
@@ -256,12 +268,13 @@ class Kernel:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            for key, _ in pump.selector.select(timeout=left):
+            for key, _ in pump.selector.select(timeout=left if wait_at_most is None else min(left, wait_at_most)):
                 if key.fileobj is self.control:
                     answer = recv_frame(self.control)  # None: the kernel died (exit, crash, OOM)
                     finished = True
                 else:
                     pump.read(key.fileobj)
+            pump.tick()
         pump.selector.unregister(self.control)
         # The kernel flushed and let go of the pipes before it answered: what it
         # wrote is all there. What a leftover process writes later goes nowhere.

@@ -127,3 +127,63 @@ def list_dir(spec: dict) -> list[dict]:
         kind = "dir" if stat.S_ISDIR(info.st_mode) else "link" if stat.S_ISLNK(info.st_mode) else "file"
         entries.append({"name": name, "path": os.path.join(path, name), "type": kind, "size": info.st_size})
     return entries
+
+
+OUTPUTS_DIR = f"{WORK_DIR}/outputs"
+# Files looked at under the outputs directory, at most: a tree of thousands is not a result.
+MAX_SCAN = 1000
+
+
+def snapshot(root: str = OUTPUTS_DIR) -> dict:
+    """Every regular file under ``root`` (not following links): path -> (size, mtime_ns)."""
+    seen: dict = {}
+    stack = [root]
+    while stack and len(seen) < MAX_SCAN:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    seen[entry.path] = (info.st_size, info.st_mtime_ns)
+            except OSError:
+                continue
+    return seen
+
+
+def collect(before: dict, spec: dict) -> tuple[dict, list]:
+    """The files under the outputs directory that are new or changed since ``before``,
+    within the caps of ``spec`` (max_files, max_file_bytes, max_total_bytes), and a
+    line for each one left out saying why: (answer, contents)."""
+    max_files = int(spec.get("max_files", 20))
+    max_file = int(spec.get("max_file_bytes", 4 << 20))
+    room = int(spec.get("max_total_bytes", 8 << 20))
+    files, left_out, contents = [], [], []
+    for path, (size, mtime) in sorted(snapshot(spec.get("path") or OUTPUTS_DIR).items()):
+        if before.get(path) == (size, mtime):
+            continue
+        if size > max_file:
+            left_out.append({"path": path, "size": size, "reason": f"larger than the {max_file} bytes a file may be"})
+        elif len(files) >= max_files:
+            left_out.append({"path": path, "size": size, "reason": f"past the first {max_files} files"})
+        elif size > room:
+            left_out.append({"path": path, "size": size, "reason": "past the total size the outputs may have"})
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as handle:
+                    data = handle.read(max_file + 1)
+            except OSError as exc:
+                left_out.append({"path": path, "size": size, "reason": f"unreadable ({exc.strerror})"})
+                continue
+            if len(data) > min(max_file, room):  # it grew while being read
+                left_out.append({"path": path, "size": len(data), "reason": "it was still growing"})
+                continue
+            room -= len(data)
+            files.append({"path": path, "size": len(data)})
+            contents.append(data)
+    return {"files": files, "left_out": left_out}, contents

@@ -7,10 +7,16 @@ the stdout and stderr pipes of its run attached (SCM_RIGHTS). The kernel puts
 them on fds 1 and 2 for the run; afterwards it flushes, points fds 1 and 2 back
 at /dev/null and answers, so the agent knows every byte of the run's output is
 already in the pipes, and nothing the run left behind can reach the next one.
+
+As in a notebook, a pandas object that is the code's last expression is shown
+as its text table, and matplotlib figures the code shows or leaves open are
+saved as PNG files under /work/outputs (which come back with the result); both
+only where the code imported pandas or matplotlib itself.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -46,9 +52,66 @@ def receive(sock: socket.socket) -> tuple[dict | None, list[int]]:  # type: igno
     return (frame if isinstance(frame, dict) else {}), fds
 
 
+OUTPUTS_DIR = "/work/outputs"
+MAX_FIGURES = 20
+
+
+def display(value: object) -> None:
+    """A notebook's display of the last expression, for what this kernel shows: a pandas table."""
+    if type(value).__module__.split(".")[0] == "pandas" and hasattr(value, "to_string"):
+        print(repr(value))
+
+
+def run_cell(code: str, namespace: dict) -> None:  # type: ignore[type-arg]
+    """Run the code; a last line that is an expression is evaluated on its own and shown."""
+    tree = compile(code, "<code>", "exec", ast.PyCF_ONLY_AST)
+    last = tree.body[-1] if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    if last is not None:
+        tree.body.pop()
+    exec(compile(tree, "<code>", "exec"), namespace)
+    if last is not None:
+        display(eval(compile(ast.Expression(last.value), "<code>", "eval"), namespace))
+
+
+def figure_path(directory: str) -> str:
+    number = 1
+    while os.path.exists(os.path.join(directory, f"figure-{number}.png")):
+        number += 1
+    return os.path.join(directory, f"figure-{number}.png")
+
+
+def capture_figures(directory: str = OUTPUTS_DIR) -> list[str]:
+    """Save every open matplotlib figure as a PNG under ``directory`` and close it."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return []
+    saved = []
+    try:
+        numbers = list(pyplot.get_fignums())
+        if numbers:
+            os.makedirs(directory, exist_ok=True)
+        for number in numbers[:MAX_FIGURES]:
+            path = figure_path(directory)
+            pyplot.figure(number).savefig(path, format="png")
+            saved.append(path)
+        if len(numbers) > MAX_FIGURES:
+            print(f"cloudskills: {len(numbers) - MAX_FIGURES} more figures were not saved.", file=sys.stderr)
+        pyplot.close("all")
+    except Exception as exc:  # a broken figure must not take the run's result with it
+        print(f"cloudskills: could not save a figure ({type(exc).__name__}: {exc}).", file=sys.stderr)
+    if not getattr(pyplot.show, "_cloudskills", False):
+        # From now on plt.show() saves the figures at once, as a notebook shows them.
+        def shown(*args: object, **kwargs: object) -> None:
+            capture_figures(directory)
+
+        shown._cloudskills = True  # type: ignore[attr-defined]
+        pyplot.show = shown
+    return saved
+
+
 def run(code: str, namespace: dict) -> int:  # type: ignore[type-arg]
     try:
-        exec(compile(code, "<code>", "exec"), namespace)
+        run_cell(code, namespace)
     except SystemExit as exc:
         if exc.code is None:
             return 0
@@ -57,9 +120,11 @@ def run(code: str, namespace: dict) -> int:  # type: ignore[type-arg]
         print(exc.code, file=sys.stderr)
         return 1
     except BaseException:
-        # The traceback without this kernel's own frame, as `python3 file.py` would print it.
+        # The traceback without this kernel's own frames, as `python3 file.py` would print it.
         kind, value, tb = sys.exc_info()
-        traceback.print_exception(kind, value, tb.tb_next if tb else None)
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        traceback.print_exception(kind, value, tb)
         return 1
     return 0
 
@@ -79,7 +144,10 @@ def execute(frame: dict, namespace: dict) -> int:  # type: ignore[type-arg]
     except (TypeError, ValueError) as exc:
         print(f"cloudskills: cannot set the environment ({exc}); names are letters, digits and '_'.", file=sys.stderr)
         return 2
-    return run(str(frame.get("code") or ""), namespace)
+    try:
+        return run(str(frame.get("code") or ""), namespace)
+    finally:
+        capture_figures()
 
 
 def main() -> None:
@@ -88,6 +156,7 @@ def main() -> None:
     # could then never see this kernel die.
     os.set_inheritable(control.fileno(), False)
     sys.stdin = open(os.devnull)  # user code must not read the control socket
+    os.environ.setdefault("MPLBACKEND", "Agg")  # no display: figures are drawn to files
     nowhere = os.open(os.devnull, os.O_WRONLY)
     namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}  # type: ignore[type-arg]
     while True:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from skills.base import Op
 from skills.registry import skill_from_doc
 from skills.sandbox import models as m
-from skills.sandbox import ops
+from skills.sandbox import ops, processes
 from skills.sandbox.manager import from_platform
 from skills.sandbox.records import QUOTA
+from skills.sandbox.results import RichOutput
 
 SKILL = skill_from_doc(
     __name__,
@@ -32,19 +33,47 @@ SKILL = skill_from_doc(
         ),
         Op(
             "exec",
-            "Run a shell command in a session sandbox.",
+            "Run a shell command in a session sandbox (its output streams as progress), or start it in the "
+            "background (background: true) and get its process_id at once.",
             m.ExecInput,
-            m.ExecOutput,
+            m.SessionExecOutput,
             ops.exec_,
             timeout_s=lambda a: a.timeout_s,
         ),
         Op(
             "run_code",
-            "Run code in a session sandbox (the template's language unless `language` is given).",
+            "Run code in a session sandbox (the template's language unless `language` is given); files it "
+            "writes under /work/outputs come back as images or resources.",
             m.RunCodeInput,
-            m.ExecOutput,
+            RichOutput,
             ops.run_code,
             timeout_s=lambda a: a.timeout_s,
+        ),
+        Op(
+            "process_list",
+            "List a session sandbox's background processes (started by sandbox_exec with background: true).",
+            processes.ProcessListInput,
+            processes.ProcessListOutput,
+            processes.list_processes,
+            read_only=True,
+        ),
+        Op(
+            "process_output",
+            "Read a background process's output (stdout and stderr together) from an offset.",
+            processes.ProcessOutputInput,
+            processes.ProcessOutputOutput,
+            processes.process_output,
+            read_only=True,
+        ),
+        Op(
+            "process_kill",
+            "Kill a background process and what it started; killing one that has ended succeeds.",
+            processes.ProcessKillInput,
+            processes.ProcessKillOutput,
+            processes.kill_process,
+            destructive=True,
+            idempotent=True,
+            releases=True,
         ),
         Op(
             "write_file",

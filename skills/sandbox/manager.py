@@ -37,6 +37,7 @@ from sandbox.driver import (
     AgentRequest,
     AgentResponse,
     Limits,
+    OutputSink,
     SandboxDriver,
     SandboxSpec,
     VolumeMount,
@@ -244,12 +245,14 @@ class SandboxManager:
             )
             return list(rows)
 
-    async def call(self, record: SandboxRecord, request: AgentRequest, deadline_s: float) -> AgentResponse:
+    async def call(
+        self, record: SandboxRecord, request: AgentRequest, deadline_s: float, on_output: OutputSink | None = None
+    ) -> AgentResponse:
         # abandon_on_cancel: on a deadline or cancel the caller moves on at once;
         # destroying the container then breaks the blocked call's socket.
         try:
             return await anyio.to_thread.run_sync(
-                self.driver.call, record.handle, request, deadline_s, abandon_on_cancel=True
+                self.driver.call, record.handle, request, deadline_s, on_output, abandon_on_cancel=True
             )
         except NotFound:
             # It stopped answering: if its container died, the books say so from now on.

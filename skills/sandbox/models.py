@@ -12,6 +12,7 @@ from skills.commands import EnvVars
 from skills.commands import ExecOutput as ExecOutput  # re-exported: the sandbox ops' answer
 from skills.sandbox.mounts import WORKSPACES, Workspaces
 from skills.sandbox.records import CREATE_DEFAULT, RUN_DEFAULT
+from skills.sandbox.results import RichOutput
 
 Language = Literal["python", "bash"]
 Encoding = Literal["utf-8", "base64"]
@@ -80,7 +81,7 @@ class RunInput(OpInput):
     workspaces: Workspaces = WORKSPACES
 
 
-class RunOutput(ExecOutput):
+class RunOutput(RichOutput):
     files: list[FileOut] = Field(default_factory=list, description="The files named in `outputs`.")
 
 
@@ -131,6 +132,18 @@ class ExecInput(OpInput):
     max_output: int = MAX_OUTPUT
     env: EnvVars = Field(default_factory=dict)
     cwd: SandboxPath | None = Field(default=None, description="Working directory; default /work.")
+    background: bool = Field(
+        default=False,
+        description="Start it in the background and return its process_id at once; read its output with "
+        "sandbox_process_output, stop it with sandbox_process_kill. It ends with the sandbox.",
+    )
+
+
+class SessionExecOutput(RichOutput):
+    process_id: str | None = Field(
+        default=None,
+        description="With background: the process started (exit_code, stdout and stderr are then 0 and empty).",
+    )
 
 
 class RunCodeInput(OpInput):

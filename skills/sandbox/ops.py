@@ -37,10 +37,12 @@ from skills.sandbox.models import (
     RunInput,
     RunOutput,
     SandboxInfo,
+    SessionExecOutput,
     WriteFileInput,
     WriteFileOutput,
 )
 from skills.sandbox.records import SandboxRecord, resolve_template, usage_for
+from skills.sandbox.results import CAPS, RichOutput, attachments_of, streamed
 from skills.sandbox.rows import Sandbox
 
 # Spans inside a task's own (the process's tracing, when configured, records them; else they cost nothing).
@@ -132,16 +134,18 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
     try:
         # idle_s: should this process die mid-run, the sandbox ends by itself soon after.
         reads = tuple(FileRead(p) for p in args.outputs)
-        request = AgentRequest(writes=writes, command=command, reads=reads, idle_s=RUN_OVERHEAD_S)
+        request = AgentRequest(writes=writes, command=command, reads=reads, idle_s=RUN_OVERHEAD_S, outputs=CAPS)
         with TRACER.start_as_current_span("exec", attributes={"sandbox.id": record.id}):
-            response = await sandboxes.call(record, request, args.timeout_s)
+            async with streamed(ctx) as sink:
+                response = await sandboxes.call(record, request, args.timeout_s, sink)
     finally:
         with anyio.CancelScope(shield=True):
             # Billed up to now; the container is removed off the caller's path.
             ctx.add_usage(await sandboxes.destroy(record.id, "task_done", wait=False))
     assert response.exec is not None
     output = exec_output(ctx, response.exec, args.timeout_s)
-    return RunOutput(**output.model_dump(), files=[file_out(f) for f in response.reads])
+    files = [file_out(f) for f in response.reads]
+    return RunOutput(**output.model_dump(), files=files, **attachments_of(response.outputs, session=False))
 
 
 def run_worst_case(args: RunInput) -> Usage:
@@ -191,30 +195,45 @@ async def session_call(
     return record, response.exec, response.reads, entries
 
 
-async def exec_(ctx: TaskContext, args: ExecInput) -> ExecOutput:
-    """Run a shell command in a session sandbox."""
+async def session_exec(ctx: TaskContext, record: SandboxRecord, command: Command) -> RichOutput:
+    """Run a command in a session sandbox, its output streamed to a caller that listens,
+    with what it left under /work/outputs."""
+    sandboxes = ctx.service(SandboxManager)
+    async with streamed(ctx) as sink:
+        response = await sandboxes.call(record, AgentRequest(command=command, outputs=CAPS), command.timeout_s, sink)
+    assert response.exec is not None
+    output = exec_output(ctx, response.exec, command.timeout_s)
+    return RichOutput(**output.model_dump(), **attachments_of(response.outputs, session=True))
+
+
+async def exec_(ctx: TaskContext, args: ExecInput) -> SessionExecOutput:
+    """Run a shell command in a session sandbox, or start it in the background."""
     command = Command(
         argv=("bash", "-c", args.command),
         timeout_s=args.timeout_s,
         max_output=args.max_output,
         env=args.env,
         cwd=args.cwd,
+        background=args.background,
     )
-    _, result, _, _ = await session_call(ctx, args.sandbox_id, AgentRequest(command=command), args.timeout_s)
-    assert result is not None
-    return exec_output(ctx, result, args.timeout_s)
+    record = ctx.service(SandboxManager).get(ctx.tenant_id, args.sandbox_id)
+    if not args.background:
+        return SessionExecOutput(**(await session_exec(ctx, record, command)).model_dump())
+    response = await ctx.service(SandboxManager).call(record, AgentRequest(command=command), 30.0)
+    assert response.process is not None
+    started = response.process.processes[0]
+    empty = {"stdout_truncated": False, "stderr_truncated": False, "duration_ms": 0}
+    return SessionExecOutput(exit_code=0, stdout="", stderr="", **empty, process_id=started.process_id)
 
 
-async def run_code(ctx: TaskContext, args: RunCodeInput) -> ExecOutput:
+async def run_code(ctx: TaskContext, args: RunCodeInput) -> RichOutput:
     """Run code in a session sandbox, in the template's language unless told otherwise."""
     record = ctx.service(SandboxManager).get(ctx.tenant_id, args.sandbox_id)
     language = args.language or resolve_template(record.template).language
     command = Command(
         code=args.code, language=language, timeout_s=args.timeout_s, max_output=args.max_output, persistent=True
     )
-    _, result, _, _ = await session_call(ctx, args.sandbox_id, AgentRequest(command=command), args.timeout_s)
-    assert result is not None
-    return exec_output(ctx, result, args.timeout_s)
+    return await session_exec(ctx, record, command)
 
 
 async def write_file(ctx: TaskContext, args: WriteFileInput) -> WriteFileOutput:

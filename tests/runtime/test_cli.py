@@ -72,3 +72,23 @@ def test_a_session_across_cli_invocations(settings: Settings, docker_driver: Doc
         assert ran.stdout == "hi"
     finally:
         cli(settings.home, "sandbox", "destroy", "--sandbox-id", sid)
+
+
+@pytest.mark.docker
+def test_sandbox_run_prints_output_as_it_comes(settings: Settings, docker_driver: DockerDriver) -> None:
+    command = "echo one; echo oops >&2; while [ ! -e /tmp/never ] && [ $SECONDS -lt 3 ]; do sleep 0.1; done; echo two"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "sandbox", "run", "--command", command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"CLOUDSKILLS_HOME": str(settings.home), "PATH": "/usr/local/bin:/usr/bin:/bin"},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "one\n"
+        assert proc.poll() is None, "the first line came while the command still ran"
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert rest == "two\n", "what streamed is not printed again"
+    assert "oops\n[exit 0" in err

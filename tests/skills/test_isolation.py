@@ -35,6 +35,7 @@ HARMLESS: dict[str, Any] = {
     "text": "x",
     "query": "x",
     "items": [{"text": "x"}],
+    "process_id": "proc_1",
     "name": "x",
 }
 ID_FIELDS = ("sandbox_id", "task_id", "db_id", "vm_id", "workspace_id")
