@@ -34,6 +34,16 @@ TEMPLATES: dict[str, Template] = {
             limits=Limits(pids=512, disk_mib=4096),
             image="dev",
         ),
+        # What agents analyse data and draw charts with; figures are drawn with Agg (no display).
+        Template(
+            "python-data",
+            "python",
+            "Debian 12 with Python 3.11, numpy, pandas, matplotlib (Agg), scipy, scikit-learn and pillow; "
+            "1 GiB of memory.",
+            limits=Limits(memory_mib=1024),
+            image="python-data",
+        ),
+        Template("node", "bash", "Debian 12 with Node.js 18 and npm, bash and Python 3.11.", image="node"),
         # gVisor: the sandbox's system calls meet a user-space kernel, not the host's.
         Template("python-gvisor", "python", "The python template, isolated by gVisor (runsc).", runtime="runsc"),
         Template("bash-gvisor", "bash", "The bash template, isolated by gVisor (runsc).", runtime="runsc"),

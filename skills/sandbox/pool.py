@@ -1,10 +1,13 @@
 """A warm pool: sandboxes started ahead of need, handed out in a millisecond.
 
-The pool keeps sandboxes of a few shapes (the default template of
-``sandbox_run`` and of ``sandbox_create``) running and attached, their agent
-and Python interpreter already up. A claim takes one, checks it answers (never
-a dead one), and wakes the refill loop, which starts a replacement at once.
-The pool is capped by a host memory budget and drained when the server stops.
+The pool keeps sandboxes of every built-in template's shape running and
+attached, their agent and Python interpreter already up, as many of each as
+its use calls for: its size is shared out between the shapes by their recent
+claims (decaying with a half-life, ``share_out``), the defaults of
+``sandbox_run`` and ``sandbox_create`` sharing it until any claim is seen,
+and never past a host memory budget. A claim takes one, checks it answers
+(never a dead one), and wakes the refill loop, which starts a replacement at
+once. The pool is drained when the server stops.
 
 A warm sandbox is *held* (``SandboxSpec.hold_s``): it ends by itself as soon
 as this process lets go of it, however the process ended, or when the pool's
@@ -16,12 +19,14 @@ store's label and an id the pool holds, so the reaper leaves them alone.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
+from anyio.abc import TaskGroup
 
 from common.errors import CloudSkillsError
 from sandbox.driver import LABEL_POOL as LABEL_POOL  # re-exported: the label of a warm sandbox
@@ -36,6 +41,10 @@ RETRY_AFTER_FAILURE_S = 5.0
 # A warm sandbox ends after HOLD_S without a heartbeat; one comes every HEARTBEAT_S.
 HOLD_S = 10.0
 HEARTBEAT_S = 3.0
+# A claim's weight in sharing out the pool halves every DEMAND_HALF_LIFE_S; the default
+# templates keep a little weight (PRIOR) so that they stay warm until others are used more.
+DEMAND_HALF_LIFE_S = 600.0
+PRIOR = 0.5
 # What the pool counts per template (see ``samples``), and what each count means.
 COUNTED = {
     "claimed": "Warm sandboxes handed out.",
@@ -72,34 +81,61 @@ class WarmPool:
         size: int,
         memory_budget_mib: int,
         drain_s: float | None = None,
+        others: Sequence[Shape] = (),
     ) -> None:
+        """``shapes`` share the pool from the start; ``others`` get a share once claimed."""
         self.driver = driver
         self.store_id = store_id
         self.drain_s = drain_s  # at shutdown, how long to wait for the removals (None: all)
-        # The size is shared out between the shapes, the first getting any remainder,
-        # and each share capped so that the whole pool stays within the memory budget.
-        self.targets: dict[Shape, int] = {}
-        budget = memory_budget_mib
-        for index, shape in enumerate(dict.fromkeys(shapes)):
-            share = size // len(shapes) + (size % len(shapes) if index == 0 else 0)
-            self.targets[shape] = max(0, min(share, budget // shape.limits.memory_mib))
-            budget -= self.targets[shape] * shape.limits.memory_mib
-        self.size = sum(self.targets.values())
+        self.capacity = size
+        self.memory_budget_mib = memory_budget_mib
+        self.prior = {shape: PRIOR for shape in dict.fromkeys(shapes)}
+        every = list(dict.fromkeys([*shapes, *others]))
+        self._demand: dict[Shape, float] = dict.fromkeys(every, 0.0)
+        self._demand_at = time.monotonic()
+        self.targets: dict[Shape, int] = share_out(size, memory_budget_mib, every, self.prior)
         self._ready: dict[Shape, deque[WarmSandbox]] = {shape: deque() for shape in self.targets}
         self._starting: dict[Shape, set[str]] = {shape: set() for shape in self.targets}
         # Ids claimed but not yet recorded by the claimer: not strays either.
         self._claiming: set[str] = set()
         self._wanted = {shape: anyio.Event() for shape in self.targets}
+        self._trimming: TaskGroup | None = None
         self.stats = {"claimed": 0, "missed": 0, "dead": 0}
         # The same by template, with the refills and the seconds they took (the process's metrics).
         self.counts = {shape.template: dict.fromkeys(COUNTED, 0.0) for shape in self.targets}
 
+    @property
+    def size(self) -> int:
+        return sum(self.targets.values())
+
     def shape_for(self, template: str, limits: Limits) -> Shape | None:
         """The shape a sandbox of this template and limits would take from the pool, if any."""
-        for shape, target in self.targets.items():
-            if target > 0 and shape.template == template and shape.limits == limits:
+        for shape in self.targets:
+            if shape.template == template and shape.limits == limits:
                 return shape
         return None
+
+    def warmth(self, template: str) -> tuple[int, int]:
+        """How many sandboxes of this template the pool keeps, and how many are ready now."""
+        shapes = [shape for shape in self.targets if shape.template == template]
+        return sum(self.targets[s] for s in shapes), sum(len(self._ready[s]) for s in shapes)
+
+    def _note_demand(self, shape: Shape) -> None:
+        """Count a claim, and share the pool out again by the claims seen (decayed)."""
+        now = time.monotonic()
+        decay = math.pow(0.5, (now - self._demand_at) / DEMAND_HALF_LIFE_S)
+        self._demand = {s: d * decay for s, d in self._demand.items()}
+        self._demand_at = now
+        self._demand[shape] += 1.0
+        weights = {s: d + self.prior.get(s, 0.0) for s, d in self._demand.items()}
+        targets = share_out(self.capacity, self.memory_budget_mib, list(self.targets), weights)
+        for s, target in targets.items():
+            if target > self.targets[s]:
+                self._wanted[s].set()
+            self.targets[s] = target
+            ready = self._ready[s]
+            while len(ready) > target and self._trimming is not None:
+                self._trimming.start_soon(self._discard, ready.pop())
 
     def holds(self, sandbox_id: str) -> bool:
         """Whether the pool owns this sandbox (ready, starting, or being claimed)."""
@@ -116,6 +152,7 @@ class WarmPool:
 
         The pool keeps holding the sandbox it returns (the reaper leaves it alone)
         until the caller, having written its record, calls ``handed_over``."""
+        self._note_demand(shape)
         self._wanted[shape].set()
         ready = self._ready[shape]
         while ready:
@@ -155,10 +192,12 @@ class WarmPool:
         """Keep the pool full and its sandboxes held until cancelled; then drain it."""
         try:
             async with anyio.create_task_group() as group:
+                self._trimming = group
                 for shape in self.targets:
                     group.start_soon(self._keep_full, shape)
                 group.start_soon(self._heartbeat)
         finally:
+            self._trimming = None
             with anyio.CancelScope(shield=True):
                 await self.drain()
 
@@ -254,3 +293,18 @@ class WarmPool:
                 for ready in self._ready.values():
                     while ready:
                         group.start_soon(self._discard, ready.popleft())
+
+
+def share_out(size: int, budget_mib: int, shapes: Sequence[Shape], weights: Mapping[Shape, float]) -> dict[Shape, int]:
+    """``size`` warm sandboxes shared between ``shapes`` in proportion to their weights,
+    one at a time to the shape whose share is furthest behind (D'Hondt), each only while
+    its memory still fits in ``budget_mib``; a shape without weight gets none."""
+    targets = dict.fromkeys(shapes, 0)
+    for _ in range(size):
+        fits = [s for s in shapes if weights.get(s, 0.0) > 0 and s.limits.memory_mib <= budget_mib]
+        if not fits:
+            break
+        best = max(fits, key=lambda s: weights[s] / (targets[s] + 1))
+        targets[best] += 1
+        budget_mib -= best.limits.memory_mib
+    return targets
