@@ -47,8 +47,34 @@ DEV_PACKAGES = (
     "curl",
     "iputils-ping",
 )
+# What an agent analyses data and draws charts with: Debian's builds of the usual stack.
+DATA_PACKAGES = (
+    *BASE_PACKAGES,
+    "python3-numpy",
+    "python3-pandas",
+    "python3-matplotlib",
+    "python3-scipy",
+    "python3-sklearn",
+    "python3-pil",
+)
+NODE_PACKAGES = (*BASE_PACKAGES, "nodejs", "npm")
 # Image name -> the Debian packages of its root filesystem. Templates name one.
-IMAGES: dict[str, tuple[str, ...]] = {"sandbox": BASE_PACKAGES, "dev": DEV_PACKAGES}
+IMAGES: dict[str, tuple[str, ...]] = {
+    "sandbox": BASE_PACKAGES,
+    "dev": DEV_PACKAGES,
+    "python-data": DATA_PACKAGES,
+    "node": NODE_PACKAGES,
+}
+# Images whose packages apt installs on another image's root filesystem, in a build
+# container, rather than debootstrap: npm's maintainer scripts fail under debootstrap,
+# which configures a long list of packages in an order apt would not.
+APT_IMAGES: dict[str, tuple[str, tuple[str, ...]]] = {"node": ("sandbox", ("nodejs", "npm"))}
+# Image name -> the environment every command in it gets (the agent passes on the names
+# listed in CLOUDSKILLS_IMAGE_ENV). The root is read-only and there is no display:
+# matplotlib draws with Agg and keeps its font cache under /tmp.
+IMAGE_ENV: dict[str, dict[str, str]] = {
+    "python-data": {"MPLBACKEND": "Agg", "MPLCONFIGDIR": "/tmp/matplotlib"},
+}
 # Trimmed from the root filesystem: documentation and caches no sandbox needs.
 PRUNE = (
     "usr/share/doc",
@@ -97,7 +123,12 @@ def recipe(name: str = "sandbox") -> ImageRecipe:
     # The lean image keeps the tags it always had: "base" and "sandbox".
     base_name, image_name = ("base", "sandbox") if name == "sandbox" else (f"{name}-base", name)
     base = content_hash(RECIPE_VERSION, DEBIAN_SUITE, packages, PRUNE)
-    sandbox = content_hash(base, [hashlib.sha256(agent_file(file)).hexdigest() for file in AGENT_FILES])
+    if name in APT_IMAGES:
+        parent, added = APT_IMAGES[name]
+        base = content_hash(RECIPE_VERSION, recipe(parent).base_tag, added, "apt")
+    # An image without an environment keeps the hash it always had.
+    env = [IMAGE_ENV[name]] if IMAGE_ENV.get(name) else []
+    sandbox = content_hash(base, [hashlib.sha256(agent_file(file)).hexdigest() for file in AGENT_FILES], *env)
     return ImageRecipe(base_tag=f"cloudskills/{base_name}:{base}", sandbox_tag=f"cloudskills/{image_name}:{sandbox}")
 
 
@@ -124,9 +155,15 @@ def ensure_images(
         tags.append(wanted.sandbox_tag)
         if image_exists(driver, wanted.sandbox_tag):
             continue
-        if not image_exists(driver, wanted.base_tag):
+        if name in APT_IMAGES and not image_exists(driver, wanted.base_tag):
+            parent, added = APT_IMAGES[name]
+            parent_tag = recipe(parent).base_tag
+            if not image_exists(driver, parent_tag):
+                build_base(driver, parent_tag, IMAGES[parent], progress)
+            build_apt_layer(driver, parent_tag, wanted.base_tag, added, progress)
+        elif not image_exists(driver, wanted.base_tag):
             build_base(driver, wanted.base_tag, IMAGES[name], progress)
-        build_sandbox(driver, wanted.base_tag, wanted.sandbox_tag, progress)
+        build_sandbox(driver, wanted.base_tag, wanted.sandbox_tag, progress, IMAGE_ENV.get(name, {}))
     return tags
 
 
@@ -210,27 +247,55 @@ def run_with_progress(command: list[str], progress: Progress) -> None:
         )
 
 
-def build_sandbox(driver: DockerDriver, base_tag: str, tag: str, progress: Progress) -> None:
-    progress(f"building {tag} (exec agent on {base_tag})...")
-    dockerfile = "\n".join(
-        [
-            f"FROM {base_tag}",
-            f"COPY {' '.join(AGENT_FILES)} {AGENT_DIR}/",
-            "USER 1000:1000",
-            "WORKDIR /work",
-            f'CMD ["python3", "{AGENT_PATH}", "serve"]',
-            "",
-        ]
-    ).encode()
+def apt_install(packages: tuple[str, ...]) -> str:
+    """The Dockerfile line that installs Debian packages with apt, leaving no lists or docs behind."""
+    return (
+        "RUN export DEBIAN_FRONTEND=noninteractive && apt-get update -q && "
+        f"apt-get install -y -q --no-install-recommends {' '.join(packages)} && apt-get clean && "
+        f"rm -rf {' '.join('/' + path for path in PRUNE)}"
+    )
+
+
+def build_apt_layer(driver: DockerDriver, parent: str, tag: str, packages: tuple[str, ...], progress: Progress) -> None:
+    progress(f"building {tag}: {', '.join(packages)} from Debian {DEBIAN_SUITE} with apt on {parent}...")
+    context = build_context([f"FROM {parent}", "USER root", apt_install(packages)])
+    try:
+        driver.client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False)
+    except docker.errors.BuildError as exc:
+        raise BackendUnavailable(
+            f"building {tag} failed: {exc.msg}; check that Debian's package archive is reachable and try again."
+        ) from exc
+    progress(f"built {tag}")
+
+
+def agent_layer(env: dict[str, str]) -> list[str]:
+    """The Dockerfile lines that put the exec agent on a root filesystem and run it."""
+    lines = [f"COPY {' '.join(AGENT_FILES)} {AGENT_DIR}/"]
+    if env:
+        lines.append("ENV " + " ".join(f"{name}={json.dumps(value)}" for name, value in sorted(env.items())))
+        lines.append(f"ENV CLOUDSKILLS_IMAGE_ENV={json.dumps(' '.join(sorted(env)))}")
+    return [*lines, "USER 1000:1000", "WORKDIR /work", f'CMD ["python3", "{AGENT_PATH}", "serve"]']
+
+
+def build_context(dockerfile: list[str], files: dict[str, bytes] | None = None) -> io.BytesIO:
+    """A build context: the Dockerfile, the agent's files and ``files`` (name -> bytes)."""
     context = io.BytesIO()
-    files = [("Dockerfile", dockerfile), *((name, agent_file(name)) for name in AGENT_FILES)]
+    entries = {"Dockerfile": "\n".join([*dockerfile, ""]).encode(), **{n: agent_file(n) for n in AGENT_FILES}}
     with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data in files:
+        for name, data in {**entries, **(files or {})}.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
+    return context
+
+
+def build_sandbox(
+    driver: DockerDriver, base_tag: str, tag: str, progress: Progress, env: dict[str, str] | None = None
+) -> None:
+    progress(f"building {tag} (exec agent on {base_tag})...")
+    context = build_context([f"FROM {base_tag}", *agent_layer(env or {})])
     try:
         driver.client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, pull=False)
     except docker.errors.BuildError as exc:

@@ -86,8 +86,14 @@ def checked_env(env: dict) -> dict:
     return checked
 
 
+# What the image sets for every command (a template's ENV, e.g. MPLBACKEND), by name.
+IMAGE_ENV = {
+    name: os.environ[name] for name in os.environ.get("CLOUDSKILLS_IMAGE_ENV", "").split() if name in os.environ
+}
+
+
 def child_env(spec: dict) -> dict:
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8", "USER": "sandbox"}
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8", "USER": "sandbox", **IMAGE_ENV}
     env.update(checked_env(spec.get("env") or {}))
     return env
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from skills.base import Op
 from skills.registry import skill_from_doc
 from skills.sandbox import models as m
-from skills.sandbox import ops, processes
+from skills.sandbox import ops, processes, templates_ops
+from skills.sandbox import template_models as tm
 from skills.sandbox.manager import from_platform
 from skills.sandbox.records import QUOTA
 from skills.sandbox.results import RichOutput
+from skills.sandbox.templates_ops import BUILD_TIMEOUT_S, TEMPLATE_QUOTA
 
 SKILL = skill_from_doc(
     __name__,
@@ -120,7 +122,41 @@ SKILL = skill_from_doc(
             releases=True,
             idempotent=True,
         ),
+        Op(
+            "templates",
+            "List the sandbox templates: the built-in ones and your custom ones, with their language, packages, "
+            "image size, limits and whether the warm pool keeps them ready.",
+            tm.TemplatesInput,
+            tm.TemplatesOutput,
+            templates_ops.templates,
+            read_only=True,
+            idempotent=True,
+        ),
+        Op(
+            "template_create",
+            "Build a custom template, private to you: a built-in template plus Debian and PyPI packages, "
+            "installed when the image is built (never when a sandbox starts). The same recipe is built once and "
+            "reused; a build takes a minute or more and reports progress.",
+            tm.TemplateCreateInput,
+            tm.TemplateCreateOutput,
+            templates_ops.template_create,
+            idempotent=True,
+            open_world=True,
+            timeout_s=lambda a: BUILD_TIMEOUT_S,
+            worst_case=templates_ops.create_worst_case,
+            runs_long=lambda a: True,
+        ),
+        Op(
+            "template_delete",
+            "Delete one of your custom templates; deleting one that is gone succeeds.",
+            tm.TemplateDeleteInput,
+            tm.TemplateDeleteOutput,
+            templates_ops.template_delete,
+            destructive=True,
+            releases=True,
+            idempotent=True,
+        ),
     ),
     resource=from_platform,
-    quota=QUOTA,
+    quota=(QUOTA, TEMPLATE_QUOTA),
 )

@@ -143,7 +143,7 @@ class SandboxManager:
             tenant_id=tenant_id,
             task_id=task_id,
             template=template.name,
-            image=self.images[template.image],
+            image=self.images.get(template.image, template.image),  # a custom template's is its tag
             vcpus=limits.vcpus,
             memory_mib=limits.memory_mib,
             disk_mib=limits.disk_mib,
@@ -372,20 +372,20 @@ class SandboxManager:
 
 
 def from_platform(platform: Platform) -> SandboxManager:
-    """The sandbox manager and its warm pool (the default templates of sandbox_run and
-    sandbox_create), on the process's Docker Engine."""
+    """The sandbox manager and its warm pool (every built-in template, sized by use), on
+    the process's Docker Engine."""
     assert platform.docker is not None
     settings = platform.settings
     images = {name: sandbox_image(name) for name in IMAGES}
-    shapes = [
-        Shape(t.name, images[t.image], t.limits, t.runtime) for t in (TEMPLATES[RUN_DEFAULT], TEMPLATES[CREATE_DEFAULT])
-    ]
+    shapes = {t.name: Shape(t.name, images[t.image], t.limits, t.runtime) for t in TEMPLATES.values()}
+    defaults = [shapes.pop(RUN_DEFAULT), shapes.pop(CREATE_DEFAULT)]
     pool = WarmPool(
         platform.docker,
         platform.store.store_id,
-        shapes,
+        defaults,
         settings.pool_size,
         settings.pool_memory_mib,
         drain_s=settings.pool_drain_s,
+        others=list(shapes.values()),  # the other templates: warm once used
     )
     return SandboxManager(platform.store, platform.docker, platform.leases, images, pool)

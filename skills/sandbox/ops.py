@@ -41,9 +41,10 @@ from skills.sandbox.models import (
     WriteFileInput,
     WriteFileOutput,
 )
-from skills.sandbox.records import SandboxRecord, resolve_template, usage_for
+from skills.sandbox.records import SandboxRecord, usage_for
 from skills.sandbox.results import CAPS, RichOutput, attachments_of, streamed
 from skills.sandbox.rows import Sandbox
+from skills.sandbox.templates_ops import language_of, template_for
 
 # Spans inside a task's own (the process's tracing, when configured, records them; else they cost nothing).
 TRACER = trace.get_tracer("cloudskills.sandbox")
@@ -124,7 +125,7 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
     """Run code or a command in a fresh sandbox, destroyed afterwards whatever happens."""
     command = run_command(args)
     writes = tuple(file_write(spec) for spec in args.files)
-    template = resolve_template(args.template)
+    template = await template_for(ctx, args.template)
     sandboxes = ctx.service(SandboxManager)
     ttl_s = int(args.timeout_s + RUN_OVERHEAD_S)
     with TRACER.start_as_current_span("placement", attributes={"sandbox.template": template.name}) as span:
@@ -171,7 +172,7 @@ def row_info(row: Sandbox) -> SandboxInfo:
 
 async def create(ctx: TaskContext, args: CreateInput) -> CreateOutput:
     """Start a session sandbox that lives until destroyed or idle for ttl_s."""
-    template = resolve_template(args.template)
+    template = await template_for(ctx, args.template)
     base = template.limits
     limits = replace(
         base,
@@ -229,7 +230,7 @@ async def exec_(ctx: TaskContext, args: ExecInput) -> SessionExecOutput:
 async def run_code(ctx: TaskContext, args: RunCodeInput) -> RichOutput:
     """Run code in a session sandbox, in the template's language unless told otherwise."""
     record = ctx.service(SandboxManager).get(ctx.tenant_id, args.sandbox_id)
-    language = args.language or resolve_template(record.template).language
+    language = args.language or language_of(ctx, record.template)
     command = Command(
         code=args.code, language=language, timeout_s=args.timeout_s, max_output=args.max_output, persistent=True
     )

@@ -86,6 +86,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, docker_driver: DockerDriver
         max_live_sandboxes=3,
         max_live_databases=2,
         max_live_vms=1,
+        # No custom templates: a valid sandbox_template_create is refused before it builds anything.
+        max_live_sandbox_templates=0,
         max_live_workspaces=2,
         tasks_per_minute=100_000,
         # A valid inference_generate may ask for thousands of tokens: a quota bounds the model's work.
@@ -126,6 +128,9 @@ TOOLS = [
     "sandbox_process_list",
     "sandbox_process_output",
     "sandbox_process_kill",
+    "sandbox_templates",
+    "sandbox_template_create",
+    "sandbox_template_delete",
     "billing_usage",
     "billing_balance",
     "billing_invoice",
