@@ -35,6 +35,8 @@ DIMENSIONS = 384
 MAX_TOKENS = 256
 # Texts encoded in one run: padded to the longest, so texts of close lengths go together.
 BATCH = 32
+# Word pieces in a run (texts times their padded length) that one thread encodes faster than many.
+SHORT_RUN = 64
 TOKENIZER = Path("embeddings") / "data" / "all-MiniLM-L6-v2-onnx-int8" / "tokenizer.json"
 
 
@@ -84,6 +86,7 @@ class TextEmbedder:
         self.threads = threads or os.cpu_count() or 1
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self._session: Any = None
+        self._single: Any = None  # the same model on one thread, for one short text
         self._tokenizer: Any = None
 
     def availability(self) -> tuple[bool, str]:
@@ -109,12 +112,19 @@ class TextEmbedder:
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
         tokenizer.enable_truncation(max_length=MAX_TOKENS)
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self._session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+        def session(threads: int) -> Any:
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            return onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+        # A search's one short query runs faster on one thread (9 ms against 14 ms on two, here):
+        # splitting so little work costs more than it saves, and leaves no core to the server.
+        self._single = session(1)
+        self._session = session(self.threads)
         self._tokenizer = tokenizer
 
     def _count(self, texts: list[str]) -> list[int]:
@@ -136,7 +146,8 @@ class TextEmbedder:
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            hidden = self._session.run(None, feeds)[0]
+            session = self._single if ids.size <= SHORT_RUN else self._session
+            hidden = session.run(None, feeds)[0]
             weights = mask[..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
             pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)

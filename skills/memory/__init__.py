@@ -9,8 +9,9 @@ from skills.embeddings import shared_embedder
 from skills.memory import models as m
 from skills.memory import ops
 from skills.memory.engines.base import MemoryIndex
+from skills.memory.engines.graph import VectorGraphs
 from skills.memory.engines.postgres import PostgresIndex
-from skills.memory.engines.sqlite import SqliteIndex
+from skills.memory.engines.sqlite import SqliteIndex, vectors_past
 from skills.memory.limits import MEMORIES, NAMESPACES
 from skills.memory.memories import MemoryManager
 from skills.registry import skill_from_doc
@@ -18,8 +19,11 @@ from skills.registry import skill_from_doc
 
 def from_platform(platform: Platform) -> MemoryManager:
     """The index of the store's kind, and the process's one embedder."""
-    dialect = platform.store.engine.dialect.name
-    index: MemoryIndex = PostgresIndex() if dialect == "postgresql" else SqliteIndex()
+    store = platform.store
+    if store.engine.dialect.name == "postgresql":
+        index: MemoryIndex = PostgresIndex()
+    else:
+        index = SqliteIndex(VectorGraphs(platform.home / "memory-graphs", vectors_past, store.transaction))
     return MemoryManager(platform.store, platform.leases, index, shared_embedder(platform.services))
 
 

@@ -116,9 +116,15 @@ class MemoryManager:
             if old is not None:
                 drop.append(Entry(old.seq, namespace.id, old.text))
                 namespace.stored_bytes -= old.size_bytes
-                row, replaced = old, (old.expires_at is None or old.expires_at > now)
+                replaced = old.expires_at is None or old.expires_at > now
+                # A new row, so a new seq: what indexes memories outside the store (the graphs of
+                # engines/graph.py) sees every change as a seq past the ones it holds.
+                session.delete(old)
+                session.flush()
+                row = Memory(id=old.id, tenant_id=tenant_id, namespace_id=namespace.id, created_at=old.created_at)
                 if not replaced:
                     row.id, row.created_at = new_id("mem"), now  # an expired one is gone: this is a new memory
+                session.add(row)
             else:
                 row, replaced = Memory(id=new_id("mem"), tenant_id=tenant_id, namespace_id=namespace.id), False
                 row.created_at = now
@@ -197,7 +203,7 @@ class MemoryManager:
         where, n = metadata_filter(wanted), candidates(top_k)
         by_meaning = self.index.nearest(session, namespace.id, vector, n, where)
         by_words = self.index.matching(session, namespace.id, query_words(query), n, where)
-        similarity = dict(by_meaning)
+        similarity = {seq: score for seq, score in by_meaning if score is not None}
         ranked = fuse([seq for seq, _ in by_meaning], by_words)
         hits: list[Found] = []
         now = utcnow()
@@ -321,7 +327,8 @@ class MemoryManager:
                 assert namespace is not None
                 self.storage.stop(session, namespace, "deleted")
                 namespace.state, namespace.deleted_at = "deleted", utcnow()
-                return
+            self.index.dropped(namespace_id)
+            return
 
     def purge(self) -> list[str]:
         """Delete expired memories, a tenant and a batch at a time; their ids."""

@@ -9,7 +9,8 @@ conditions on ``Memory`` as a filter, and both answer with memories' ``seq``.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,6 +86,10 @@ MOST_WORDS = 32
 # A word found in this many memories of a namespace or more tells them apart no better than a
 # stopword: a keyword search leaves it out, so what it costs stays bounded however common it is.
 COMMON_WORD = 1000
+# How long a word's being common in a namespace is taken as known: it changes slowly, and it only
+# steers ranking, so a search need not count again what a search a moment ago counted.
+COMMON_FOR_S = 60.0
+COMMON_KEPT = 50_000
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,26 @@ def query_words(query: str) -> list[str]:
     return list(dict.fromkeys(found))[:MOST_WORDS]
 
 
+class CommonWords:
+    """Which words are in ``COMMON_WORD`` memories of a namespace or more, counted by
+    ``count`` (capped at ``COMMON_WORD``) and remembered for ``COMMON_FOR_S``."""
+
+    def __init__(self, count: Callable[[Session, str, str], int]) -> None:
+        self.count = count
+        self.known: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    def common(self, session: Session, namespace_id: str, word: str) -> bool:
+        now = time.monotonic()
+        found = self.known.get((namespace_id, word))
+        if found is not None and now - found[1] < COMMON_FOR_S:
+            return found[0]
+        if len(self.known) >= COMMON_KEPT:
+            self.known.clear()
+        common = self.count(session, namespace_id, word) >= COMMON_WORD
+        self.known[(namespace_id, word)] = (common, now)
+        return common
+
+
 class MemoryIndex(Protocol):
     def add(self, session: Session, entries: Sequence[Entry]) -> None:
         """Index new memories (their rows are already in ``session``)."""
@@ -114,8 +139,9 @@ class MemoryIndex(Protocol):
 
     def nearest(
         self, session: Session, namespace_id: str, vector: Vector, k: int, where: Sequence[ColumnElement[bool]]
-    ) -> list[tuple[int, float]]:
-        """The ``k`` memories closest in meaning, best first, with their cosine similarity."""
+    ) -> list[tuple[int, float | None]]:
+        """The ``k`` memories closest in meaning, best first, with their cosine similarity (None
+        where the index ranked by an approximation: ``similarity`` then tells it exactly)."""
         ...
 
     def matching(
@@ -127,4 +153,8 @@ class MemoryIndex(Protocol):
 
     def similarity(self, session: Session, seqs: Sequence[int], vector: Vector) -> dict[int, float]:
         """The cosine similarity of each of these memories to ``vector``."""
+        ...
+
+    def dropped(self, namespace_id: str) -> None:
+        """A namespace is deleted: let go of what is kept of it outside the store."""
         ...

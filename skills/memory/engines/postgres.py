@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnClause, ColumnElement, column, select, text
 from sqlalchemy.orm import Session
 
-from skills.memory.engines.base import COMMON_WORD, Entry, Vector
+from skills.memory.engines.base import COMMON_WORD, CommonWords, Entry, Vector
 from skills.memory.rows import Memory
 
 SET_VECTOR = text("UPDATE memories SET embedding = CAST(:vector AS vector) WHERE seq = :seq")
@@ -49,6 +49,7 @@ class PostgresIndex:
 
     def __init__(self) -> None:
         self._iterative: bool | None = None
+        self.common_words = CommonWords(self._count)
 
     def iterative(self, session: Session) -> bool:
         """Whether this pgvector can scan on past rows a filter drops (0.8 and later)."""
@@ -59,7 +60,7 @@ class PostgresIndex:
 
     def nearest(
         self, session: Session, namespace_id: str, vector: Vector, k: int, where: Sequence[ColumnElement[bool]]
-    ) -> list[tuple[int, float]]:
+    ) -> list[tuple[int, float | None]]:
         session.execute(text(f"SET LOCAL hnsw.ef_search = {min(max(EF_SEARCH, k), 1000)}"))
         if self.iterative(session):
             session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
@@ -68,12 +69,13 @@ class PostgresIndex:
             select(Memory.seq, distance).where(Memory.namespace_id == namespace_id, *where).order_by(distance).limit(k)
         )
         found = [(int(seq), 1.0 - float(d)) for seq, d in session.execute(query, {"vector": literal(vector)})]
-        return sorted(found, key=lambda hit: -hit[1])  # relaxed order: nearly sorted
+        found.sort(key=lambda hit: -hit[1])  # relaxed order: nearly sorted
+        return list[tuple[int, float | None]](found)
 
     def matching(
         self, session: Session, namespace_id: str, words: list[str], k: int, where: Sequence[ColumnElement[bool]]
     ) -> list[int]:
-        words = [word for word in words if not self._common(session, namespace_id, word)]
+        words = [word for word in words if not self.common_words.common(session, namespace_id, word)]
         if not words:
             return []
         tsquery = text("websearch_to_tsquery('english', :match)")
@@ -85,9 +87,10 @@ class PostgresIndex:
         )
         return [int(seq) for seq in session.scalars(query, {"match": " or ".join(words)})]
 
-    def _common(self, session: Session, namespace_id: str, word: str) -> bool:
+    @staticmethod
+    def _count(session: Session, namespace_id: str, word: str) -> int:
         params = {"word": word, "namespace_id": namespace_id, "cap": COMMON_WORD}
-        return int(session.scalar(COUNT_CAPPED, params) or 0) >= COMMON_WORD
+        return int(session.scalar(COUNT_CAPPED, params) or 0)
 
     def similarity(self, session: Session, seqs: Sequence[int], vector: Vector) -> dict[int, float]:
         if not seqs:
@@ -95,3 +98,6 @@ class PostgresIndex:
         distance = EMBEDDING.op("<=>")(text("CAST(:vector AS vector)"))
         query = select(Memory.seq, distance).where(Memory.seq.in_(list(seqs)))
         return {int(seq): 1.0 - float(d) for seq, d in session.execute(query, {"vector": literal(vector)})}
+
+    def dropped(self, namespace_id: str) -> None:
+        """Nothing of a namespace lives outside PostgreSQL."""
