@@ -221,7 +221,7 @@ def http_app(app: App, host: str, port: int) -> Starlette:
     the OpenAI-compatible API at /v1 (runtime/openai_api.py)."""
     server = CloudSkillsServer(app, None, base_url=f"http://{host}:{port}")
     asgi = server.streamable_http_app(streamable_http_path="/mcp", host=host)
-    asgi.router.routes.extend(web_routes(app))
+    asgi.router.routes.extend(web_routes(app, f"http://{host}:{port}"))
     asgi.router.routes.extend(openai_routes(app))
     return asgi
 

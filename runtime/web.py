@@ -9,14 +9,21 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
 from runtime.console import Console
+from runtime.tenants import tenant_of_key
 
 if TYPE_CHECKING:
     from runtime.app import App
 
 
-def web_routes(app: App) -> list[BaseRoute]:
-    """``/metrics`` for the operator's key, and the console."""
-    return [Route("/metrics", app.telemetry.metrics.endpoint()), *Console(app).routes()]
+def web_routes(app: App, base_url: str = "") -> list[BaseRoute]:
+    """``/metrics`` for the operator's key, the console, and the routes services serve
+    themselves (a sandbox's exposed ports), which learn whose a bearer key is."""
+    routes: list[BaseRoute] = [Route("/metrics", app.telemetry.metrics.endpoint()), *Console(app).routes()]
+    for service in app.services.all():
+        serves = getattr(service, "web_routes", None)
+        if serves is not None:
+            routes += serves(base_url, lambda key: tenant_of_key(app.store, key))
+    return routes
 
 
 def metrics_app(app: App) -> Starlette:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from skills.base import Op
 from skills.registry import skill_from_doc
+from skills.sandbox import expose, ops, processes, templates_ops
 from skills.sandbox import models as m
-from skills.sandbox import ops, processes, templates_ops
 from skills.sandbox import template_models as tm
 from skills.sandbox.manager import from_platform
 from skills.sandbox.records import QUOTA
@@ -121,6 +121,14 @@ SKILL = skill_from_doc(
             destructive=True,
             releases=True,
             idempotent=True,
+        ),
+        Op(
+            "expose",
+            "Expose a port a server listens on inside a session sandbox at an HTTP URL guarded by a secret token "
+            "(closed when the sandbox is destroyed); exposing it again issues a new URL.",
+            expose.ExposeInput,
+            expose.ExposeOutput,
+            expose.expose,
         ),
         Op(
             "templates",

@@ -388,4 +388,8 @@ def from_platform(platform: Platform) -> SandboxManager:
         drain_s=settings.pool_drain_s,
         others=list(shapes.values()),  # the other templates: warm once used
     )
+    # Exposed ports and egress: services of their own beside the manager (skills/sandbox/expose.py).
+    from skills.sandbox.expose import Exposures
+
+    platform.services.add(Exposures(platform.store, platform.docker, getattr(settings, "public_url", None)))
     return SandboxManager(platform.store, platform.docker, platform.leases, images, pool)

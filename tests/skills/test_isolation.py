@@ -25,6 +25,7 @@ HARMLESS: dict[str, Any] = {
     "path": "x.txt",
     "content": "x",
     "sql": "SELECT 1",
+    "table": "t",
     "snapshot_id": "snap_ffffffffffffffff",
     "messages": [{"role": "user", "content": "hi"}],
     "max_tokens": 1,
@@ -37,6 +38,7 @@ HARMLESS: dict[str, Any] = {
     "items": [{"text": "x"}],
     "process_id": "proc_1",
     "name": "x",
+    "port": 8000,
 }
 ID_FIELDS = ("sandbox_id", "task_id", "db_id", "vm_id", "workspace_id")
 MADE_UP = {
