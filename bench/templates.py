@@ -50,7 +50,7 @@ async def over_stdio(repeat: int, home: str) -> list[float]:
             result = await client.call_tool("sandbox_run", {"template": "python-data", "code": CODE})
             elapsed = (time.perf_counter() - start) * 1000
             assert not result.is_error, result.content
-            assert result.structured_content["stdout"].strip().endswith("ok")  # type: ignore[index]
+            assert result.structured_content["stdout"].strip().endswith("ok")
             if index >= WARM_UP:
                 samples.append(elapsed)
     return samples

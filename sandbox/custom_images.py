@@ -60,6 +60,8 @@ PYPI_REQUIREMENT = re.compile(
 )
 
 
+# Terminal colours apt puts in its messages.
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # On both layers of a custom image: the recipe's base tag, by which unused ones are found.
 LABEL_CUSTOM = "cloudskills.custom-base"
 # How long a delete waits for sandboxes being removed to let go of the image.
@@ -223,8 +225,8 @@ def build_log(driver: DockerDriver, context: io.BytesIO, tag: str) -> Iterator[s
         fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False, decode=True
     ):
         if "error" in chunk:
-            raise docker.errors.BuildError(str(chunk["error"]).strip(), iter(()))
-        for line in str(chunk.get("stream", "")).splitlines():
+            raise docker.errors.BuildError(ANSI.sub("", str(chunk["error"])).strip(), iter(()))
+        for line in ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
             if line.strip():
                 yield line.strip()
 

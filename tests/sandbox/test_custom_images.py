@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.errors import InvalidInput
-from sandbox.custom_images import BuildFailed, CustomRecipe, apt_failure, pip_failure
+from sandbox.custom_images import ANSI, BuildFailed, CustomRecipe, apt_failure, pip_failure
 
 
 def test_a_recipe_hashes_alike_whatever_the_order_and_case() -> None:
@@ -27,6 +27,9 @@ def test_names_that_are_not_packages_are_refused(debian: list[str], pypi: list[s
 
 def test_an_apt_failure_names_the_package() -> None:
     output = "Reading package lists...\nE: Unable to locate package no-such-zz\n"
+    assert ANSI.sub("", "\x1b[1;31mE: \x1b[0mUnable to locate package no-such-zz\x1b[0m") == (
+        "E: Unable to locate package no-such-zz"
+    )
     error = apt_failure(output, ("jq", "no-such-zz"))
     assert isinstance(error, BuildFailed) and "no package named 'no-such-zz'" in error.message
     unmet = apt_failure(
