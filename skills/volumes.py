@@ -32,10 +32,10 @@ class WorkspaceVolumes:
         raise NotImplementedError
 
 
-def volumes_of(services: Services) -> WorkspaceVolumes:
+def volumes_of(services: Services, instead: str = "call without workspaces") -> WorkspaceVolumes:
     try:
         return services.get(WorkspaceVolumes)
     except LookupError as exc:
         raise BackendUnavailable(
-            "this server keeps no workspaces (the workspace skill is not loaded): call without workspaces."
+            f"this server keeps no workspaces (the workspace skill is not loaded): {instead}."
         ) from exc

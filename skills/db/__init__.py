@@ -48,6 +48,25 @@ SKILL = skill_from_doc(
             timeout_s=ops.query_timeout,
         ),
         Op(
+            "export",
+            "Write a read-only query's rows as a CSV file (header row, RFC 4180, NULL as an empty field) into a "
+            "workspace.",
+            m.ExportInput,
+            m.ExportOutput,
+            ops.export,
+            idempotent=True,
+            timeout_s=ops.query_timeout,
+        ),
+        Op(
+            "import",
+            "Insert the rows of a CSV file of a workspace into an existing table (its header names the columns): "
+            "all rows in one transaction, or none.",
+            m.ImportInput,
+            m.ImportOutput,
+            ops.import_,
+            timeout_s=ops.query_timeout,
+        ),
+        Op(
             "schema",
             "A database's tables and views with their columns, types and indexes.",
             m.SchemaInput,

@@ -142,3 +142,52 @@ class DeleteInput(OpInput):
 class DeleteOutput(BaseModel):
     db_id: str
     deleted: bool = Field(description="False when it was already deleted: deleting twice is fine.")
+
+
+WORKSPACE_ID = Field(description="The id workspace_create returned, e.g. 'ws_0123abcd4567ef89'.")
+
+
+class ExportInput(OpInput):
+    db_id: str = DB_ID
+    sql: str = Field(
+        min_length=1, max_length=1_000_000, description="One read-only statement (SELECT, WITH ... SELECT)."
+    )
+    params: list[Any] | dict[str, Any] | None = Field(
+        default=None, description="Values bound to the statement's placeholders, as for db_query."
+    )
+    workspace_id: str = WORKSPACE_ID
+    path: str = Field(
+        min_length=1, max_length=1024, description="The CSV file to write in the workspace, e.g. 'out/items.csv'."
+    )
+    max_rows: int = Field(
+        default=100_000, ge=1, le=1_000_000, description="Rows written at most; truncated says when there were more."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Seconds the query may run before cancel.")
+
+
+class ExportOutput(BaseModel):
+    workspace_id: str
+    path: str = Field(description="The file written, from the workspace's root.")
+    columns: list[str]
+    rows: int = Field(description="Data rows written (the header row not counted).")
+    bytes: int = Field(description="The file's size.")
+    truncated: bool = Field(description="True when the query had more than max_rows rows.")
+    duration_ms: int
+
+
+class ImportInput(OpInput):
+    db_id: str = DB_ID
+    workspace_id: str = WORKSPACE_ID
+    path: str = Field(min_length=1, max_length=1024, description="The CSV file in the workspace, e.g. 'in/items.csv'.")
+    table: str = Field(
+        min_length=1, max_length=128, description="An existing table; the file's header names its columns."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Seconds the import may run before cancel.")
+
+
+class ImportOutput(BaseModel):
+    db_id: str
+    table: str
+    columns: list[str] = Field(description="The columns filled, from the file's header.")
+    rows: int = Field(description="Rows inserted: every row of the file, or the call fails and none are.")
+    duration_ms: int

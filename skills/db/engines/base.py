@@ -108,6 +108,13 @@ class Engine(Protocol):
 
     def schema(self, instance: Instance) -> list[TableInfo]: ...
 
+    def import_rows(
+        self, instance: Instance, table: str, columns: list[str], rows: list[list[str | None]], timeout_s: float
+    ) -> int:
+        """Insert ``rows`` (text, or None for NULL) into ``columns`` of an existing ``table``, in one
+        transaction: all of them, or none and an error naming the first row that failed."""
+        ...
+
     def backup(self, instance: Instance, dest: Path) -> int:
         """Write a snapshot of the whole database to ``dest``; return its size in bytes."""
         ...

@@ -40,7 +40,14 @@ from skills.db.engines.base import (
 from skills.db.engines.pg_pool import ConnectionPool
 from skills.db.engines.postgres_container import container_name, free_port, killed_for_memory, readable
 from skills.db.engines.postgres_image import DATA_MOUNT, PG_BIN, image_tag
-from skills.db.engines.postgres_sql import SCHEMA_COLUMNS, SCHEMA_INDEXES, run_statement, statement_error
+from skills.db.engines.postgres_sql import (
+    SCHEMA_COLUMNS,
+    SCHEMA_INDEXES,
+    copy_error,
+    copy_rows,
+    run_statement,
+    statement_error,
+)
 
 T = TypeVar("T")
 LABEL_DATABASE = "cloudskills.database"
@@ -241,6 +248,22 @@ class PostgresEngine:
             raise statement_error(exc, read_only, timeout_s) from exc
         except psycopg.Error as exc:
             raise statement_error(exc, read_only, timeout_s) from exc
+
+    def import_rows(
+        self, instance: Instance, table: str, columns: list[str], rows: list[list[str | None]], timeout_s: float
+    ) -> int:
+        def copy(conn: psycopg.Connection) -> int:
+            return copy_rows(conn, table, columns, rows, timeout_s)
+
+        started = time.time()
+        try:
+            return self.run(instance, copy)
+        except psycopg.OperationalError as exc:
+            if exc.sqlstate is None or exc.sqlstate.startswith("57P"):
+                raise self._lost(instance, exc, started) from exc
+            raise copy_error(exc, timeout_s) from exc
+        except psycopg.Error as exc:
+            raise copy_error(exc, timeout_s) from exc
 
     def _lost(self, instance: Instance, exc: psycopg.Error, started: float) -> Exception:
         """What to tell the caller whose statement lost its connection: if the kernel killed a

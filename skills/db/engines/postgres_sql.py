@@ -5,11 +5,13 @@ of the server means for the caller."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from typing import Any
 
 import psycopg
 import psycopg.errors
+from psycopg import sql as pgsql
 
 from common.errors import InvalidInput, Timeout
 from skills.db.engines.base import RESULT_MAX_BYTES, Params, QueryResult, jsonable
@@ -125,4 +127,42 @@ def run_statement(
         rows=rows[:max_rows],
         rowcount=len(rows[:max_rows]) if columns else max(rowcount, 0),
         truncated=len(rows) > max_rows,
+    )
+
+
+def copy_rows(
+    conn: psycopg.Connection, table: str, columns: list[str], rows: list[list[str | None]], timeout_s: float
+) -> int:
+    """``rows`` into ``table`` by ``COPY ... FROM STDIN`` in one transaction, under its timeout;
+    the connection is left clean for the pool."""
+    guard = threading.Timer(timeout_s + CANCEL_GRACE_S, conn.cancel_safe)
+    guard.start()
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+            copy = pgsql.SQL("COPY {} ({}) FROM STDIN").format(
+                pgsql.Identifier(table), pgsql.SQL(", ").join(pgsql.Identifier(c) for c in columns)
+            )
+            with conn.cursor() as cursor, cursor.copy(copy) as writer:
+                for row in rows:
+                    writer.write_row(row)
+        conn.execute("DISCARD ALL")
+    finally:
+        guard.cancel()
+    return len(rows)
+
+
+def copy_error(exc: psycopg.Error, timeout_s: float) -> Exception:
+    """What a failed ``COPY`` means for the caller: the row it stopped at, and the server's reason."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return Timeout(
+            f"the import ran past its timeout_s of {timeout_s:g} s and was cancelled; nothing was imported. "
+            "Give it a longer timeout_s or import a smaller file."
+        )
+    message = exc.diag.message_primary or str(exc).strip()
+    line = re.search(r"line (\d+)", exc.diag.context or "")
+    where = f"row {line.group(1)} of the file" if line else "the import"
+    return InvalidInput(
+        f"PostgreSQL refused {where}: {message}; nothing was imported. Fix that row (db_schema shows the table's "
+        "columns and types) and import the file again."
     )

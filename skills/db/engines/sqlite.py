@@ -236,6 +236,23 @@ class SqliteEngine:
             columns=result["columns"], rows=result["rows"], rowcount=result["rowcount"], truncated=result["truncated"]
         )
 
+    def import_rows(
+        self, instance: Instance, table: str, columns: list[str], rows: list[list[str | None]], timeout_s: float
+    ) -> int:
+        request = {
+            "op": "import",
+            "path": str(self.file(instance)),
+            "storage_bytes": self.storage_bytes(instance),
+            "table": table,
+            "columns": columns,
+            "rows": rows,
+            "timeout_s": timeout_s,
+        }
+        answer = WORKERS.run(request, timeout_s)
+        if "error" in answer:
+            raise error_from_code(answer["error"], answer["message"])
+        return int(answer["result"]["rowcount"])
+
     def schema(self, instance: Instance) -> list[TableInfo]:
         with self.connect(instance, read_only=True) as conn:
             objects = conn.execute(

@@ -216,6 +216,48 @@ def run(request: dict[str, Any]) -> bytes:
         conn.close()
 
 
+def quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def run_import(request: dict[str, Any]) -> bytes:
+    """Insert ``rows`` into ``table``'s ``columns``, all in one transaction or none at all;
+    the answer names the first row that fails."""
+    timeout_s = float(request["timeout_s"])
+    deadline = time.monotonic() + timeout_s
+    columns: list[str] = request["columns"]
+    statement = (
+        f"INSERT INTO {quoted(request['table'])} ({', '.join(quoted(c) for c in columns)}) "
+        f"VALUES ({', '.join('?' for _ in columns)})"
+    )
+    conn = open_database(request["path"], False, request["storage_bytes"])
+    number = 0
+    try:
+        conn.set_progress_handler(lambda: int(time.monotonic() > deadline), PROGRESS_STEPS)
+        conn.execute("BEGIN IMMEDIATE")
+        for row in request["rows"]:
+            number += 1  # kept for the error: the row that failed
+            conn.execute(statement, row)
+        conn.commit()
+        return json.dumps({"result": {"rowcount": number}}).encode()
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_INTERRUPT:
+            return error(
+                "timed_out",
+                f"the import ran past its timeout_s of {timeout_s:g} s and was cancelled at row {number}; nothing "
+                "was imported. Give it a longer timeout_s or import a smaller file.",
+            )
+        where = f"row {number} of the file" if number else "the table"
+        return error(
+            "invalid_input",
+            f"SQLite refused {where}: {exc}; nothing was imported. Fix that row (db_schema shows the table's "
+            "columns and constraints) and import the file again.",
+        )
+    finally:
+        conn.close()  # without a commit, closing rolls the whole import back
+
+
 def read_exactly(stream: BinaryIO, size: int) -> bytes | None:
     data = stream.read(size)
     return data if len(data) == size else None
@@ -228,7 +270,8 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         if body is None:
             return
         try:
-            answer = run(json.loads(body))
+            request = json.loads(body)
+            answer = run_import(request) if request.get("op") == "import" else run(request)
         except MemoryError:
             answer = error("invalid_input", OUT_OF_MEMORY)
         stdout.write(HEADER.pack(len(answer)) + answer)
