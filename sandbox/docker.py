@@ -42,6 +42,7 @@ from sandbox.driver import (
     SandboxSpec,
 )
 from sandbox.hardening import CpuPlacement, host_config, lxcfs_serves
+from sandbox.janitor import leave_to_janitor
 
 log = logging.getLogger("cloudskills.docker")
 
@@ -335,6 +336,9 @@ class DockerDriver:
             )
             for c in found
         ]
+
+    def abandon(self, labels: list[str]) -> None:
+        leave_to_janitor(self._base_url, labels)
 
     def sweep(self) -> list[str]:
         """Remove what a killed process left half set up: disks being made (on this host),

@@ -298,6 +298,11 @@ class SandboxDriver(Protocol):
         """None while the container runs; else when and why it stopped (gone: now)."""
         ...
 
+    def abandon(self, labels: list[str]) -> None:
+        """Containers (``label=value`` each) this process asked the engine for but stops
+        without waiting for: removed once the engine has made them, whoever is left."""
+        ...
+
     def sweep(self) -> list[str]:
         """Remove what a killed process left half set up on this host, any process's: a
         disk being made, a warm sandbox that ended when its server went away before handing

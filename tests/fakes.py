@@ -28,6 +28,7 @@ class MemoryDriver:
     def __init__(self) -> None:
         self.labels: dict[str, dict[str, str]] = {}
         self.died: dict[str, SandboxExit] = {}
+        self.abandoned: list[str] = []  # labels of containers left to a janitor
         self.requests: list[AgentRequest] = []
 
     def create(self, spec: SandboxSpec) -> SandboxHandle:
@@ -64,6 +65,9 @@ class MemoryDriver:
         if container_id not in self.labels:
             return SandboxExit(datetime.now(UTC), "its container was removed outside cloudskills")
         return self.died.get(container_id)
+
+    def abandon(self, labels: list[str]) -> None:
+        self.abandoned.extend(labels)
 
     def sweep(self) -> list[str]:
         return []

@@ -98,6 +98,8 @@ class WarmPool:
         self._starting: dict[Shape, set[str]] = {shape: set() for shape in self.targets}
         # Ids claimed but not yet recorded by the claimer: not strays either.
         self._claiming: set[str] = set()
+        # Ids the engine was making when a bounded stop stopped waiting for them.
+        self._abandoned: set[str] = set()
         self._wanted = {shape: anyio.Event() for shape in self.targets}
         self._trimming: TaskGroup | None = None
         self.stats = {"claimed": 0, "missed": 0, "dead": 0}
@@ -255,8 +257,12 @@ class WarmPool:
             # Shielded unless the stop is bounded (drain_s): a container being made when the
             # server stops is then made whole and removed. A bounded stop moves on; what the
             # engine goes on to make ends by itself, or is swept if never started.
-            with anyio.CancelScope(shield=self.drain_s is None):
-                handle = await anyio.to_thread.run_sync(self.driver.create, spec, abandon_on_cancel=True)
+            try:
+                with anyio.CancelScope(shield=self.drain_s is None):
+                    handle = await anyio.to_thread.run_sync(self.driver.create, spec, abandon_on_cancel=True)
+            except anyio.get_cancelled_exc_class():
+                self._abandoned.add(sandbox_id)  # the engine goes on: see drain
+                raise
             try:
                 # Up means answering: the agent and its interpreter have started. Not
                 # shielded: a stop does not wait for that, it removes the sandbox.
@@ -293,6 +299,11 @@ class WarmPool:
                 for ready in self._ready.values():
                     while ready:
                         group.start_soon(self._discard, ready.popleft())
+        # What the engine was still making when a bounded stop gave up on it: a process that
+        # outlives this one removes it once made (nothing else would, with no server left).
+        if self._abandoned:
+            self.driver.abandon([f"{LABEL_SANDBOX}={sandbox_id}" for sandbox_id in sorted(self._abandoned)])
+            self._abandoned.clear()
 
 
 def share_out(size: int, budget_mib: int, shapes: Sequence[Shape], weights: Mapping[Shape, float]) -> dict[Shape, int]:

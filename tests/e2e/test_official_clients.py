@@ -66,6 +66,8 @@ async def inspector(home: Path, *args: str, era: str = "legacy", pool: int = 1, 
     }
     server = [sys.executable, "-m", "runtime", "-v", "serve"]
     command = [str(NODE_22), str(INSPECTOR), "--cli", "--format", "json", "--protocol-era", era, *args]
+    # Its 15 s to connect is short for a server starting on a busy 2-core machine.
+    command += ["--connect-timeout", "90000"]
     command += ["-e", f"CLOUDSKILLS_HOME={home}", "-e", f"CLOUDSKILLS_POOL_SIZE={pool}", "--cwd", str(ROOT), *server]
     return await run_process(command, timeout_s, env)
 

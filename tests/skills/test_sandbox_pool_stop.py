@@ -1,0 +1,55 @@
+"""A bounded stop of the warm pool (a stdio server's) leaves what the engine is still
+making to a janitor, not to nobody (fast tier: the in-memory driver, its create held)."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+
+from sandbox.driver import LABEL_SANDBOX, SandboxHandle, SandboxSpec
+from skills.sandbox.pool import Shape, WarmPool
+from tests.fakes import MemoryDriver
+from tests.polling import until
+
+pytestmark = pytest.mark.anyio
+
+
+class SlowDriver(MemoryDriver):
+    """Creates wait until released, as an engine under load does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = threading.Event()
+        self.release = threading.Event()
+
+    def create(self, spec: SandboxSpec) -> SandboxHandle:
+        self.asked.set()
+        self.release.wait(30)
+        return super().create(spec)
+
+
+async def test_a_bounded_stop_leaves_a_sandbox_being_made_to_a_janitor() -> None:
+    driver = SlowDriver()
+    pool = WarmPool(driver, "store", [Shape("python", "img")], size=1, memory_budget_mib=4096, drain_s=0.1)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(pool.run)
+            await until(driver.asked.is_set, "the pool to ask for a sandbox")
+            group.cancel_scope.cancel()
+        assert len(driver.abandoned) == 1 and driver.abandoned[0].startswith(f"{LABEL_SANDBOX}=sb_")
+    finally:
+        driver.release.set()
+
+
+async def test_an_unbounded_stop_waits_and_removes_it_itself() -> None:
+    driver = SlowDriver()
+    pool = WarmPool(driver, "store", [Shape("python", "img")], size=1, memory_budget_mib=4096)
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.run)
+        await until(driver.asked.is_set, "the pool to ask for a sandbox")
+        group.cancel_scope.cancel()
+        driver.release.set()
+    assert driver.abandoned == []
+    assert driver.labels == {}  # made whole, then removed
