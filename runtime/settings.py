@@ -87,6 +87,17 @@ class Settings(BaseSettings):
         description="OTLP/HTTP collector (e.g. http://127.0.0.1:4318) to export traces to; also read from "
         "OTEL_EXPORTER_OTLP_ENDPOINT. Unset: no tracing.",
     )
+    public_url: str | None = Field(
+        default=None,
+        description="The server's address as clients reach it (e.g. https://cloud.example.org), for the URLs "
+        "sandbox_expose returns; default the address it listens on.",
+    )
+    sandbox_egress_cap: list[str] | None = Field(
+        default=None,
+        description="What sandboxes' network allow-lists may name at most (host:port rules, '*' for any port, "
+        "e.g. ['*.example.org:443', '10.1.2.0/24:*']); None: any host name or public address, nothing inside this "
+        "server's networks.",
+    )
     log_json: bool = Field(default=False, description="Log one JSON object a line, with task id, tenant and agent.")
 
     @property

@@ -176,7 +176,12 @@ class DockerDriver:
                 user=SANDBOX_USER,
                 working_dir=WORK_DIR,
                 hostname="sandbox",
-                environment={"HOME": WORK_DIR, "LANG": "C.UTF-8", "CLOUDSKILLS_HOLD_S": f"{spec.hold_s:g}"},
+                environment={
+                    "HOME": WORK_DIR,
+                    "LANG": "C.UTF-8",
+                    "CLOUDSKILLS_HOLD_S": f"{spec.hold_s:g}",
+                    **spec.env,
+                },
                 labels={LABEL_MANAGED: "1", **spec.labels, **spec.volume_labels()},
                 host_config=config,
                 name=name,

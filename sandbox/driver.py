@@ -71,6 +71,8 @@ class SandboxSpec:
     # many seconds without a request (a warm pool sends heartbeats).
     hold_s: float = 10.0
     volumes: tuple[VolumeMount, ...] = ()
+    # Set in the container's environment (a proxy for its commands, ...).
+    env: dict[str, str] = field(default_factory=dict)
 
     def volume_labels(self) -> dict[str, str]:
         return {f"{LABEL_VOLUME_PREFIX}{v.name}": "ro" if v.read_only else "rw" for v in self.volumes}

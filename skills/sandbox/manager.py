@@ -131,6 +131,7 @@ class SandboxManager:
         ttl_s: int,
         task_id: str | None,
         volumes: tuple[VolumeMount, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> SandboxRecord:
         """A running sandbox for the tenant: warm from the pool when it fits, else started cold
         (always, with volumes: a container's mounts are fixed when it is made)."""
@@ -164,7 +165,7 @@ class SandboxManager:
                 # record the reaper removes it.
                 self.pool.handed_over(warm.sandbox_id)
         else:
-            record = await self._start_cold(row, template, limits, volumes)
+            record = await self._start_cold(row, template, limits, volumes, env or {})
         if task_id is None:
             await self._hand_over(record)
         return record
@@ -180,7 +181,12 @@ class SandboxManager:
             raise
 
     async def _start_cold(
-        self, row: Sandbox, template: Template, limits: Limits, volumes: tuple[VolumeMount, ...] = ()
+        self,
+        row: Sandbox,
+        template: Template,
+        limits: Limits,
+        volumes: tuple[VolumeMount, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> SandboxRecord:
         sandbox_id = row.id = new_id("sb")
         with self.store.transaction() as session:
@@ -192,6 +198,7 @@ class SandboxManager:
             runtime=template.runtime,
             labels={LABEL_STORE: self.store.store_id, LABEL_SANDBOX: sandbox_id, LABEL_TENANT: row.tenant_id},
             volumes=volumes,
+            env=env or {},
         )
         try:
             handle = await anyio.to_thread.run_sync(self.driver.create, spec)
@@ -390,6 +397,8 @@ def from_platform(platform: Platform) -> SandboxManager:
     )
     # Exposed ports and egress: services of their own beside the manager (skills/sandbox/expose.py).
     from skills.sandbox.expose import Exposures
+    from skills.sandbox.network import Egress
 
     platform.services.add(Exposures(platform.store, platform.docker, getattr(settings, "public_url", None)))
+    platform.services.add(Egress(platform.store, platform.docker, getattr(settings, "sandbox_egress_cap", None)))
     return SandboxManager(platform.store, platform.docker, platform.leases, images, pool)

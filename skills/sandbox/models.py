@@ -11,6 +11,7 @@ from skills.base import OpInput
 from skills.commands import EnvVars
 from skills.commands import ExecOutput as ExecOutput  # re-exported: the sandbox ops' answer
 from skills.sandbox.mounts import WORKSPACES, Workspaces
+from skills.sandbox.network import NETWORK, NetworkPolicy
 from skills.sandbox.records import CREATE_DEFAULT, RUN_DEFAULT
 from skills.sandbox.results import RichOutput
 
@@ -79,6 +80,7 @@ class RunInput(OpInput):
     env: EnvVars = Field(default_factory=dict)
     template: str = Field(default=RUN_DEFAULT, description="The sandbox template (see sandbox_create).")
     workspaces: Workspaces = WORKSPACES
+    network: NetworkPolicy | None = NETWORK
 
 
 class RunOutput(RichOutput):
@@ -107,6 +109,7 @@ class CreateInput(OpInput):
         "(2048; 4096 for dev).",
     )
     workspaces: Workspaces = WORKSPACES
+    network: NetworkPolicy | None = NETWORK
 
 
 class SandboxInfo(BaseModel):

@@ -33,4 +33,6 @@ class SandboxNetwork(Base):
 
     sandbox_id: Mapped[str] = mapped_column(ForeignKey("sandboxes.id"), primary_key=True)
     allow: Mapped[list[str]] = mapped_column(JSON)
+    # The host directory of its proxy's socket, bound into the sandbox.
+    socket_dir: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

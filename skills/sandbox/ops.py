@@ -41,6 +41,7 @@ from skills.sandbox.models import (
     WriteFileInput,
     WriteFileOutput,
 )
+from skills.sandbox.network import create_with_network
 from skills.sandbox.records import SandboxRecord, usage_for
 from skills.sandbox.results import CAPS, RichOutput, attachments_of, streamed
 from skills.sandbox.rows import Sandbox
@@ -130,7 +131,7 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
     ttl_s = int(args.timeout_s + RUN_OVERHEAD_S)
     with TRACER.start_as_current_span("placement", attributes={"sandbox.template": template.name}) as span:
         volumes = await mounts.volumes_for(ctx, args.workspaces)
-        record = await sandboxes.create(ctx.tenant_id, template, template.limits, ttl_s, ctx.task_id, volumes)
+        record = await create_with_network(ctx, args.network, template, template.limits, ttl_s, ctx.task_id, volumes)
         span.set_attribute("sandbox.id", record.id)
     try:
         # idle_s: should this process die mid-run, the sandbox ends by itself soon after.
@@ -182,7 +183,7 @@ async def create(ctx: TaskContext, args: CreateInput) -> CreateOutput:
     )
     sandboxes = ctx.service(SandboxManager)
     volumes = await mounts.volumes_for(ctx, args.workspaces)
-    record = await sandboxes.create(ctx.tenant_id, template, limits, args.ttl_s, None, volumes)
+    record = await create_with_network(ctx, args.network, template, limits, args.ttl_s, None, volumes)
     return CreateOutput(**row_info(sandboxes.row(record.id)).model_dump())
 
 

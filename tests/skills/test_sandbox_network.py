@@ -1,7 +1,15 @@
-"""Exposed ports (issue 17) on real Docker sandboxes: a web server in a session sandbox
-answers through the HTTP server's URL, and only to whoever holds its token or its owner's key."""
+"""Exposed ports and egress allow-lists (issue 17) on real Docker sandboxes: a web server in a
+session sandbox answers through the HTTP server's URL, and only to whoever holds its token or its
+owner's key; a sandbox reaches the one local server its policy allows and no other. Every server
+these tests talk to is one they start on this machine."""
 
 from __future__ import annotations
+
+import contextlib
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import httpx
@@ -10,6 +18,7 @@ import pytest
 from runtime.app import App
 from runtime.server import http_app
 from runtime.tenants import create_key, ensure_tenant
+from skills.sandbox.network import Egress
 from tests.mcp_helpers import call, mcp_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -56,3 +65,101 @@ async def test_an_exposed_port_answers_its_token_and_its_owner_only(app: App) ->
             assert result.is_error
         await call(client, "sandbox_destroy", sandbox_id=sid)
         assert (await web.get(path + "index.html")).status_code == 404
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"hello from {self.server.server_address[1]}".encode()  # type: ignore[index]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def local_server() -> Iterator[int]:
+    """A web server on 127.0.0.1 of this machine, for as long as the test needs it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# Inside the sandbox: fetch through the proxy its environment names (even for 127.0.0.1, which
+# NO_PROXY would keep local: here it means the host's), over plain HTTP and a CONNECT tunnel,
+# and try the host's ports directly.
+PROBE = """
+import os, socket, sys, urllib.request
+proxy = os.environ["HTTP_PROXY"]
+os.environ.pop("NO_PROXY"), os.environ.pop("no_proxy")  # urllib would bypass the proxy for 127.0.0.1
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+for port in sys.argv[1:3]:
+    try:
+        print("GET", port, opener.open(f"http://127.0.0.1:{port}/", timeout=10).read().decode())
+    except Exception as exc:
+        print("GET", port, "refused:", getattr(exc, "reason", exc))
+def tunnel(target):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(f"CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n".encode())
+    return s, s.recv(4096).decode().split("\\r\\n")[0]
+s, status = tunnel(f"127.0.0.1:{sys.argv[1]}")
+s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+print("TUNNEL", status, s.recv(4096).decode().rsplit("\\r\\n", 1)[-1])
+print("NAME", tunnel("example.com:443")[1])
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
+    print("DIRECT reached")
+except OSError as exc:
+    print("DIRECT failed", exc.errno)
+"""
+
+
+async def test_egress_reaches_exactly_what_it_allows(app: App) -> None:
+    egress = app.service(Egress)
+    egress.cap = ["127.0.0.1:*"]  # the operator lets sandboxes name this machine's loopback (the test's servers)
+    with local_server() as allowed, local_server() as denied:
+        async with mcp_client(app) as client:
+            refused = await client.call_tool(
+                "sandbox_create", {"template": "python", "network": {"allow": ["10.1.2.0/24:5432"]}}
+            )
+            assert refused.is_error and "beyond what this server lets sandboxes reach" in refused.content[0].text  # type: ignore[union-attr]
+            gvisor = await client.call_tool(
+                "sandbox_create", {"template": "python-gvisor", "network": {"allow": [f"127.0.0.1:{allowed}"]}}
+            )
+            assert gvisor.is_error and "gVisor" in gvisor.content[0].text  # type: ignore[union-attr]
+            sandbox = await call(
+                client, "sandbox_create", template="python", network={"allow": [f"127.0.0.1:{allowed}"]}
+            )
+            sid = sandbox["sandbox_id"]
+            await call(client, "sandbox_write_file", sandbox_id=sid, path="probe.py", content=PROBE)
+            out = await call(client, "sandbox_exec", sandbox_id=sid, command=f"python3 probe.py {allowed} {denied}")
+            lines = out["stdout"].splitlines()
+            assert f"GET {allowed} hello from {allowed}" in lines, out
+            assert any(line.startswith(f"GET {denied} refused:") and "allow-list" in line for line in lines), out
+            assert f"TUNNEL HTTP/1.1 200 Connection established hello from {allowed}" in lines, out
+            assert any(line.startswith("NAME HTTP/1.1 403") and "example.com:443" in line for line in lines), out
+            assert "DIRECT failed 111" in lines, out  # its own loopback: nothing there, and no route out
+            # One call: the same policy for sandbox_run.
+            run = await call(
+                client,
+                "sandbox_run",
+                command=f"python3 probe.py {allowed} {denied}",
+                files=[{"path": "probe.py", "content": PROBE}],
+                network={"allow": [f"127.0.0.1:{allowed}"]},
+            )
+            assert f"GET {allowed} hello from {allowed}" in run["stdout"], run
+            # Without `network`: no proxy at all.
+            plain = await call(client, "sandbox_run", command="echo ${HTTP_PROXY:-none}", network=None)
+            assert plain["stdout"] == "none\n"
+            directory = egress.proxies[sid].directory
+            await call(client, "sandbox_destroy", sandbox_id=sid)
+            with anyio.fail_after(10):
+                while egress.proxies or directory.exists():  # noqa: ASYNC110 - its reconcile runs every second
+                    await anyio.sleep(0.1)

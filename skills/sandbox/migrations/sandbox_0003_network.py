@@ -37,6 +37,7 @@ def upgrade() -> None:
         "sandbox_networks",
         sa.Column("sandbox_id", sa.String(length=64), nullable=False),
         sa.Column("allow", sa.JSON(), nullable=False),
+        sa.Column("socket_dir", sa.String(length=256), nullable=False),
         sa.Column("created_at", scheduler.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["sandbox_id"], ["sandboxes.id"]),
         sa.PrimaryKeyConstraint("sandbox_id"),
