@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from skills.base import Op
 from skills.registry import skill_from_doc
-from skills.sandbox import expose, ops, processes, templates_ops
+from skills.sandbox import describe, expose, ops, processes, templates_ops
 from skills.sandbox import models as m
 from skills.sandbox import template_models as tm
 from skills.sandbox.manager import from_platform
@@ -129,6 +129,15 @@ SKILL = skill_from_doc(
             expose.ExposeInput,
             expose.ExposeOutput,
             expose.expose,
+        ),
+        Op(
+            "describe",
+            "Describe a session sandbox: state, template, CPU seconds, memory now and at its peak, disk used, "
+            "processes, exposed ports and network policy.",
+            describe.DescribeInput,
+            describe.DescribeOutput,
+            describe.describe,
+            read_only=True,
         ),
         Op(
             "templates",

@@ -129,6 +129,7 @@ TOOLS = [
     "sandbox_process_output",
     "sandbox_process_kill",
     "sandbox_expose",
+    "sandbox_describe",
     "sandbox_templates",
     "sandbox_template_create",
     "sandbox_template_delete",

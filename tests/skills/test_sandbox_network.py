@@ -63,6 +63,23 @@ async def test_an_exposed_port_answers_its_token_and_its_owner_only(app: App) ->
         async with mcp_client(app, tenant="intruder") as theirs:
             result = await theirs.call_tool("sandbox_expose", {"sandbox_id": sid, "port": 8080})
             assert result.is_error
+        # Its description: usage now, its processes, its exposed ports, no network.
+        hold = "python3 -c 'b = bytearray(96 << 20); import time; time.sleep(600)'"
+        await call(client, "sandbox_exec", sandbox_id=sid, command=hold, background=True)
+        await call(client, "sandbox_exec", sandbox_id=sid, command="head -c 5000000 /dev/urandom > /work/blob")
+        with anyio.fail_after(30):
+            while True:
+                described = await call(client, "sandbox_describe", sandbox_id=sid)
+                if described["memory_bytes"] >= 96 << 20:
+                    break
+                await anyio.sleep(0.2)
+        assert described["state"] == "running" and described["template"] == "python"
+        assert described["memory_peak_bytes"] >= described["memory_bytes"] and described["cpu_seconds"] > 0
+        assert described["disk_used_bytes"] >= 5_000_000
+        commands = " | ".join(p["command"] for p in described["processes"])
+        assert "http.server 8080" in commands and "bytearray" in commands, commands
+        assert [p["port"] for p in described["exposed_ports"]] == [9, 8080]
+        assert described["network"] is None and described["paused_at"] is None
         await call(client, "sandbox_destroy", sandbox_id=sid)
         assert (await web.get(path + "index.html")).status_code == 404
 
@@ -158,6 +175,8 @@ async def test_egress_reaches_exactly_what_it_allows(app: App) -> None:
             # Without `network`: no proxy at all.
             plain = await call(client, "sandbox_run", command="echo ${HTTP_PROXY:-none}", network=None)
             assert plain["stdout"] == "none\n"
+            described = await call(client, "sandbox_describe", sandbox_id=sid)
+            assert described["network"] == [f"127.0.0.1:{allowed}"]
             directory = egress.proxies[sid].directory
             await call(client, "sandbox_destroy", sandbox_id=sid)
             with anyio.fail_after(10):

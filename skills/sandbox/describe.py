@@ -1,0 +1,71 @@
+"""``sandbox_describe``: a session sandbox's state and what it uses now."""
+
+from __future__ import annotations
+
+import anyio
+from pydantic import BaseModel, Field
+
+from common.errors import NotFound
+from sandbox.stats import sandbox_stats
+from scheduler.tasks import TaskContext
+from skills.base import OpInput
+from skills.sandbox.expose import ExposedPort, Exposures
+from skills.sandbox.manager import SandboxManager
+from skills.sandbox.models import SANDBOX_ID
+from skills.sandbox.network import Egress
+
+
+class DescribeInput(OpInput):
+    sandbox_id: str = SANDBOX_ID
+
+
+class ProcessNow(BaseModel):
+    pid: int
+    command: str
+
+
+class DescribeOutput(BaseModel):
+    sandbox_id: str
+    state: str = Field(description="running, or paused (then the usage figures are null).")
+    template: str
+    vcpus: float
+    memory_mib: int = Field(description="Its memory limit.")
+    disk_mib: int = Field(description="Its disk's size.")
+    cpu_seconds: float | None = Field(description="CPU time its processes have used since it started.")
+    memory_bytes: int | None = Field(description="Memory in use now (without page cache it can drop).")
+    memory_peak_bytes: int | None = Field(description="The most memory it has used at once (null where unknown).")
+    disk_used_bytes: int | None = Field(description="Bytes used on its disk (/work and /tmp).")
+    processes: list[ProcessNow] = Field(description="Every process running in it now.")
+    exposed_ports: list[ExposedPort]
+    network: list[str] | None = Field(description="Its egress allow-list; null: no network at all.")
+    created_at: str
+    last_used_at: str
+    paused_at: str | None = None
+
+
+async def describe(ctx: TaskContext, args: DescribeInput) -> DescribeOutput:
+    """A session sandbox's state, usage now, exposed ports and network policy."""
+    sandboxes = ctx.service(SandboxManager)
+    record = sandboxes.get(ctx.tenant_id, args.sandbox_id)
+    if record.task_id is not None or record.container_id is None:
+        raise NotFound(f"no sandbox {args.sandbox_id!r}: call sandbox_list to see yours, or sandbox_create.")
+    row = sandboxes.row(record.id)
+    driver = ctx.service(Egress).docker
+    stats = await anyio.to_thread.run_sync(sandbox_stats, driver.client.api, record.container_id)
+    return DescribeOutput(
+        sandbox_id=row.id,
+        state=row.state,
+        template=row.template,
+        vcpus=row.vcpus,
+        memory_mib=row.memory_mib,
+        disk_mib=row.disk_mib,
+        cpu_seconds=round(stats.cpu_seconds, 3),
+        memory_bytes=stats.memory_bytes,
+        memory_peak_bytes=stats.memory_peak_bytes,
+        disk_used_bytes=stats.disk_used_bytes,
+        processes=[ProcessNow(pid=p.pid, command=p.command) for p in stats.processes],
+        exposed_ports=ctx.service(Exposures).exposed(row.id),
+        network=ctx.service(Egress).policy_of(row.id),
+        created_at=row.created_at.isoformat(),
+        last_used_at=row.last_used_at.isoformat(),
+    )
