@@ -54,6 +54,37 @@ def test_the_pydantic_ai_agent_runs_offline(tmp_path: Path, docker_driver: Docke
     assert out.stdout.strip().endswith("The mean is 6.")
 
 
+def unmount_under(root: Path) -> list[str]:
+    """Unmount what a run left mounted under ``root`` (a workspace it did not delete); what that was."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    left = [m for m in mounts if m.startswith(str(root))]
+    for mount in left:
+        subprocess.run(["umount", mount], check=False)  # its loop device detaches itself (autoclear)
+    return left
+
+
+@pytest.mark.docker
+def test_the_multi_agent_example_runs(tmp_path: Path, docker_driver: DockerDriver) -> None:
+    env = {**os.environ, "CLOUDSKILLS_HOME": str(tmp_path / "home"), "CLOUDSKILLS_POOL_SIZE": "1"}
+    try:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "multi_agent.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        left = unmount_under(tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not left, f"the example left its workspace mounted: {left}"
+    for n in range(1, 7):
+        assert re.search(rf"^{n} squared is {n * n} \(by worker-[ab]\)$", out.stdout, re.MULTILINE), out.stdout
+    remembered = re.findall(r"I squared (\d+)", out.stdout)
+    assert sorted(map(int, remembered)) == list(range(1, 7)), out.stdout
+    assert '{"jobs": 6, "agents": [' in out.stdout
+
+
 @pytest.mark.model
 def test_models_and_data_runs(tmp_path: Path) -> None:
     env = {**os.environ, "CLOUDSKILLS_HOME": str(tmp_path / "home"), "CLOUDSKILLS_POOL_SIZE": "0"}
