@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from skills.base import Op
 from skills.registry import skill_from_doc
-from skills.sandbox import describe, expose, ops, processes, templates_ops
+from skills.sandbox import describe, expose, lifecycle, ops, processes, templates_ops
 from skills.sandbox import models as m
 from skills.sandbox import template_models as tm
 from skills.sandbox.manager import from_platform
@@ -138,6 +138,22 @@ SKILL = skill_from_doc(
             describe.DescribeOutput,
             describe.describe,
             read_only=True,
+        ),
+        Op(
+            "pause",
+            "Pause a session sandbox to disk (its processes and memory kept), where this server's runtime can "
+            "checkpoint; otherwise the error says why and the sandbox runs on.",
+            lifecycle.PauseInput,
+            lifecycle.PauseOutput,
+            lifecycle.pause,
+        ),
+        Op(
+            "resume",
+            "Resume a paused session sandbox; resuming one that runs succeeds.",
+            lifecycle.PauseInput,
+            lifecycle.PauseOutput,
+            lifecycle.resume,
+            idempotent=True,
         ),
         Op(
             "templates",

@@ -130,6 +130,8 @@ TOOLS = [
     "sandbox_process_kill",
     "sandbox_expose",
     "sandbox_describe",
+    "sandbox_pause",
+    "sandbox_resume",
     "sandbox_templates",
     "sandbox_template_create",
     "sandbox_template_delete",
