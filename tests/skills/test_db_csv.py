@@ -3,6 +3,8 @@ an unquoted empty field, and errors that name the row and line."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from common.errors import InvalidInput
@@ -10,7 +12,7 @@ from skills.db import csvfile
 
 
 def test_render_quotes_only_what_needs_it_and_tells_null_from_empty() -> None:
-    rows = [[1, None, ""], ['say "hi"', "a,b", "two\nlines"], [True, 1.5, {"k": [1]}]]
+    rows: list[list[Any]] = [[1, None, ""], ['say "hi"', "a,b", "two\nlines"], [True, 1.5, {"k": [1]}]]
     assert csvfile.render(["id", "x", "y"], rows) == (
         b'id,x,y\r\n1,,""\r\n"say ""hi""","a,b","two\nlines"\r\ntrue,1.5,"{""k"": [1]}"\r\n'
     )
