@@ -29,6 +29,22 @@ SERVE = (
 )
 
 
+async def test_an_exposed_port_answers_under_gvisor_too(app: App) -> None:
+    web = httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app(app, "127.0.0.1", 8000)), base_url="http://t")
+    async with mcp_client(app) as client, web:
+        sid = (await call(client, "sandbox_create", template="python-gvisor"))["sandbox_id"]
+        await call(client, "sandbox_exec", sandbox_id=sid, command=SERVE, background=True)
+        path = (await call(client, "sandbox_expose", sandbox_id=sid, port=8080))["path"]
+        with anyio.fail_after(30):
+            while (page := await web.get(path + "index.html")).status_code != 200:  # noqa: ASYNC110 - a server starting
+                await anyio.sleep(0.1)
+        assert page.text == "hello-from-sandbox\n"
+        described = await call(client, "sandbox_describe", sandbox_id=sid)
+        assert described["cpu_seconds"] > 0 and described["memory_bytes"] > 0
+        assert any("http.server" in p["command"] for p in described["processes"])
+        await call(client, "sandbox_destroy", sandbox_id=sid)
+
+
 async def test_an_exposed_port_answers_its_token_and_its_owner_only(app: App) -> None:
     web = httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app(app, "127.0.0.1", 8000)), base_url="http://t")
     ensure_tenant(app.store, "intruder")
@@ -177,6 +193,11 @@ async def test_egress_reaches_exactly_what_it_allows(app: App) -> None:
             assert plain["stdout"] == "none\n"
             described = await call(client, "sandbox_describe", sandbox_id=sid)
             assert described["network"] == [f"127.0.0.1:{allowed}"]
+            # As after a restart: this server's proxy is gone, and comes back from the record.
+            await egress.proxies.pop(sid).close()
+            await egress.reconcile()
+            again = await call(client, "sandbox_exec", sandbox_id=sid, command=f"python3 probe.py {allowed} {denied}")
+            assert f"GET {allowed} hello from {allowed}" in again["stdout"].splitlines(), again
             directory = egress.proxies[sid].directory
             await call(client, "sandbox_destroy", sandbox_id=sid)
             with anyio.fail_after(10):
