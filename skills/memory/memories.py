@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import anyio
+import anyio.lowlevel
 import numpy as np
 from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +29,7 @@ from scheduler.leases import Leases
 from scheduler.models import utcnow
 from scheduler.store import Store
 from scheduler.tasks import new_id
-from skills.embeddings import TextEmbedder
+from skills.embeddings import Embedded, TextEmbedder
 from skills.memory.engines.base import Entry, MemoryIndex, Vector, query_words
 from skills.memory.limits import LIVE, MEMORIES, NAMESPACES, check_items, count_memories, size_of
 from skills.memory.models import MemoryIn
@@ -181,14 +183,37 @@ class MemoryManager:
         min_score: float,
     ) -> tuple[list[Found], int]:
         """The best ``top_k`` memories for ``query`` in a namespace, and the tokens embedded."""
-        embedded = await self.embedder.embed([query])
-        vector = embedded.vectors[0]
+        embedded: list[Embedded] = []
+        failed: list[Exception] = []
+
+        async def embed() -> None:
+            try:
+                embedded.append(await self.embedder.embed([query]))
+            except Exception as exc:  # raised below as it is, not in a task group's ExceptionGroup
+                failed.append(exc)
+
+        by_words: list[int] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(embed)
+            await anyio.lowlevel.checkpoint()  # the query is being embedded, on the embedder's thread
+            # Meanwhile the words side, which needs no vector (its own short transaction: none is
+            # held open across the wait).
+            with self.store.transaction() as session:
+                namespace = self._namespace(session, tenant_id, name)
+                if namespace is not None:
+                    where, words = metadata_filter(wanted), query_words(query)
+                    by_words = self.index.matching(session, namespace.id, words, candidates(top_k), where)
+        if failed:
+            raise failed[0]
+        tokens = embedded[0].total_tokens
+        if namespace is None:
+            return [], tokens
         with self.store.transaction() as session:
             namespace = self._namespace(session, tenant_id, name)
             if namespace is None:
-                return [], embedded.total_tokens
-            found = self._search(session, namespace, query, vector, top_k, wanted, min_score)
-        return found, embedded.total_tokens
+                return [], tokens
+            found = self._search(session, namespace, query, embedded[0].vectors[0], top_k, wanted, min_score, by_words)
+        return found, tokens
 
     def _search(
         self,
@@ -199,10 +224,13 @@ class MemoryManager:
         top_k: int,
         wanted: dict[str, str | int | float | bool | None],
         min_score: float,
+        by_words: list[int] | None = None,
     ) -> list[Found]:
+        """``by_words``: the words side's ranking, when already found."""
         where, n = metadata_filter(wanted), candidates(top_k)
         by_meaning = self.index.nearest(session, namespace.id, vector, n, where)
-        by_words = self.index.matching(session, namespace.id, query_words(query), n, where)
+        if by_words is None:
+            by_words = self.index.matching(session, namespace.id, query_words(query), n, where)
         similarity = {seq: score for seq, score in by_meaning if score is not None}
         ranked = fuse([seq for seq, _ in by_meaning], by_words)
         hits: list[Found] = []

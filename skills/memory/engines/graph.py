@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,11 @@ from skills.memory.rows import Memory, MemoryNamespace
 
 log = logging.getLogger("cloudskills.memory")
 
-# Below this many memories the exact scan is fast enough, and exact.
-GRAPH_FROM = 20_000
+# Below this many memories the exact scan is fast enough (a few ms), and exact.
+GRAPH_FROM = 5_000
+# The most vectors all graphs of a process hold (1.6 KiB each: 3.2 GB); past it the least
+# recently searched graph is let go (its file stays: loaded again on its next search).
+MOST_VECTORS = 2_000_000
 # New memories a search adds to the graph itself; past that it leaves them to a rebuild.
 CATCH_UP_MOST = 2_000
 # Candidates the graph gives per one asked for: some may be dead.
@@ -74,6 +78,7 @@ class Graph:
     index: Index
     upto: int  # the highest seq it holds
     lock: threading.Lock = field(default_factory=threading.Lock)
+    used_at: float = field(default_factory=time.monotonic)
 
     def add(self, pairs: Sequence[tuple[int, bytes]]) -> None:
         if not pairs:
@@ -109,6 +114,7 @@ class VectorGraphs:
         if not self._catch_up(session, namespace_id, graph):
             self._build_later(namespace_id)
             return None
+        graph.used_at = time.monotonic()
         with graph.lock:
             found = graph.index.search(vector.astype(np.float32), min(k * OVERSAMPLE, len(graph.index)))
             size = len(graph.index)
@@ -163,14 +169,25 @@ class VectorGraphs:
             with self.open_session() as session:
                 pairs = self.read(session, namespace_id, graph.upto)
             graph.add(pairs)
-            self.graphs[namespace_id] = graph
             self._save(namespace_id, graph)
+            self.graphs[namespace_id] = graph
+            self._let_go_past(MOST_VECTORS)
             log.info("memory graph of namespace %s: %d vectors", namespace_id, len(graph.index))
         except Exception:
             log.exception("building the memory graph of namespace %s failed; searches scan exactly", namespace_id)
         finally:
             with self.lock:
                 self.building.discard(namespace_id)
+
+    def _let_go_past(self, most: int) -> None:
+        """Let go of the least recently searched graphs while all hold more than ``most`` vectors."""
+        by_use = sorted(self.graphs.items(), key=lambda item: item[1].used_at)
+        held = sum(len(graph.index) for _, graph in by_use)
+        for namespace_id, graph in by_use[:-1]:  # the newest stays, however large
+            if held <= most:
+                return
+            self.graphs.pop(namespace_id, None)
+            held -= len(graph.index)
 
     def _paths(self, namespace_id: str) -> tuple[Path, Path] | None:
         if self.home is None:
