@@ -1,4 +1,4 @@
-"""Exposed ports: a URL on the HTTP server that forwards HTTP to a port inside a session sandbox.
+"""Exposed ports: a URL on the HTTP server that forwards HTTP and WebSocket to a port inside a session sandbox.
 
 ``sandbox_expose`` records the port with the hash of a fresh unguessable token
 (``secrets.token_urlsafe``) and returns
@@ -8,7 +8,7 @@ runs in it (``sandbox/ports.py``: the sandbox keeps no network). With ``-``
 in place of the token the owner's key (``Authorization: Bearer``) opens it
 instead; that header is never passed on. A wrong token, another tenant's key,
 a port not exposed, a sandbox destroyed, paused or gone: all answer the same
-404, so nothing tells one from the other. The exposure lives as long as its
+404, so nothing tells one from the other (a WebSocket: its handshake refused). The exposure lives as long as its
 sandbox: each request checks that the sandbox still runs.
 """
 
@@ -24,9 +24,10 @@ import anyio
 import h11
 from pydantic import BaseModel, Field
 from sqlalchemy import select
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from common.errors import CloudSkillsError, NotFound, QuotaExceeded
 from sandbox.docker import DockerDriver
@@ -35,6 +36,7 @@ from scheduler.models import utcnow
 from scheduler.store import Store
 from scheduler.tasks import TaskContext, new_id
 from skills.base import OpInput
+from skills.sandbox.expose_ws import forward_websocket
 from skills.sandbox.manager import SandboxManager
 from skills.sandbox.models import SANDBOX_ID
 from skills.sandbox.network_rows import SandboxExposure
@@ -118,12 +120,16 @@ class Exposures:
         return [
             Route(PREFIX + "/{sandbox_id}/ports/{port:int}/{token}/{path:path}", self.forward, methods=methods),
             Route(PREFIX + "/{sandbox_id}/ports/{port:int}/{token}", self.redirect, methods=["GET", "HEAD"]),
+            WebSocketRoute(PREFIX + "/{sandbox_id}/ports/{port:int}/{token}/{path:path}", self.websocket),
         ]
+
+    async def websocket(self, websocket: WebSocket) -> None:
+        await forward_websocket(self, websocket)
 
     async def redirect(self, request: Request) -> Response:
         return Response(status_code=308, headers={"location": request.url.path + "/"})
 
-    def container_for(self, request: Request) -> str | None:
+    def container_for(self, request: HTTPConnection) -> str | None:
         """The running container behind this URL, if the caller may reach it."""
         sandbox_id, port = request.path_params["sandbox_id"], int(request.path_params["port"])
         token = str(request.path_params["token"])

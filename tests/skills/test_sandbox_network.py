@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from runtime.app import App
 from runtime.server import http_app
@@ -216,3 +218,68 @@ async def test_pause_says_why_this_runtime_cannot_and_the_sandbox_runs_on(app: A
             assert (await call(client, "sandbox_resume", sandbox_id=sid))["state"] == "running"
             assert (await call(client, "sandbox_run_code", sandbox_id=sid, code="print(kept)"))["stdout"] == "42\n"
             await call(client, "sandbox_destroy", sandbox_id=sid)
+
+
+# A WebSocket echo server on the stdlib alone (frames under 126 bytes), inside the sandbox.
+ECHO = r"""
+import base64, hashlib, socket, struct
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8081))
+s.listen(4)
+while True:
+    c, _ = s.accept()
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += c.recv(4096)
+    key = [l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key")][0]
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    f = c.makefile("rb")
+    while True:
+        b1, b2 = f.read(2)
+        op, n = b1 & 15, b2 & 127
+        if n == 126:
+            n = struct.unpack(">H", f.read(2))[0]
+        mask = f.read(4)
+        data = bytes(x ^ mask[i % 4] for i, x in enumerate(f.read(n)))
+        if op == 8:
+            c.sendall(b"\x88\x02\x03\xe8")
+            break
+        reply = b"echo:" + data
+        c.sendall(bytes([0x80 | op, len(reply)]) + reply)
+    c.close()
+"""
+
+
+async def test_an_exposed_port_carries_websockets(app: App) -> None:
+    asgi = http_app(app, "127.0.0.1", 8000)
+    async with mcp_client(app) as client:
+        sid = (await call(client, "sandbox_create", template="python"))["sandbox_id"]
+        await call(client, "sandbox_write_file", sandbox_id=sid, path="echo.py", content=ECHO)
+        await call(client, "sandbox_exec", sandbox_id=sid, command="exec python3 echo.py", background=True)
+        path = (await call(client, "sandbox_expose", sandbox_id=sid, port=8081))["path"]
+
+        def talk() -> list[str]:
+            with TestClient(asgi).websocket_connect(path + "chat") as ws:  # no lifespan: MCP's runs once
+                ws.send_text("hi")
+                ws.send_bytes(b"\x00\x01")
+                return [ws.receive_text(), repr(ws.receive_bytes())]
+
+        with anyio.fail_after(60):
+            while True:
+                try:
+                    answers = await anyio.to_thread.run_sync(talk)
+                    break
+                except WebSocketDisconnect:  # the server is still starting
+                    await anyio.sleep(0.2)
+        assert answers == ["echo:hi", repr(b"echo:\x00\x01")]
+
+        def refused() -> None:
+            with TestClient(asgi).websocket_connect(path.replace("/ports/8081/", "/ports/8082/")):
+                pass
+
+        with pytest.raises(WebSocketDisconnect):
+            await anyio.to_thread.run_sync(refused)
+        await call(client, "sandbox_destroy", sandbox_id=sid)
