@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -26,7 +27,7 @@ from sqlalchemy import select
 from common.errors import BackendUnavailable, CloudSkillsError, InvalidInput
 from sandbox.docker import DockerDriver
 from sandbox.driver import Limits, VolumeMount
-from sandbox.egress import FORWARDER, PROXY_ENV, SOCKET_DIR, EgressProxy, Policy, Rule, socket_root
+from sandbox.egress import FORWARDER, PROXY_ENV, SOCKET_DIR, SOCKET_NAME, EgressProxy, Policy, Rule, socket_root
 from sandbox.templates import Template
 from scheduler.store import Store
 from scheduler.tasks import TaskContext
@@ -153,7 +154,12 @@ class Egress:
                 await self.proxies.pop(sandbox_id).close(remove=True)
         for row in rows:
             directory = Path(row.socket_dir)
-            if row.sandbox_id in live and row.sandbox_id not in self.proxies and row.socket_dir.startswith(root):
+            if (
+                row.sandbox_id in live
+                and row.sandbox_id not in self.proxies
+                and row.socket_dir.startswith(root)
+                and not await anyio.to_thread.run_sync(answers, directory)  # another process on this host serves it
+            ):
                 # Accepted under the cap when it was made: not judged again.
                 proxy = EgressProxy(directory, Policy(tuple(Rule.parse(text) for text in row.allow)))
                 try:
@@ -178,6 +184,17 @@ class Egress:
                 for proxy in self.proxies.values():
                     await proxy.close()
                 self.proxies.clear()
+
+
+def answers(directory: Path) -> bool:
+    """Whether a proxy (this process's or another's on this host) listens on the socket there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(directory / SOCKET_NAME))
+        except OSError:
+            return False
+        return True
 
 
 async def create_with_network(

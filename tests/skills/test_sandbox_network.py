@@ -146,7 +146,10 @@ def tunnel(target):
     return s, s.recv(4096).decode().split("\\r\\n")[0]
 s, status = tunnel(f"127.0.0.1:{sys.argv[1]}")
 s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-print("TUNNEL", status, s.recv(4096).decode().rsplit("\\r\\n", 1)[-1])
+answer = b""
+while chunk := s.recv(4096):  # HTTP/1.0: the server closes after its answer
+    answer += chunk
+print("TUNNEL", status, answer.decode().rsplit("\\r\\n", 1)[-1])
 print("NAME", tunnel("example.com:443")[1])
 try:
     socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
