@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -32,7 +32,7 @@ SERVE = (
 
 
 async def test_an_exposed_port_answers_under_gvisor_too(app: App) -> None:
-    web = httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app(app, "127.0.0.1", 8000)), base_url="http://t")
+    web = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=http_app(app, "127.0.0.1", 8000)), base_url="http://t")
     async with mcp_client(app) as client, web:
         sid = (await call(client, "sandbox_create", template="python-gvisor"))["sandbox_id"]
         await call(client, "sandbox_exec", sandbox_id=sid, command=SERVE, background=True)
@@ -48,7 +48,7 @@ async def test_an_exposed_port_answers_under_gvisor_too(app: App) -> None:
 
 
 async def test_an_exposed_port_answers_its_token_and_its_owner_only(app: App) -> None:
-    web = httpx.AsyncClient(transport=httpx.ASGITransport(app=http_app(app, "127.0.0.1", 8000)), base_url="http://t")
+    web = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=http_app(app, "127.0.0.1", 8000)), base_url="http://t")
     ensure_tenant(app.store, "intruder")
     owner_key = create_key(app.store, app.settings.tenant).key
     intruder_key = create_key(app.store, "intruder").key
