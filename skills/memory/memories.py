@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import anyio
 import anyio.lowlevel
 import numpy as np
-from sqlalchemy import ColumnElement, delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,7 @@ from skills.memory.engines.base import Entry, MemoryIndex, Vector, query_words
 from skills.memory.limits import LIVE, MEMORIES, NAMESPACES, check_items, count_memories, size_of
 from skills.memory.models import MemoryIn
 from skills.memory.rows import Memory, MemoryNamespace
-from skills.memory.search import Ranked, candidates, fuse, metadata_filter
+from skills.memory.search import Found, alive, candidates, fuse, metadata_filter
 from skills.memory.storage import KIND, StorageLease
 
 log = logging.getLogger("cloudskills.memory")
@@ -44,23 +44,11 @@ PURGE_BATCH = 500
 DELETE_BATCH = 1000
 
 
-def alive(now: datetime) -> ColumnElement[bool]:
-    return or_(Memory.expires_at.is_(None), Memory.expires_at > now)
-
-
 @dataclass(frozen=True)
 class Stored:
     memory: Memory
     namespace: str
     replaced: bool
-
-
-@dataclass(frozen=True)
-class Found:
-    memory: Memory
-    namespace: str
-    score: float
-    ranked: Ranked
 
 
 class MemoryManager:

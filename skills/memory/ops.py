@@ -9,8 +9,9 @@ from scheduler.pricing import Usage
 from scheduler.tasks import TaskContext
 from skills.embeddings import DEFAULT_EMBEDDER
 from skills.memory import models as m
-from skills.memory.memories import Found, MemoryManager, Stored
+from skills.memory.memories import MemoryManager, Stored
 from skills.memory.rows import Memory
+from skills.memory.search import Found
 
 
 def manager(ctx: TaskContext) -> MemoryManager:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, or_
 
 from skills.memory.rows import Memory
 
@@ -31,6 +32,20 @@ class Ranked:
     fused: float
     by_meaning: bool
     by_words: bool
+
+
+@dataclass(frozen=True)
+class Found:
+    """A hit: the memory, its namespace's name, its similarity of meaning, and its rank."""
+
+    memory: Memory
+    namespace: str
+    score: float
+    ranked: Ranked
+
+
+def alive(now: datetime) -> ColumnElement[bool]:
+    return or_(Memory.expires_at.is_(None), Memory.expires_at > now)
 
 
 def candidates(top_k: int) -> int:
