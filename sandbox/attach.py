@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import socket
 import struct
 import threading
@@ -25,6 +26,9 @@ from collections.abc import Callable
 from typing import Any
 
 from common.errors import TaskFailed
+from sandbox.driver import OutputSink
+
+log = logging.getLogger("cloudskills.docker")
 
 # The most one answer may carry (its header and blobs together).
 MAX_FRAME_BYTES = 64 << 20
@@ -169,3 +173,27 @@ def recv_exactly(raw: socket.socket, size: int) -> bytes:
             break
         chunks.extend(chunk)
     return bytes(chunks)
+
+
+class StreamedOutput:
+    """Passes streamed output on, counting it, and never raises into the channel (a
+    listener that fails is dropped: the channel must still read the answer)."""
+
+    def __init__(self, sink: OutputSink) -> None:
+        self.sink: OutputSink | None = sink
+        self.sent = {"stdout": 0, "stderr": 0}
+
+    def __call__(self, stream: str, data: bytes) -> None:
+        if self.sink is None or stream not in self.sent or not data:
+            return
+        self.sent[stream] += len(data)
+        try:
+            self.sink(stream, data)
+        except Exception:  # the caller went away (cancelled): nobody listens any more
+            log.debug("a streamed output's listener failed", exc_info=True)
+            self.sink = None
+
+    def finish(self, stdout: bytes, stderr: bytes) -> None:
+        """What the answer holds beyond what was streamed."""
+        for stream, data in (("stdout", stdout), ("stderr", stderr)):
+            self(stream, data[self.sent[stream] :])

@@ -27,7 +27,7 @@ import docker.errors
 import requests.exceptions
 
 from common.errors import BackendUnavailable, CloudSkillsError, InvalidInput, NotFound, TaskFailed
-from sandbox.attach import Channel, ChannelBroken, answer_in, read_stream
+from sandbox.attach import Channel, ChannelBroken, StreamedOutput, answer_in, read_stream
 from sandbox.disks import LoopDisks
 from sandbox.driver import (
     LABEL_MANAGED,
@@ -362,30 +362,6 @@ class DockerDriver:
             self.destroy(str(container["Id"]))
             swept.append(str(container["Id"]))
         return swept
-
-
-class StreamedOutput:
-    """Passes streamed output on, counting it, and never raises into the channel (a
-    listener that fails is dropped: the channel must still read the answer)."""
-
-    def __init__(self, sink: OutputSink) -> None:
-        self.sink: OutputSink | None = sink
-        self.sent = {"stdout": 0, "stderr": 0}
-
-    def __call__(self, stream: str, data: bytes) -> None:
-        if self.sink is None or stream not in self.sent or not data:
-            return
-        self.sent[stream] += len(data)
-        try:
-            self.sink(stream, data)
-        except Exception:  # the caller went away (cancelled): nobody listens any more
-            log.debug("a streamed output's listener failed", exc_info=True)
-            self.sink = None
-
-    def finish(self, stdout: bytes, stderr: bytes) -> None:
-        """What the answer holds beyond what was streamed."""
-        for stream, data in (("stdout", stdout), ("stderr", stderr)):
-            self(stream, data[self.sent[stream] :])
 
 
 def exit_cause(state: dict[str, Any]) -> str:
