@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
-from skills.base import Op
+from sandbox.images import IMAGES, sandbox_image
+from sandbox.templates import TEMPLATES
+from skills.base import Op, Platform
 from skills.registry import skill_from_doc
 from skills.sandbox import describe, expose, lifecycle, ops, processes, templates_ops
 from skills.sandbox import models as m
 from skills.sandbox import template_models as tm
-from skills.sandbox.manager import from_platform
-from skills.sandbox.records import QUOTA
+from skills.sandbox.manager import SandboxManager
+from skills.sandbox.pool import Shape, WarmPool
+from skills.sandbox.records import CREATE_DEFAULT, QUOTA, RUN_DEFAULT
 from skills.sandbox.results import RichOutput
 from skills.sandbox.templates_ops import BUILD_TIMEOUT_S, TEMPLATE_QUOTA
+
+
+def from_platform(platform: Platform) -> SandboxManager:
+    """The sandbox manager and its warm pool (every built-in template, sized by use), on
+    the process's Docker Engine."""
+    assert platform.docker is not None
+    settings = platform.settings
+    images = {name: sandbox_image(name) for name in IMAGES}
+    shapes = {t.name: Shape(t.name, images[t.image], t.limits, t.runtime) for t in TEMPLATES.values()}
+    defaults = [shapes.pop(RUN_DEFAULT), shapes.pop(CREATE_DEFAULT)]
+    pool = WarmPool(
+        platform.docker,
+        platform.store.store_id,
+        defaults,
+        settings.pool_size,
+        settings.pool_memory_mib,
+        drain_s=settings.pool_drain_s,
+        others=list(shapes.values()),  # the other templates: warm once used
+    )
+    # Exposed ports and egress: services of their own beside the manager (skills/sandbox/expose.py).
+    from skills.sandbox.expose import Exposures
+    from skills.sandbox.network import Egress
+
+    platform.services.add(Exposures(platform.store, platform.docker, getattr(settings, "public_url", None)))
+    platform.services.add(Egress(platform.store, platform.docker, getattr(settings, "sandbox_egress_cap", None)))
+    return SandboxManager(platform.store, platform.docker, platform.leases, images, pool)
+
 
 SKILL = skill_from_doc(
     __name__,

@@ -42,23 +42,19 @@ from sandbox.driver import (
     SandboxSpec,
     VolumeMount,
 )
-from sandbox.images import IMAGES, sandbox_image
-from sandbox.templates import TEMPLATES, Template
+from sandbox.templates import Template
 from scheduler.leases import Leases
 from scheduler.models import Task, utcnow
 from scheduler.observe import Sample
 from scheduler.pricing import Usage
 from scheduler.store import Store
 from scheduler.tasks import new_id
-from skills.base import Platform
-from skills.sandbox.pool import Shape, WarmPool
+from skills.sandbox.pool import WarmPool
 from skills.sandbox.records import (
-    CREATE_DEFAULT,
     DISK_METER,
     KIND,
     LIVE_STATES,
     QUOTA,
-    RUN_DEFAULT,
     SandboxRecord,
     check_limits,
     ended_because,
@@ -376,29 +372,3 @@ class SandboxManager:
             reaped.append(sandbox_id)
         except CloudSkillsError as exc:
             log.warning("could not reap sandbox %s: %s", sandbox_id, exc)
-
-
-def from_platform(platform: Platform) -> SandboxManager:
-    """The sandbox manager and its warm pool (every built-in template, sized by use), on
-    the process's Docker Engine."""
-    assert platform.docker is not None
-    settings = platform.settings
-    images = {name: sandbox_image(name) for name in IMAGES}
-    shapes = {t.name: Shape(t.name, images[t.image], t.limits, t.runtime) for t in TEMPLATES.values()}
-    defaults = [shapes.pop(RUN_DEFAULT), shapes.pop(CREATE_DEFAULT)]
-    pool = WarmPool(
-        platform.docker,
-        platform.store.store_id,
-        defaults,
-        settings.pool_size,
-        settings.pool_memory_mib,
-        drain_s=settings.pool_drain_s,
-        others=list(shapes.values()),  # the other templates: warm once used
-    )
-    # Exposed ports and egress: services of their own beside the manager (skills/sandbox/expose.py).
-    from skills.sandbox.expose import Exposures
-    from skills.sandbox.network import Egress
-
-    platform.services.add(Exposures(platform.store, platform.docker, getattr(settings, "public_url", None)))
-    platform.services.add(Egress(platform.store, platform.docker, getattr(settings, "sandbox_egress_cap", None)))
-    return SandboxManager(platform.store, platform.docker, platform.leases, images, pool)
