@@ -47,6 +47,8 @@ MAX_EXPOSED = 8  # ports per sandbox
 MAX_BODY = 16 << 20  # a request body forwarded in
 # Never passed on: hop-by-hop headers, and the caller's key.
 DROPPED = {"connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer", "authorization", "host"}
+# What an exposed app's page may do: run scripts and forms, as its own opaque origin (see answer_headers).
+ISOLATION = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
 UNKNOWN = "nothing is exposed here: check the URL sandbox_expose returned (the sandbox may have been destroyed)."
 
 
@@ -180,8 +182,35 @@ class Exposures:
             conn.close()
             return PlainTextResponse(bad_gateway(conn, port, None), status_code=502)
         answer = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers]
-        kept = {k: v for k, v in answer if k.lower() not in DROPPED | {"content-length"}}
-        return StreamingResponse(body_of(conn, client), status_code=head.status_code, headers=kept, media_type=None)
+        response = StreamingResponse(body_of(conn, client), status_code=head.status_code, media_type=None)
+        home = f"{PREFIX}/{request.path_params['sandbox_id']}/ports/{port}/{request.path_params['token']}/"
+        response.raw_headers.extend(answer_headers(answer, home))
+        return response
+
+
+def answer_headers(answer: list[tuple[str, str]], home: str) -> list[tuple[bytes, bytes]]:
+    """The app's answer headers as the server sends them on. An exposed app shares the server's
+    origin with the console and with every other tenant's apps, so its page is an opaque origin
+    (CSP ``sandbox`` without ``allow-same-origin``: its scripts reach nothing of the server's with
+    the visitor's cookies), and each cookie it sets is scoped to its own URL (``home``), where no
+    other app, nor the console, is sent it. Every Set-Cookie is kept (not folded into one)."""
+    kept: list[tuple[bytes, bytes]] = []
+    for name, value in answer:
+        lowered = name.lower()
+        if lowered in DROPPED or lowered == "content-length":
+            continue
+        if lowered == "set-cookie":
+            value = scoped_cookie(value, home)
+        kept.append((lowered.encode("latin-1"), value.encode("latin-1")))
+    kept.append((b"content-security-policy", ISOLATION.encode()))
+    return kept
+
+
+def scoped_cookie(value: str, home: str) -> str:
+    """A Set-Cookie value with its Path set to ``home`` and no Domain."""
+    cookie, *attributes = [part.strip() for part in value.split(";")]
+    own = [a for a in attributes if a and a.split("=", 1)[0].strip().lower() not in ("path", "domain")]
+    return "; ".join([cookie, *own, f"Path={home}"])
 
 
 def bad_gateway(conn: PortConnection, port: int, exc: Exception | None) -> str:

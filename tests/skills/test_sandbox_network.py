@@ -64,6 +64,7 @@ async def test_an_exposed_port_answers_its_token_and_its_owner_only(app: App) ->
                 await anyio.sleep(0.1)
         page = await web.get(path + "index.html")
         assert page.text == "hello-from-sandbox\n"
+        assert page.headers["content-security-policy"].startswith("sandbox ")  # an opaque origin
         listing = await web.get(path)
         assert listing.status_code == 200 and listing.text == page.text  # its directory index
         token = path.rstrip("/").rsplit("/", 1)[1]
