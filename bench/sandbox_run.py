@@ -1,10 +1,11 @@
 """`sandbox_run` with `print(1)`, end to end over MCP: stdio (cold and repeated) and
 Streamable HTTP (repeated), against a bare `docker run` measured in the same run.
 
-    .venv/bin/python -m bench.sandbox_run [--repeat 30]
+    .venv/bin/python -m bench.sandbox_run [--repeat 30] [--gap 1]
 
 Cold: the first call to a server just started. Repeated: the calls after it,
-one at a time, each waiting for its answer. The baseline is `docker run --rm
+one at a time, each waiting for its answer, then ``--gap`` seconds (0: back to
+back; 1: a call a second, as a person or an agent thinking between calls). The baseline is `docker run --rm
 <sandbox image> python3 -c 'print(1)'` from the docker CLI: the same work done
 by hand, with no platform, no hardening and no billing.
 """
@@ -27,9 +28,11 @@ from sandbox.images import sandbox_image
 from tests.mcp_helpers import http_client
 
 
-async def calls(client: Client, count: int) -> list[float]:
+async def calls(client: Client, count: int, gap_s: float = 0.0) -> list[float]:
     samples = []
-    for _ in range(count):
+    for index in range(count):
+        if index and gap_s:
+            await anyio.sleep(gap_s)
         start = time.perf_counter()
         result = await client.call_tool("sandbox_run", {"code": "print(1)"})
         samples.append((time.perf_counter() - start) * 1000)
@@ -37,18 +40,18 @@ async def calls(client: Client, count: int) -> list[float]:
     return samples
 
 
-async def over_stdio(repeat: int, home: str) -> list[float]:
+async def over_stdio(repeat: int, home: str, gap_s: float) -> list[float]:
     env = {**os.environ, "CLOUDSKILLS_HOME": home}
     params = StdioServerParameters(command=sys.executable, args=["-m", "runtime", "serve"], env=env)
     async with Client(params) as client:
-        return await calls(client, repeat + 1)
+        return await calls(client, repeat + 1, gap_s)
 
 
-async def over_http(repeat: int, home: str) -> list[float]:
+async def over_http(repeat: int, home: str, gap_s: float) -> list[float]:
     async with http_server(home) as server, http_client(server.url, server.key) as client:
         await calls(client, 3)
         await anyio.sleep(2)  # let the warm pool fill
-        return await calls(client, repeat)
+        return await calls(client, repeat, gap_s)
 
 
 def docker_run_baseline(repeat: int) -> list[float]:
@@ -59,11 +62,12 @@ def docker_run_baseline(repeat: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--gap", type=float, default=0.0, help="seconds between repeated calls (default 0)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
-        stdio = anyio.run(over_stdio, args.repeat, home)
+        stdio = anyio.run(over_stdio, args.repeat, home, args.gap)
     with tempfile.TemporaryDirectory() as home:
-        http = anyio.run(over_http, args.repeat, home)
+        http = anyio.run(over_http, args.repeat, home, args.gap)
     baseline = docker_run_baseline(args.repeat)
     print(f"{'sandbox_run print(1) over stdio, cold':<42} {stdio[0]:.1f} ms (first call of a new server)")
     print(summary("sandbox_run print(1) over stdio, repeated", stdio[1:]))

@@ -6,8 +6,9 @@ its use calls for: its size is shared out between the shapes by their recent
 claims (decaying with a half-life, ``share_out``), the defaults of
 ``sandbox_run`` and ``sandbox_create`` sharing it until any claim is seen,
 and never past a host memory budget. A claim takes one, checks it answers
-(never a dead one), and wakes the refill loop, which starts a replacement at
-once. The pool is drained when the server stops.
+(never a dead one), and wakes the refill loop, which starts a replacement
+once claims pause, or at once when the pool runs low: not while the claimer's
+call shares the CPU with it. The pool is drained when the server stops.
 
 A warm sandbox is *held* (``SandboxSpec.hold_s``): it ends by itself as soon
 as this process lets go of it, however the process ended, or when the pool's
@@ -45,6 +46,11 @@ HEARTBEAT_S = 3.0
 # templates keep a little weight (PRIOR) so that they stay warm until others are used more.
 DEMAND_HALF_LIFE_S = 600.0
 PRIOR = 0.5
+# A replacement waits for claims to pause this long while the shape has more than
+# REFILL_LOW ready: starting a container takes the host's CPU for a few hundred ms,
+# which the claimer's call (in the sandbox it just took) would otherwise share.
+REFILL_PAUSE_S = 0.3
+REFILL_LOW = 1
 # What the pool counts per template (see ``samples``), and what each count means.
 COUNTED = {
     "claimed": "Warm sandboxes handed out.",
@@ -101,6 +107,7 @@ class WarmPool:
         # Ids the engine was making when a bounded stop stopped waiting for them.
         self._abandoned: set[str] = set()
         self._wanted = {shape: anyio.Event() for shape in self.targets}
+        self._claimed_at = dict.fromkeys(self.targets, 0.0)  # monotonic time of each shape's last claim
         self._trimming: TaskGroup | None = None
         self.stats = {"claimed": 0, "missed": 0, "dead": 0}
         # The same by template, with the refills and the seconds they took (the process's metrics).
@@ -155,6 +162,7 @@ class WarmPool:
         The pool keeps holding the sandbox it returns (the reaper leaves it alone)
         until the caller, having written its record, calls ``handed_over``."""
         self._note_demand(shape)
+        self._claimed_at[shape] = time.monotonic()
         self._wanted[shape].set()
         ready = self._ready[shape]
         while ready:
@@ -206,6 +214,10 @@ class WarmPool:
     async def _keep_full(self, shape: Shape) -> None:
         while True:
             if len(self._ready[shape]) + len(self._starting[shape]) < self.targets[shape]:
+                pause = self._claimed_at[shape] + REFILL_PAUSE_S - time.monotonic()
+                if len(self._ready[shape]) > REFILL_LOW and pause > 0:
+                    await anyio.sleep(pause)
+                    continue
                 begun = time.monotonic()
                 warm = await self._start_one(shape)
                 if warm is None:
