@@ -270,10 +270,11 @@ class SandboxManager:
 
         ``wait=False`` removes the container in the background, off the caller's
         path; if the process dies first, the container is a stray the reaper removes."""
+        # The read and the end in one transaction: a round trip fewer on every sandbox_run.
         with self.store.transaction() as session:
             row = session.get(Sandbox, sandbox_id)
             container_id = row.container_id if row is not None and row.state in LIVE_STATES else None
-        usage = await self._mark_ended(sandbox_id, "destroyed", reason)
+            usage = self._end(session, row, "destroyed", reason)
         if container_id is not None:
             if wait or self.background is None:
                 await anyio.to_thread.run_sync(self.driver.destroy, container_id)
@@ -295,14 +296,25 @@ class SandboxManager:
     ) -> Usage:
         """End the record at ``at`` (now); ``bill=False`` for a sandbox that never ran."""
         with self.store.transaction() as session:
-            row = session.get(Sandbox, sandbox_id)
-            if row is None or row.state not in LIVE_STATES:
-                return Usage()
-            row.state, row.destroy_reason = state, reason
-            end = at or utcnow() if bill else row.created_at
-            row.destroyed_at = max(min(end, utcnow()), row.created_at)
-            self.leases.close(session, sandbox_id, reason, row.destroyed_at)
-            return self.billable(lifetime_usage(row))
+            return self._end(session, session.get(Sandbox, sandbox_id), state, reason, at, bill)
+
+    def _end(
+        self,
+        session: Session,
+        row: Sandbox | None,
+        state: str,
+        reason: str,
+        at: datetime | None = None,
+        bill: bool = True,
+    ) -> Usage:
+        if row is None or row.state not in LIVE_STATES:
+            return Usage()
+        row.state, row.destroy_reason = state, reason
+        end = at or utcnow() if bill else row.created_at
+        row.destroyed_at = max(min(end, utcnow()), row.created_at)
+        if row.task_id is None:  # only a session sandbox has a lease (``_open_lease``); its task pays for the other
+            self.leases.close(session, row.id, reason, row.destroyed_at)
+        return self.billable(lifetime_usage(row))
 
     async def reap(self) -> list[str]:
         """Reconcile session sandboxes that ended by themselves (expired, or died: billed to
