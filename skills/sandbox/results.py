@@ -90,9 +90,16 @@ async def streamed(ctx: TaskContext) -> AsyncIterator[OutputSink | None]:
             if rest:
                 await ctx.report(sent, f"[{name}] {rest}")
 
+    failed: Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(forward)
         try:
             yield sink
+        except Exception as exc:
+            # Raised as it is once the group ends, not inside an ExceptionGroup: the caller's
+            # errors (a sandbox that stopped, ...) must reach the agent as what they are.
+            failed = exc
         finally:
             send.close()
+    if failed is not None:
+        raise failed

@@ -111,7 +111,7 @@ def after_click(driver: webdriver.Chrome, click: WebElement, css: str) -> WebEle
     """Click, then wait for the next page's element (a click does not wait for the page it loads)."""
     old = driver.find_element(By.TAG_NAME, "html")
     click.click()
-    waiting = WebDriverWait(driver, 15)
+    waiting = WebDriverWait(driver, 60)  # a destroy on a busy 2-core machine can take a while
     waiting.until(expected_conditions.staleness_of(old))
     return waiting.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
 
