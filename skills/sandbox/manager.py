@@ -132,10 +132,6 @@ class SandboxManager:
         """A running sandbox for the tenant: warm from the pool when it fits, else started cold
         (always, with volumes: a container's mounts are fixed when it is made)."""
         check_limits(limits)
-        with self.store.transaction() as session:
-            QUOTA.check(session, tenant_id)
-            if task_id is None:  # refused here, before any container, if the budget is short
-                self.leases.check(session, tenant_id, KIND, self.billable(per_second(limits)))
         row = Sandbox(
             tenant_id=tenant_id,
             task_id=task_id,
@@ -153,18 +149,28 @@ class SandboxManager:
             row.id, row.container_id, row.state = warm.sandbox_id, warm.handle.container_id, "running"
             try:
                 with self.store.transaction() as session:
-                    session.add(row)
-                    self._open_lease(session, row)
+                    self._admit(session, row)
                     record = SandboxRecord.of(row)
-            finally:
-                # Recorded (or failed): either way the pool's hold ends; without a
-                # record the reaper removes it.
-                self.pool.handed_over(warm.sandbox_id)
+            except Exception:
+                # Refused (quota, budget) or not recorded: unused, it is as good as before.
+                self.pool.give_back(warm)
+                raise
+            self.pool.handed_over(warm.sandbox_id)
         else:
             record = await self._start_cold(row, template, limits, volumes, env or {})
         if task_id is None:
             await self._hand_over(record)
         return record
+
+    def _admit(self, session: Session, row: Sandbox) -> None:
+        """The tenant's quota and budget checks, then the record and its lease, in one
+        transaction: the tenant's row, locked by the check, keeps two creates from both
+        passing it, and a sandbox_run's path has a round trip fewer."""
+        QUOTA.check(session, row.tenant_id)
+        if row.task_id is None:  # refused here, before any container, if the budget is short
+            self.leases.check(session, row.tenant_id, KIND, self.billable(per_second(row_limits(row))))
+        session.add(row)
+        self._open_lease(session, row)
 
     async def _hand_over(self, record: SandboxRecord) -> None:
         """From now on the session sandbox ends by itself after ttl_s idle, server or not.
@@ -186,8 +192,7 @@ class SandboxManager:
     ) -> SandboxRecord:
         sandbox_id = row.id = new_id("sb")
         with self.store.transaction() as session:
-            session.add(row)  # the record first: its container is never a stray
-            self._open_lease(session, row)
+            self._admit(session, row)  # the record first: its container is never a stray
         spec = SandboxSpec(
             image=row.image,
             limits=limits,

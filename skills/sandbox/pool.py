@@ -198,6 +198,11 @@ class WarmPool:
     def handed_over(self, sandbox_id: str) -> None:
         self._claiming.discard(sandbox_id)
 
+    def give_back(self, warm: WarmSandbox) -> None:
+        """A claimed sandbox its claimer did not use (refused before any request): ready again."""
+        self._claiming.discard(warm.sandbox_id)
+        self._ready[warm.shape].appendleft(warm)
+
     async def run(self) -> None:
         """Keep the pool full and its sandboxes held until cancelled; then drain it."""
         try:

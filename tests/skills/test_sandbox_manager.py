@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 from sqlalchemy import select
 
@@ -20,8 +21,10 @@ from scheduler.models import Lease, Tenant, utcnow
 from scheduler.pricing import PriceCatalog
 from scheduler.store import Store
 from skills.sandbox.manager import SandboxManager
+from skills.sandbox.pool import Shape, WarmPool
 from skills.sandbox.rows import Sandbox
 from tests.fakes import MemoryDriver
+from tests.polling import until
 
 pytestmark = pytest.mark.anyio
 
@@ -93,6 +96,51 @@ async def test_the_live_count_quota_counts_what_lives(manager: SandboxManager, s
         await manager.create("acme", PYTHON, Limits(), 600, None)
     await manager.destroy(first.id, "destroyed_by_owner")
     await manager.destroy((await manager.create("acme", PYTHON, Limits(), 600, None)).id, "destroyed_by_owner")
+
+
+async def test_a_create_the_quota_refuses_leaves_its_warm_sandbox_in_the_pool(
+    store: Store, driver: MemoryDriver
+) -> None:
+    # The quota is checked in the record's transaction, after the claim: the sandbox goes back unused.
+    pool = WarmPool(driver, store.store_id, [Shape("python", "image:test")], size=1, memory_budget_mib=4096)
+    leases = Leases(store, PriceCatalog.load(), lease_s=60.0)
+    manager = SandboxManager(store, driver, leases, {"sandbox": "image:test"}, pool)
+    update_tenant(store, "acme", max_live_sandboxes=0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.run)
+        await until(lambda: pool.ready == 1, "the pool to fill")
+        warm_id = next(iter(driver.labels))
+        with pytest.raises(QuotaExceeded):
+            await manager.create("acme", PYTHON, Limits(), 600, "t_1")
+        assert pool.ready == 1
+        update_tenant(store, "acme", max_live_sandboxes=1)
+        record = await manager.create("acme", PYTHON, Limits(), 600, "t_1")
+        assert record.container_id == warm_id and not pool.holds(record.id)
+        group.cancel_scope.cancel()
+
+
+async def test_two_creates_at_once_do_not_both_pass_the_quota(store: Store, driver: MemoryDriver) -> None:
+    # Each checks the quota in the transaction that records it, the tenant's row locked.
+    pool = WarmPool(driver, store.store_id, [Shape("python", "image:test")], size=2, memory_budget_mib=4096)
+    manager = SandboxManager(store, driver, Leases(store, PriceCatalog.load(), lease_s=60.0), {}, pool)
+    update_tenant(store, "acme", max_live_sandboxes=1)
+    outcomes: list[str] = []
+
+    async def create() -> None:
+        try:
+            await manager.create("acme", PYTHON, Limits(), 600, "t_1")
+            outcomes.append("created")
+        except QuotaExceeded:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.run)
+        await until(lambda: pool.ready == 2, "the pool to fill")
+        async with anyio.create_task_group() as both:
+            both.start_soon(create)
+            both.start_soon(create)
+        group.cancel_scope.cancel()
+    assert sorted(outcomes) == ["created", "refused"]
 
 
 async def test_a_dead_sandbox_is_failed_billed_to_its_death_and_says_so(
