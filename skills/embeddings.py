@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,15 @@ class TextEmbedder:
             return Embedded(np.zeros((0, DIMENSIONS), dtype=np.float32), [])
         embedded: Embedded = await self._on_thread(self._encode, texts)
         return embedded
+
+    def begin(self, texts: list[str]) -> Future[Embedded]:
+        """Start embedding non-empty ``texts`` on the embedder's thread, to do other work
+        meanwhile; ``await TextEmbedder.finished(future)`` then."""
+        return self._thread.submit(self._encode, texts)
+
+    @staticmethod
+    async def finished(future: Future[Embedded]) -> Embedded:
+        return await anyio.to_thread.run_sync(future.result)
 
     async def count_tokens(self, texts: list[str]) -> list[int]:
         """How many word pieces each text makes, uncut: over ``max_tokens``, the model would

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-import anyio
-import anyio.lowlevel
 import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -29,7 +27,7 @@ from scheduler.leases import Leases
 from scheduler.models import utcnow
 from scheduler.store import Store
 from scheduler.tasks import new_id
-from skills.embeddings import Embedded, TextEmbedder
+from skills.embeddings import TextEmbedder
 from skills.memory.engines.base import Entry, MemoryIndex, Vector, query_words
 from skills.memory.limits import LIVE, MEMORIES, NAMESPACES, check_items, count_memories, size_of
 from skills.memory.models import MemoryIn
@@ -171,36 +169,24 @@ class MemoryManager:
         min_score: float,
     ) -> tuple[list[Found], int]:
         """The best ``top_k`` memories for ``query`` in a namespace, and the tokens embedded."""
-        embedded: list[Embedded] = []
-        failed: list[Exception] = []
-
-        async def embed() -> None:
-            try:
-                embedded.append(await self.embedder.embed([query]))
-            except Exception as exc:  # raised below as it is, not in a task group's ExceptionGroup
-                failed.append(exc)
-
+        # The words side needs no vector: it runs while the query is embedded on the embedder's
+        # thread (in its own short transaction: none is held open across the wait).
+        embedding = self.embedder.begin([query])
         by_words: list[int] = []
-        async with anyio.create_task_group() as group:
-            group.start_soon(embed)
-            await anyio.lowlevel.checkpoint()  # the query is being embedded, on the embedder's thread
-            # Meanwhile the words side, which needs no vector (its own short transaction: none is
-            # held open across the wait).
-            with self.store.transaction() as session:
-                namespace = self._namespace(session, tenant_id, name)
-                if namespace is not None:
-                    where, words = metadata_filter(wanted), query_words(query)
-                    by_words = self.index.matching(session, namespace.id, words, candidates(top_k), where)
-        if failed:
-            raise failed[0]
-        tokens = embedded[0].total_tokens
+        with self.store.transaction() as session:
+            namespace = self._namespace(session, tenant_id, name)
+            if namespace is not None:
+                where, words = metadata_filter(wanted), query_words(query)
+                by_words = self.index.matching(session, namespace.id, words, candidates(top_k), where)
+        embedded = await self.embedder.finished(embedding)
+        tokens = embedded.total_tokens
         if namespace is None:
             return [], tokens
         with self.store.transaction() as session:
             namespace = self._namespace(session, tenant_id, name)
             if namespace is None:
                 return [], tokens
-            found = self._search(session, namespace, query, embedded[0].vectors[0], top_k, wanted, min_score, by_words)
+            found = self._search(session, namespace, query, embedded.vectors[0], top_k, wanted, min_score, by_words)
         return found, tokens
 
     def _search(
