@@ -139,15 +139,18 @@ class Egress:
             row = session.get(SandboxNetwork, sandbox_id)
             return None if row is None else list(row.allow)
 
-    async def reconcile(self) -> None:
-        """Proxies for this server's live sandboxes with a policy; none for ended ones."""
+    async def reconcile(self, every_record: bool = True) -> None:
+        """Proxies for this server's live sandboxes with a policy; none for ended ones. Without
+        ``every_record``, only live sandboxes' records and those of proxies this process runs are
+        read (a pass a second must not grow with every sandbox that ever had a network); the
+        first pass reads them all, for what a dead process left."""
         root = str(socket_root())
+        query = select(SandboxNetwork.sandbox_id, SandboxNetwork.allow, SandboxNetwork.socket_dir, Sandbox.state)
+        query = query.join(Sandbox, Sandbox.id == SandboxNetwork.sandbox_id)
+        if not every_record:
+            query = query.where(Sandbox.state.in_(LIVE_STATES) | SandboxNetwork.sandbox_id.in_(list(self.proxies)))
         with self.store.transaction() as session:
-            rows = session.execute(
-                select(SandboxNetwork.sandbox_id, SandboxNetwork.allow, SandboxNetwork.socket_dir, Sandbox.state).join(
-                    Sandbox, Sandbox.id == SandboxNetwork.sandbox_id
-                )
-            ).all()
+            rows = session.execute(query).all()
         live = {r.sandbox_id for r in rows if r.state in LIVE_STATES}
         for sandbox_id in [s for s in self.proxies if s not in live]:
             if any(r.sandbox_id == sandbox_id for r in rows):  # recorded and ended (not still being made)
@@ -173,9 +176,11 @@ class Egress:
 
     async def serve(self) -> None:
         try:
+            every_record = True
             while True:
                 try:
-                    await self.reconcile()
+                    await self.reconcile(every_record)
+                    every_record = False
                 except CloudSkillsError as exc:
                     log.warning("egress proxies: %s", exc)
                 await anyio.sleep(RECONCILE_S)
