@@ -81,14 +81,15 @@ class LiveResource:
 
 
 def destroy_tool(registry: Registry, kind: str) -> str | None:
-    """The kind's op that ends one of its resources by its ``<kind>_id``: destructive, never
-    refused for money, and taking that id as a required argument."""
+    """The kind's op that ends one of its resources by its ``<kind>_id`` alone: destructive,
+    never refused for money, and needing no other argument (a kill of one of a sandbox's
+    processes, or a delete of one of a workspace's snapshots, also takes the id, and more)."""
     for skill in registry.skills:
         if skill.name != kind:
             continue
         for op in skill.ops:
-            field = op.input.model_fields.get(f"{kind}_id")
-            if op.destructive and op.releases and field is not None and field.is_required():
+            required = {name for name, field in op.input.model_fields.items() if field.is_required()}
+            if op.destructive and op.releases and required == {f"{kind}_id"}:
                 return f"{skill.name}_{op.name}"
     return None
 

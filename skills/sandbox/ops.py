@@ -142,8 +142,9 @@ async def run(ctx: TaskContext, args: RunInput) -> RunOutput:
                 response = await sandboxes.call(record, request, args.timeout_s, sink)
     finally:
         with anyio.CancelScope(shield=True):
-            # Billed up to now; the container is removed off the caller's path.
-            ctx.add_usage(await sandboxes.destroy(record.id, "task_done", wait=False))
+            # Billed up to now; the container is removed off the caller's path, unless it mounts
+            # workspaces: they are free again (to delete, restore) once the run has answered.
+            ctx.add_usage(await sandboxes.destroy(record.id, "task_done", wait=bool(volumes)))
     assert response.exec is not None
     output = exec_output(ctx, response.exec, args.timeout_s)
     files = [file_out(f) for f in response.reads]

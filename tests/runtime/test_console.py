@@ -15,12 +15,14 @@ import pytest
 
 from runtime.app import App
 from runtime.console.auth import SESSION_COOKIE
+from runtime.console.queries import destroy_tool
 from runtime.logs import JsonFormatter
 from runtime.server import http_app
 from runtime.settings import Settings
 from runtime.tenants import create_key, create_tenant, ensure_tenant, list_keys, revoke_key
 from sandbox.docker import DockerDriver
 from scheduler.models import LedgerEntry, Task, utcnow
+from skills.registry import discover
 
 pytestmark = pytest.mark.anyio
 
@@ -228,3 +230,12 @@ async def test_per_model_tokens_cost_per_million_and_latency_percentiles(app: Ap
     assert cells[:3] == ["0", "0", "100000"]
     assert cells[3] == "2.000000 USD"  # 200,000 micros for 100,000 tokens: 2 USD a million
     assert cells[4:] == ["500 ms", "950 ms", "990 ms"]  # nearest rank of 10, 20, ... 1000 ms
+
+
+def test_the_console_destroys_each_kind_with_the_op_that_takes_its_id_alone() -> None:
+    """Not a kill of one process, nor a delete of one snapshot, which take the id and more."""
+    registry = discover()
+    assert destroy_tool(registry, "sandbox") == "sandbox_destroy"
+    assert destroy_tool(registry, "workspace") == "workspace_delete"
+    assert destroy_tool(registry, "db") == "db_delete"
+    assert destroy_tool(registry, "vm") == "vm_delete"
