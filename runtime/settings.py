@@ -52,6 +52,14 @@ class Settings(BaseSettings):
         "ends anyway once its server lets go, and the engine completes a removal under way; a stdio server "
         "waits 0.3 s, as MCP clients give a server about a second.",
     )
+    sandbox_idle_pause: bool = Field(
+        default=False,
+        description="Pause an idle session sandbox at its ttl_s instead of destroying it, where its runtime can "
+        "(gVisor templates); a paused one is destroyed after sandbox_paused_retention_s.",
+    )
+    sandbox_paused_retention_s: float = Field(
+        default=7 * 86400, gt=0, description="Seconds a paused session sandbox is kept before it is destroyed."
+    )
     task_retention_s: float = Field(
         default=7 * 86400,
         gt=0,

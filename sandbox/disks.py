@@ -194,19 +194,29 @@ class LoopDisks:
                 os.replace(partial, path)
         return path
 
-    def prepare(self, name: str, size_mib: int) -> Path:
+    def prepare(self, name: str, size_mib: int, keep: bool = False) -> Path:
         """A fresh disk of ``size_mib`` mounted at ``<root>/<name>.<ms>``, with ``work`` and
-        ``tmp`` in it; call ``release`` with it once the container that binds them has started."""
+        ``tmp`` in it; call ``release`` with it once the container that binds them has started.
+
+        ``keep``: the disk outlives its container's run, for a sandbox that may be paused
+        (checkpointed: its container stops and is started again from the checkpoint). Its
+        file stays at ``<root>/kept/<name>.img`` until ``discard``, and ``remount`` mounts it
+        again at the same place, where the restored container's binds expect it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        # The name carries when it was made: once mounted, the directory's own times are the disk's.
-        mount_point = self.root / f"{name}.{time.time_ns() // 1_000_000}"
+        if keep:
+            mount_point = self.kept_dir / name
+            self.kept_dir.mkdir(exist_ok=True)
+        else:
+            # The name carries when it was made: once mounted, the directory's own times are the disk's.
+            mount_point = self.root / f"{name}.{time.time_ns() // 1_000_000}"
         image = mount_point.with_name(f"{mount_point.name}.img")
         self._preparing.add(mount_point)
         try:
             sparse_copy(self._template(size_mib), image)
             mount_point.mkdir(exist_ok=True)
             mount_image(image, mount_point)
-            image.unlink()  # the loop device holds the file; it is freed when the device clears
+            if not keep:
+                image.unlink()  # the loop device holds the file; it is freed when the device clears
             (mount_point / "work").mkdir(mode=0o755)
             os.chown(mount_point / "work", SANDBOX_UID, SANDBOX_UID)
             (mount_point / "tmp").mkdir()
@@ -220,15 +230,56 @@ class LoopDisks:
 
     def release(self, mount_point: Path) -> None:
         """Let go of the host's view of a disk: detach its mount lazily (a container that
-        binds it keeps it until it ends), and remove what is left."""
+        binds it keeps it until it ends), and remove what is left (a kept disk's file stays)."""
         image = mount_point.with_name(f"{mount_point.name}.img")
         with contextlib.suppress(OSError):
             unmount(mount_point, lazy=True)
         with contextlib.suppress(OSError):
             mount_point.rmdir()
-        with contextlib.suppress(FileNotFoundError):
-            image.unlink()
+        if mount_point.parent != self.kept_dir:
+            with contextlib.suppress(FileNotFoundError):
+                image.unlink()
         self._preparing.discard(mount_point)
+
+    # -- kept disks: a pausable sandbox's, which outlive their container's run -----
+
+    @property
+    def kept_dir(self) -> Path:
+        return self.root / "kept"
+
+    def kept(self, name: str) -> bool:
+        return (self.kept_dir / f"{name}.img").exists()
+
+    def remount(self, name: str) -> Path:
+        """Mount a kept disk again where its container's binds expect it (before the
+        container is restored); ``release`` it once the container runs."""
+        mount_point = self.kept_dir / name
+        mount_point.mkdir(exist_ok=True)
+        if not os.path.ismount(mount_point):
+            mount_image(mount_point.with_name(f"{name}.img"), mount_point)
+        return mount_point
+
+    def discard(self, name: str) -> None:
+        """Delete a kept disk for good (its sandbox was destroyed); gone already is fine."""
+        self.release(self.kept_dir / name)
+        with contextlib.suppress(FileNotFoundError):
+            (self.kept_dir / f"{name}.img").unlink()
+
+    def made_before(self, name: str, when: float) -> bool:
+        """Whether a kept disk was made before ``when`` (seconds since the epoch): one
+        younger may belong to a container being created now."""
+        if self.kept_dir / name in self._preparing:
+            return False
+        try:
+            return (self.kept_dir / f"{name}.img").stat().st_ctime < when
+        except FileNotFoundError:
+            return False
+
+    def kept_names(self) -> list[str]:
+        """The names of the kept disks on this host."""
+        if not self.kept_dir.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".img") for p in self.kept_dir.glob("*.img"))
 
     def sweep(self, older_than_s: float = LEFTOVER_AFTER_S) -> list[str]:
         """Release what a killed process left half set up (any process's, on this host)."""

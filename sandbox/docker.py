@@ -16,7 +16,6 @@ import os
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,12 +25,12 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from common.errors import BackendUnavailable, CloudSkillsError, InvalidInput, NotFound, TaskFailed
+from common.errors import BackendUnavailable, CloudSkillsError, NotFound, TaskFailed
 from sandbox.attach import Channel, ChannelBroken, StreamedOutput, answer_in, read_stream
+from sandbox.checkpoint import checkpoint, pause_problem, restore
 from sandbox.disks import LoopDisks
 from sandbox.driver import (
     LABEL_MANAGED,
-    LABEL_POOL,
     LABEL_SANDBOX,
     AgentRequest,
     AgentResponse,
@@ -41,8 +40,10 @@ from sandbox.driver import (
     SandboxHandle,
     SandboxSpec,
 )
+from sandbox.exits import EXIT_IDLE, docker_time, exit_cause, parse_agent_answer
 from sandbox.hardening import CpuPlacement, host_config, lxcfs_serves
 from sandbox.janitor import leave_to_janitor
+from sandbox.sweep import sweep_engine
 
 log = logging.getLogger("cloudskills.docker")
 
@@ -52,12 +53,7 @@ SANDBOX_USER = "1000:1000"
 WORK_DIR = "/work"
 # Time allowed beyond a command's own timeout for the agent to answer.
 DEADLINE_GRACE_S = 15.0
-# How the agent exits when it ends by itself (sandbox/agent/lifetime.py).
-EXIT_IDLE = 75
-EXIT_RELEASED = 76
 DEFAULT_DISK_ROOT = Path("/var/lib/cloudskills/disks")
-# A warm sandbox still only created this long after it was made was left by a stopped server.
-UNBORN_AFTER_S = 60.0
 
 
 def docker_unavailable(exc: Exception) -> BackendUnavailable:
@@ -155,7 +151,9 @@ class DockerDriver:
     def create(self, spec: SandboxSpec) -> SandboxHandle:
         name = f"cloudskills-{spec.labels.get(LABEL_SANDBOX, 'sandbox')}"
         disks = self.disks
-        disk = disks.prepare(name, spec.limits.disk_mib) if disks is not None else None
+        # A gVisor sandbox may be paused: its disk must outlive its container's run.
+        keep = spec.runtime == "runsc"
+        disk = disks.prepare(name, spec.limits.disk_mib, keep=keep) if disks is not None else None
         try:
             return self._create(spec, name, disk)
         finally:
@@ -313,9 +311,46 @@ class DockerDriver:
         if channel is not None:
             channel.close()
 
-    def destroy(self, container_id: str) -> None:
-        """Kill and remove the container; one that is already gone is fine."""
+    def pause_problem(self, container_id: str) -> str | None:
+        try:
+            runtime = self._api.inspect_container(container_id).get("HostConfig", {}).get("Runtime")
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            return f"the engine cannot be asked about it now ({exc})"
+        return pause_problem(self._api, str(runtime) if runtime else None, self.local)
+
+    def pause(self, container_id: str) -> int:
+        """Checkpoint the sandbox to disk and stop it (``sandbox/checkpoint.py``); the
+        checkpoint's bytes (0: unknown). From now on only its agent's socket reaches it."""
         self._forget(container_id)
+        return checkpoint(self._api, container_id)
+
+    def resume(self, container_id: str) -> None:
+        """Restore a paused sandbox from its checkpoint, its kept disk mounted again first."""
+        disks, name = self.disks, self._name_of(container_id)
+        mount_point = disks.remount(name) if disks is not None and name and disks.kept(name) else None
+        try:
+            restore(self._api, container_id)
+        finally:
+            if disks is not None and mount_point is not None:
+                disks.release(mount_point)  # the restored container holds it now
+
+    def _name_of(self, container_id: str) -> str | None:
+        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+            return str(self._api.inspect_container(container_id)["Name"]).lstrip("/")
+        return None
+
+    def destroy(self, container_id: str) -> None:
+        """Kill and remove the container (and its kept disk); one that is already gone is fine."""
+        self._forget(container_id)
+        disks = self.disks
+        name = self._name_of(container_id) if disks is not None and disks.kept_names() else None
+        try:
+            self._remove(container_id)
+        finally:
+            if disks is not None and name is not None:
+                disks.discard(name)
+
+    def _remove(self, container_id: str) -> None:
         try:
             self._api.remove_container(container_id, force=True, v=True)
         except docker.errors.NotFound:
@@ -346,47 +381,8 @@ class DockerDriver:
         leave_to_janitor(self._base_url, labels)
 
     def sweep(self) -> list[str]:
-        """Remove what a killed process left half set up: disks being made (on this host),
-        and warm sandboxes that ended when their server went away before handing them over
-        (any server's, on this engine: no record refers to them, whichever store made them)."""
-        swept = self.disks.sweep() if self.disks is not None else []
-        pool = [f"{LABEL_MANAGED}=1", f"{LABEL_POOL}=1"]
+        """Remove what a killed process left half set up (``sandbox/sweep.py``)."""
         try:
-            released = self._api.containers(all=True, filters={"label": pool, "exited": EXIT_RELEASED})
-            # Made but never started: its server stopped in between (long enough ago).
-            unborn = self._api.containers(all=True, filters={"label": pool, "status": "created"})
+            return sweep_engine(self._api, self.disks, self.destroy)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise docker_unavailable(exc) from exc
-        old = time.time() - UNBORN_AFTER_S
-        for container in [*released, *(c for c in unborn if int(c.get("Created") or 0) < old)]:
-            self.destroy(str(container["Id"]))
-            swept.append(str(container["Id"]))
-        return swept
-
-
-def exit_cause(state: dict[str, Any]) -> str:
-    if state.get("OOMKilled"):
-        return "it ran out of memory"
-    if state.get("ExitCode") == EXIT_IDLE:
-        return "it expired: idle for its ttl_s"
-    if state.get("ExitCode") == EXIT_RELEASED:
-        return "the server that held it went away before handing it over"
-    return f"its container exited with code {state.get('ExitCode')}, out of memory or processes"
-
-
-def docker_time(text: str | None) -> datetime:
-    """Docker's RFC 3339 time with nanoseconds (or its zero time: now)."""
-    if not text or text.startswith("0001-"):
-        return datetime.now(UTC)
-    head, _, fraction = text.rstrip("Z").partition(".")
-    micros = (fraction + "000000")[:6]
-    return datetime.fromisoformat(f"{head}.{micros}+00:00")
-
-
-def parse_agent_answer(wire: dict[str, Any], blobs: list[bytes]) -> AgentResponse:
-    if not wire.get("ok"):
-        kind = wire.get("kind")
-        message = str(wire.get("error", "the sandbox refused the request"))
-        error: CloudSkillsError = NotFound(message) if kind == "not_found" else InvalidInput(message)
-        raise error
-    return AgentResponse.from_wire(wire, blobs)

@@ -305,6 +305,18 @@ class SandboxDriver(Protocol):
         without waiting for: removed once the engine has made them, whoever is left."""
         ...
 
+    def pause_problem(self, container_id: str) -> str | None:
+        """Why this sandbox cannot be paused to disk here; None when it can."""
+        ...
+
+    def pause(self, container_id: str) -> int:
+        """Checkpoint the sandbox to disk and stop it; the checkpoint's bytes (0: unknown)."""
+        ...
+
+    def resume(self, container_id: str) -> None:
+        """Start a paused sandbox again from its checkpoint, every process as it was."""
+        ...
+
     def sweep(self) -> list[str]:
         """Remove what a killed process left half set up on this host, any process's: a
         disk being made, a warm sandbox that ended when its server went away before handing

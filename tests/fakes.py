@@ -72,6 +72,15 @@ class MemoryDriver:
     def sweep(self) -> list[str]:
         return []
 
+    def pause_problem(self, container_id: str) -> str | None:
+        return "the fake engine cannot checkpoint"
+
+    def pause(self, container_id: str) -> int:
+        raise AssertionError("the fake engine cannot checkpoint")
+
+    def resume(self, container_id: str) -> None:
+        raise AssertionError("the fake engine cannot checkpoint")
+
     def kill(self, container_id: str) -> None:
         """The container dies on its own, as an out-of-memory kill would end it."""
         self.died[container_id] = SandboxExit(datetime.now(UTC), "it ran out of memory")

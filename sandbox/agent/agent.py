@@ -21,6 +21,7 @@ import os
 import selectors
 import socket
 import sys
+import time
 
 from commands import KERNEL, run_command
 from files import OUTPUTS_DIR, WORK_DIR, AgentError, collect, list_dir, read_file, receive_file, snapshot
@@ -198,8 +199,9 @@ def serve() -> None:
     selector.register(0, selectors.EVENT_READ)
     selector.register(listener, selectors.EVENT_READ)
     while True:
-        events = selector.select(lifetime.left())
-        if not events and lifetime.left() <= 0:
+        asked, began = lifetime.left(), time.monotonic()
+        events = selector.select(asked)
+        if not events and lifetime.left() <= 0 and not lifetime.woke_late(asked, began):
             sys.exit(lifetime.exit_code())
         for key, _ in events:
             if key.fileobj is listener:

@@ -9,6 +9,11 @@ request sets its *idle limit*: from then on it exits after that many seconds
 without a request, whoever is left to send one, and outlives its server.
 
 The exit code says which (the host reads it back as the container's).
+
+A paused sandbox (checkpointed, then restored: ``sandbox/checkpoint.py``) wakes
+with its monotonic clock moved on by the whole pause, so a wait for a request
+ends long after it should have. That is a restore, not idleness: the clock
+starts again, and the time paused never counts as idle.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import time
 EXIT_IDLE = 75  # idle past its limit: expired
 EXIT_RELEASED = 76  # held, and its server went away
 DEFAULT_HOLD_S = 10.0
+# A wait that ends this much later than asked was frozen (the sandbox was paused).
+FROZEN_AFTER_S = 2.0
 
 
 class Lifetime:
@@ -45,6 +52,15 @@ class Lifetime:
         """Seconds until this sandbox ends unless a request comes."""
         limit = self.hold_s if self.idle_s is None else self.idle_s
         return max(self.last + limit - time.monotonic(), 0.0)
+
+    def woke_late(self, asked_s: float, began: float) -> bool:
+        """After a wait of ``asked_s`` begun at ``began`` (monotonic): whether it ended far
+        later than asked, because the sandbox was paused meanwhile; if so, the idle clock
+        starts again now."""
+        if time.monotonic() - began <= asked_s + FROZEN_AFTER_S:
+            return False
+        self.touch()
+        return True
 
     def exit_code(self) -> int:
         return EXIT_RELEASED if self.held else EXIT_IDLE

@@ -10,6 +10,7 @@ from skills.sandbox import describe, expose, lifecycle, ops, processes, template
 from skills.sandbox import models as m
 from skills.sandbox import template_models as tm
 from skills.sandbox.manager import SandboxManager
+from skills.sandbox.pausing import PausePolicy
 from skills.sandbox.pool import Shape, WarmPool
 from skills.sandbox.records import CREATE_DEFAULT, QUOTA, RUN_DEFAULT
 from skills.sandbox.results import RichOutput
@@ -39,7 +40,11 @@ def from_platform(platform: Platform) -> SandboxManager:
 
     platform.services.add(Exposures(platform.store, platform.docker, getattr(settings, "public_url", None)))
     platform.services.add(Egress(platform.store, platform.docker, getattr(settings, "sandbox_egress_cap", None)))
-    return SandboxManager(platform.store, platform.docker, platform.leases, images, pool)
+    pausing = PausePolicy(
+        idle_pause=getattr(settings, "sandbox_idle_pause", False),
+        retention_s=getattr(settings, "sandbox_paused_retention_s", PausePolicy.retention_s),
+    )
+    return SandboxManager(platform.store, platform.docker, platform.leases, images, pool, pausing)
 
 
 SKILL = skill_from_doc(
@@ -171,15 +176,19 @@ SKILL = skill_from_doc(
         ),
         Op(
             "pause",
-            "Pause a session sandbox to disk (its processes and memory kept), where this server's runtime can "
-            "checkpoint; otherwise the error says why and the sandbox runs on.",
+            "Pause a session sandbox to disk: its processes, memory and files are kept and its CPU and memory "
+            "freed; while paused it is billed for its disk only. Sandboxes of the gVisor templates can pause; "
+            "for others the error says why and the sandbox runs on. Pausing a paused one succeeds.",
             lifecycle.PauseInput,
             lifecycle.PauseOutput,
             lifecycle.pause,
+            releases=True,
+            idempotent=True,
         ),
         Op(
             "resume",
-            "Resume a paused session sandbox; resuming one that runs succeeds.",
+            "Resume a paused session sandbox with every process, variable and file as it was; resuming one that "
+            "runs succeeds.",
             lifecycle.PauseInput,
             lifecycle.PauseOutput,
             lifecycle.resume,

@@ -13,6 +13,7 @@ from skills.sandbox.expose import ExposedPort, Exposures
 from skills.sandbox.manager import SandboxManager
 from skills.sandbox.models import SANDBOX_ID
 from skills.sandbox.network import Egress
+from skills.sandbox.records import PAUSED_STATES
 
 
 class DescribeInput(OpInput):
@@ -26,7 +27,7 @@ class ProcessNow(BaseModel):
 
 class DescribeOutput(BaseModel):
     sandbox_id: str
-    state: str = Field(description="running, or paused (then the usage figures are null).")
+    state: str = Field(description="running, paused or resuming (while paused the usage figures are null).")
     template: str
     vcpus: float
     memory_mib: int = Field(description="Its memory limit.")
@@ -40,32 +41,40 @@ class DescribeOutput(BaseModel):
     network: list[str] | None = Field(description="Its egress allow-list; null: no network at all.")
     created_at: str
     last_used_at: str
-    paused_at: str | None = None
+    paused_at: str | None = Field(None, description="When it was paused (sandbox_pause); null while it runs.")
+    checkpoint_mib: int | None = Field(None, description="While paused: its checkpoint's size on disk.")
 
 
 async def describe(ctx: TaskContext, args: DescribeInput) -> DescribeOutput:
     """A session sandbox's state, usage now, exposed ports and network policy."""
     sandboxes = ctx.service(SandboxManager)
-    record = sandboxes.get(ctx.tenant_id, args.sandbox_id)
+    record = sandboxes.get(ctx.tenant_id, args.sandbox_id, paused_ok=True)
     if record.task_id is not None or record.container_id is None:
         raise NotFound(f"no sandbox {args.sandbox_id!r}: call sandbox_list to see yours, or sandbox_create.")
     row = sandboxes.row(record.id)
+    common = {
+        "sandbox_id": row.id,
+        "state": row.state,
+        "template": row.template,
+        "vcpus": row.vcpus,
+        "memory_mib": row.memory_mib,
+        "disk_mib": row.disk_mib,
+        "exposed_ports": ctx.service(Exposures).exposed(row.id),
+        "network": ctx.service(Egress).policy_of(row.id),
+        "created_at": row.created_at.isoformat(),
+        "last_used_at": row.last_used_at.isoformat(),
+    }
+    if row.state in PAUSED_STATES:  # nothing runs: its processes and memory are on disk
+        paused_at = row.paused_at.isoformat() if row.paused_at is not None else None
+        nothing = {"cpu_seconds": None, "memory_bytes": None, "memory_peak_bytes": None, "disk_used_bytes": None}
+        return DescribeOutput(**common, **nothing, processes=[], paused_at=paused_at, checkpoint_mib=row.checkpoint_mib)
     driver = ctx.service(Egress).docker
     stats = await anyio.to_thread.run_sync(sandbox_stats, driver.client.api, record.container_id)
     return DescribeOutput(
-        sandbox_id=row.id,
-        state=row.state,
-        template=row.template,
-        vcpus=row.vcpus,
-        memory_mib=row.memory_mib,
-        disk_mib=row.disk_mib,
+        **common,
         cpu_seconds=round(stats.cpu_seconds, 3),
         memory_bytes=stats.memory_bytes,
         memory_peak_bytes=stats.memory_peak_bytes,
         disk_used_bytes=stats.disk_used_bytes,
         processes=[ProcessNow(pid=p.pid, command=p.command) for p in stats.processes],
-        exposed_ports=ctx.service(Exposures).exposed(row.id),
-        network=ctx.service(Egress).policy_of(row.id),
-        created_at=row.created_at.isoformat(),
-        last_used_at=row.last_used_at.isoformat(),
     )

@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.errors import CloudSkillsError, NotFound
+from common.errors import CloudSkillsError, InvalidInput, NotFound
 from sandbox.driver import (
     LABEL_SANDBOX,
     LABEL_STORE,
@@ -44,22 +44,25 @@ from sandbox.driver import (
 )
 from sandbox.templates import Template
 from scheduler.leases import Leases
-from scheduler.models import Task, utcnow
+from scheduler.models import utcnow
 from scheduler.observe import Sample
 from scheduler.pricing import Usage
 from scheduler.store import Store
 from scheduler.tasks import new_id
+from skills.sandbox.pausing import PausePolicy, Pausing, paused_message
 from skills.sandbox.pool import WarmPool
 from skills.sandbox.records import (
-    DISK_METER,
     KIND,
     LIVE_STATES,
+    PAUSED_STATES,
     QUOTA,
     SandboxRecord,
+    billable,
     check_limits,
     ended_because,
     lifetime_usage,
     per_second,
+    reap_view,
     row_limits,
 )
 from skills.sandbox.rows import Sandbox
@@ -77,23 +80,21 @@ class SandboxManager:
         leases: Leases,
         images: Mapping[str, str],
         pool: WarmPool | None = None,
+        pause_policy: PausePolicy | None = None,
     ) -> None:
         self.store = store
         self.driver = driver
         self.leases = leases
         self.images = images  # image name (a template's) -> the tag to start
         self.pool = pool
+        self.pausing = Pausing(self, pause_policy or PausePolicy())
         # Where background container removals run (set while the process serves).
         self.background: TaskGroup | None = None
         self._removing: set[str] = set()
 
     def billable(self, usage: Usage) -> Usage:
-        """The usage, less the disk meter where the price catalog has no price for it (an
-        operator's own prices_file from before sandbox disks): their disk is then free,
-        rather than every sandbox failing at settlement."""
-        if DISK_METER in self.leases.catalog.rates:
-            return usage
-        return Usage.of({meter: quantity for meter, quantity in usage if meter != DISK_METER})
+        """The usage, less the disk meter where the price catalog has none (``records.billable``)."""
+        return billable(self.leases.catalog, usage)
 
     async def serve(self) -> None:
         """While the process serves: keep the warm pool full, and remove destroyed
@@ -176,7 +177,7 @@ class SandboxManager:
         """From now on the session sandbox ends by itself after ttl_s idle, server or not.
         (A one-task sandbox is handed over by its task's first request.)"""
         try:
-            await self.call(record, AgentRequest(idle_s=record.ttl_s), 10.0)
+            await self.call(record, AgentRequest(idle_s=await self.pausing.idle_limit(record)), 10.0)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.destroy(record.id, "failed_to_start")
@@ -221,15 +222,20 @@ class SandboxManager:
                 session, kind=KIND, resource_id=row.id, tenant_id=row.tenant_id, op="lifetime", per_s=per_s
             )
 
-    def get(self, tenant_id: str, sandbox_id: str) -> SandboxRecord:
-        """A live sandbox of this tenant; another tenant's looks exactly like a missing one."""
+    def get(self, tenant_id: str, sandbox_id: str, paused_ok: bool = False) -> SandboxRecord:
+        """A live sandbox of this tenant; another tenant's looks exactly like a missing one.
+        A paused one only for ``paused_ok`` (describe, pause, resume, destroy: no use of it,
+        so they leave its idle clock alone); nothing runs in it."""
         with self.store.transaction() as session:
             row = session.get(Sandbox, sandbox_id)
             if row is None or row.tenant_id != tenant_id or row.task_id is not None:
                 raise NotFound(f"no sandbox {sandbox_id!r}: call sandbox_list to see yours, or sandbox_create.")
             if row.state not in LIVE_STATES:
                 raise NotFound(f"sandbox {sandbox_id!r} {ended_because(row)}: create a new one with sandbox_create.")
-            row.last_used_at = utcnow()
+            if row.state in PAUSED_STATES and not paused_ok:
+                raise InvalidInput(paused_message(row))
+            if not paused_ok:
+                row.last_used_at = utcnow()
             return SandboxRecord.of(row)
 
     def row(self, sandbox_id: str) -> Sandbox:
@@ -266,6 +272,9 @@ class SandboxManager:
             # It stopped answering: if its container died, the books say so from now on.
             if record.task_id is None and record.container_id is not None:
                 await self.mark_dead(record.id, record.container_id)
+                paused = self.row(record.id)
+                if paused.state in PAUSED_STATES:
+                    raise InvalidInput(f"{paused_message(paused)} (it was paused while this call ran)") from None
             raise
 
     async def destroy(self, sandbox_id: str, reason: str, wait: bool = True) -> Usage:
@@ -327,23 +336,20 @@ class SandboxManager:
         what a killed process left half set up."""
         now = utcnow()
         with self.store.transaction() as session:
-            live = session.execute(
-                select(
-                    Sandbox.id, Sandbox.task_id, Sandbox.last_used_at, Sandbox.ttl_s, Sandbox.container_id, Task.state
-                )
-                .outerjoin(Task, Task.id == Sandbox.task_id)
-                .where(Sandbox.state.in_(LIVE_STATES))
-            ).all()
+            live = reap_view(session)
         containers = await anyio.to_thread.run_sync(self.driver.list_labelled, {LABEL_STORE: self.store.store_id})
         running = {c.container_id for c in containers if c.running}
         reaped: list[str] = []
-        for sandbox_id, task_id, last_used_at, ttl_s, container_id, task_state in live:
+        for sandbox_id, task_id, last_used_at, ttl_s, container_id, task_state, state, paused_at in live:
+            if state in PAUSED_STATES:
+                await self.pausing.reap(sandbox_id, state, paused_at, container_id in running, reaped)
             # An ended container first: it is billed to the moment it ended, not to now.
-            if task_id is None and container_id and container_id not in running | self._removing:
+            elif task_id is None and container_id and container_id not in running | self._removing:
                 if await self.mark_dead(sandbox_id, container_id) is not None:
                     reaped.append(sandbox_id)
             elif task_id is None and last_used_at + timedelta(seconds=ttl_s) < now:
-                await self._reap_one(sandbox_id, "idle_ttl", reaped)
+                if not await self.pausing.pause_idle(sandbox_id, reaped):
+                    await self._reap_one(sandbox_id, "idle_ttl", reaped)
             elif task_id is not None and task_state != "running":
                 # Its task ended (or died with a previous process) without cleaning up.
                 await self._reap_one(sandbox_id, "task_ended", reaped)
@@ -372,8 +378,8 @@ class SandboxManager:
         expired, else ``failed``; billed up to the moment it ended, its container removed;
         the reason, or None if it still runs."""
         ended = await anyio.to_thread.run_sync(self.driver.exit_of, container_id)
-        if ended is None:
-            return None
+        if ended is None or self.row(sandbox_id).state in PAUSED_STATES:
+            return None  # running, or stopped by a pause (its checkpoint holds it)
         if ended.expired:
             log.info("sandbox %s expired by itself at %s", sandbox_id, ended.finished_at.isoformat())
             await self._mark_ended(sandbox_id, "destroyed", "idle_ttl", ended.finished_at)

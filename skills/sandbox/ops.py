@@ -272,7 +272,7 @@ async def destroy(ctx: TaskContext, args: DestroyInput) -> DestroyOutput:
     """Destroy a session sandbox and bill its lifetime; destroying it again is fine."""
     sandboxes = ctx.service(SandboxManager)
     try:
-        record = sandboxes.get(ctx.tenant_id, args.sandbox_id)
+        record = sandboxes.get(ctx.tenant_id, args.sandbox_id, paused_ok=True)
     except NotFound:
         if not sandboxes.owns(ctx.tenant_id, args.sandbox_id):
             raise

@@ -3,8 +3,10 @@ second, its live-count quota, and the checks of a template and its limits."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -13,17 +15,40 @@ from common.errors import InvalidInput
 from sandbox.driver import Limits, SandboxHandle
 from sandbox.templates import MAX_LIMITS, TEMPLATES, Template
 from scheduler.leases import used_in
-from scheduler.models import utcnow
-from scheduler.pricing import Usage
+from scheduler.models import Task, utcnow
+from scheduler.pricing import PriceCatalog, Usage
 from scheduler.resources import LiveQuota
 from skills.sandbox.rows import Sandbox
 
-LIVE_STATES = ("starting", "running")
+# A paused sandbox lives on (on disk): it counts against the quota, and its owner may
+# resume, describe or destroy it; nothing else reaches it until it runs again.
+LIVE_STATES = ("starting", "running", "paused", "resuming")
+PAUSED_STATES = ("paused", "resuming")
 KIND = "sandbox"
 DISK_METER = "sandbox.disk_mib_ms"
 # The templates a call gets when it names none (the warm pool keeps both ready).
 RUN_DEFAULT = "python"
 CREATE_DEFAULT = "dev"
+
+
+def reap_view(session: Session) -> Sequence[Any]:
+    """Every live sandbox as the reaper judges it: (id, task_id, last_used_at, ttl_s,
+    container_id, its task's state, its state, paused_at)."""
+    query = (
+        select(
+            Sandbox.id,
+            Sandbox.task_id,
+            Sandbox.last_used_at,
+            Sandbox.ttl_s,
+            Sandbox.container_id,
+            Task.state,
+            Sandbox.state,
+            Sandbox.paused_at,
+        )
+        .outerjoin(Task, Task.id == Sandbox.task_id)
+        .where(Sandbox.state.in_(LIVE_STATES))
+    )
+    return session.execute(query).all()
 
 
 def count_live(session: Session, tenant_id: str) -> int:
@@ -87,6 +112,20 @@ def per_second(limits: Limits) -> Usage:
     )
 
 
+def billable(catalog: PriceCatalog, usage: Usage) -> Usage:
+    """The usage, less the disk meter where the price catalog has no price for it (an
+    operator's own prices_file from before sandbox disks): their disk is then free,
+    rather than every sandbox failing at settlement."""
+    if DISK_METER in catalog.rates:
+        return usage
+    return Usage.of({meter: quantity for meter, quantity in usage if meter != DISK_METER})
+
+
+def paused_per_second(row: Sandbox) -> Usage:
+    """What one second of a paused sandbox uses: its disk and its checkpoint's, nothing else."""
+    return Usage.of({DISK_METER: (row.disk_mib + row.checkpoint_mib) * 1000})
+
+
 def usage_for(limits: Limits, ms: int) -> Usage:
     """What a sandbox of this size uses living ``ms`` milliseconds."""
     return used_in(per_second(limits), ms)
@@ -108,6 +147,8 @@ def ended_because(row: Sandbox) -> str:
         return f"has failed ({row.destroy_reason}) and was removed"
     if row.destroy_reason == "budget":
         return "was destroyed because the budget could not cover its next lease (billing_balance shows it)"
+    if row.destroy_reason == "paused_retention":
+        return "was destroyed after staying paused longer than this server keeps paused sandboxes"
     if row.destroy_reason == "idle_ttl":
         return f"expired after {row.ttl_s} s without a call (its ttl_s)"
     return f"was destroyed ({row.destroy_reason})"

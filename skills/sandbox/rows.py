@@ -24,7 +24,8 @@ class Sandbox(Base):
     template: Mapped[str] = mapped_column(String(64))
     image: Mapped[str] = mapped_column(String(256))
     container_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    state: Mapped[str] = mapped_column(String(16), default="starting")  # starting | running | destroyed
+    # starting | running | paused | resuming | destroyed | failed
+    state: Mapped[str] = mapped_column(String(16), default="starting")
     vcpus: Mapped[float] = mapped_column(Float)
     memory_mib: Mapped[int] = mapped_column(Integer)
     # Its disk (/work and /tmp), billed by the GiB-hour like its memory.
@@ -34,5 +35,8 @@ class Sandbox(Base):
     last_used_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     destroy_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # While paused (sandbox_pause): since when, and its checkpoint's size on disk, billed with its disk.
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    checkpoint_mib: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (Index("ix_sandboxes_state", "state"),)

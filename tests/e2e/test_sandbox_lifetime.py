@@ -19,8 +19,9 @@ from mcp import Client, StdioServerParameters
 
 from runtime.app import App
 from runtime.settings import load_settings
-from sandbox.docker import EXIT_IDLE, EXIT_RELEASED, DockerDriver, docker_time
+from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_POOL, LABEL_STORE
+from sandbox.exits import EXIT_IDLE, EXIT_RELEASED, docker_time
 from scheduler.models import Lease
 from skills.sandbox.manager import SandboxManager
 from skills.sandbox.rows import Sandbox

@@ -12,8 +12,9 @@ import anyio
 import pytest
 
 from sandbox.disks import LoopDisks
-from sandbox.docker import EXIT_RELEASED, DockerDriver
+from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, AgentRequest, Command, Limits, SandboxHandle, SandboxSpec
+from sandbox.exits import EXIT_RELEASED
 from sandbox.images import sandbox_image
 from tests.polling import until
 

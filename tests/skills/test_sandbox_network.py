@@ -21,7 +21,7 @@ from runtime.app import App
 from runtime.server import http_app
 from runtime.tenants import create_key, ensure_tenant
 from skills.sandbox.network import Egress
-from tests.mcp_helpers import call, call_error, mcp_client
+from tests.mcp_helpers import call, mcp_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -209,19 +209,6 @@ async def test_egress_reaches_exactly_what_it_allows(app: App) -> None:
             with anyio.fail_after(10):
                 while egress.proxies or directory.exists():  # noqa: ASYNC110 - its reconcile runs every second
                     await anyio.sleep(0.1)
-
-
-async def test_pause_says_why_this_runtime_cannot_and_the_sandbox_runs_on(app: App) -> None:
-    async with mcp_client(app) as client:
-        for template, why in (("python", "CRIU"), ("python-gvisor", "gVisor can checkpoint on this kernel")):
-            sid = (await call(client, "sandbox_create", template=template))["sandbox_id"]
-            await call(client, "sandbox_run_code", sandbox_id=sid, code="kept = 42")
-            message = await call_error(client, "sandbox_pause", sandbox_id=sid)
-            assert message.startswith("this runtime cannot pause: ") and why in message, message
-            assert "experimental mode" in message and "runs on untouched" in message
-            assert (await call(client, "sandbox_resume", sandbox_id=sid))["state"] == "running"
-            assert (await call(client, "sandbox_run_code", sandbox_id=sid, code="print(kept)"))["stdout"] == "42\n"
-            await call(client, "sandbox_destroy", sandbox_id=sid)
 
 
 # A WebSocket echo server on the stdlib alone (frames under 126 bytes), inside the sandbox.

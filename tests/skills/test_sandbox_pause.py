@@ -1,0 +1,144 @@
+"""Pause and resume (issue 17) on real Docker sandboxes under gVisor: a paused sandbox is a
+checkpoint on disk, billed for its disk only, answering nothing but describe, resume and
+destroy; it comes back with its interpreter's variables, its files and its background
+processes, after a server restart too, and more than once. Where the runtime cannot
+checkpoint (runc here), the error says why and the sandbox runs on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from mcp.client.client import Client
+
+from runtime.app import App
+from runtime.settings import Settings
+from sandbox.docker import DockerDriver
+from sandbox.driver import LABEL_SANDBOX
+from scheduler.models import Lease
+from skills.sandbox.records import DISK_METER
+from tests.conftest import containers_of
+from tests.mcp_helpers import call, call_error, mcp_client
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+TICKER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/ticks; sleep 0.2; done"
+
+
+def lease_of(app: App, sandbox_id: str) -> Lease:
+    with app.store.transaction() as session:
+        lease = session.get(Lease, sandbox_id)
+        assert lease is not None
+        session.expunge(lease)
+        return lease
+
+
+async def ticks(client: Client, sid: str) -> int:
+    return int((await call(client, "sandbox_read_file", sandbox_id=sid, path="/tmp/ticks"))["content"].strip() or 0)
+
+
+async def ticking(client: Client, sid: str) -> None:
+    """The background ticker moves on (it runs, rather than having been started again)."""
+    first = await ticks(client, sid)
+    with anyio.fail_after(30):
+        while await ticks(client, sid) <= first:  # noqa: ASYNC110 - it ticks every 0.2 s
+            await anyio.sleep(0.1)
+
+
+async def test_a_gvisor_sandbox_pauses_to_disk_and_resumes_as_it_was_across_a_restart(
+    settings: Settings, docker_driver: DockerDriver
+) -> None:
+    first = App(settings, docker_driver)
+    async with first.running(), mcp_client(first) as client:
+        sid = (await call(client, "sandbox_create", template="python-gvisor"))["sandbox_id"]
+        await call(
+            client, "sandbox_run_code", sandbox_id=sid, code="kept = 41\nopen('/work/note', 'w').write('on disk')"
+        )
+        ticker = await call(client, "sandbox_exec", sandbox_id=sid, command=TICKER, background=True)
+        await ticking(client, sid)
+
+        paused = await call(client, "sandbox_pause", sandbox_id=sid)
+        assert paused["state"] == "paused" and paused["paused_at"] and paused["checkpoint_mib"] > 0, paused
+        (container,) = docker_driver.list_labelled({LABEL_SANDBOX: sid})
+        assert docker_driver.exit_of(container.container_id) is not None  # stopped
+        described = await call(client, "sandbox_describe", sandbox_id=sid)
+        assert (described["state"], described["processes"], described["memory_bytes"]) == ("paused", [], None)
+        assert described["paused_at"] == paused["paused_at"]
+        listed = (await call(client, "sandbox_list"))["sandboxes"]
+        assert [(s["sandbox_id"], s["state"]) for s in listed] == [(sid, "paused")]
+        refused = await call_error(client, "sandbox_run_code", sandbox_id=sid, code="print(kept)")
+        assert "is paused" in refused and "sandbox_resume" in refused, refused
+        again = await call(client, "sandbox_pause", sandbox_id=sid)  # a paused one stays paused
+        assert (again["state"], again["paused_at"]) == ("paused", paused["paused_at"])
+        lease = lease_of(first, sid)  # its disk and checkpoint only, while paused
+        assert (lease.op, set(lease.rate)) == ("paused", {DISK_METER}), lease.rate
+    first.close()
+
+    second = App(settings, DockerDriver())  # a new process: nothing of the first is held
+    async with second.running(), mcp_client(second) as client:
+        resumed = await call(client, "sandbox_resume", sandbox_id=sid)
+        assert (resumed["state"], resumed["paused_at"]) == ("running", None)
+        out = await call(client, "sandbox_run_code", sandbox_id=sid, code="kept += 1\nprint(kept, open('note').read())")
+        assert out["stdout"] == "42 on disk\n", out
+        processes = (await call(client, "sandbox_process_list", sandbox_id=sid))["processes"]
+        assert [(p["process_id"], p["running"]) for p in processes] == [(ticker["process_id"], True)]
+        await ticking(client, sid)
+        lease = lease_of(second, sid)
+        assert lease.op == "lifetime" and "sandbox.vcpu_ms" in lease.rate
+
+        # A second pause of the restored sandbox (gVisor 20221219 leaves state behind here).
+        await call(client, "sandbox_pause", sandbox_id=sid)
+        await call(client, "sandbox_resume", sandbox_id=sid)
+        assert (await call(client, "sandbox_run_code", sandbox_id=sid, code="print(kept)"))["stdout"] == "42\n"
+        assert (await call(client, "sandbox_resume", sandbox_id=sid))["state"] == "running"  # runs: left so
+
+        await call(client, "sandbox_pause", sandbox_id=sid)
+        assert (await call(client, "sandbox_destroy", sandbox_id=sid))["destroyed"] is True  # paused: destroyable
+        assert docker_driver.list_labelled({LABEL_SANDBOX: sid}) == []
+        disks = second.docker.disks
+        assert disks is None or f"cloudskills-{sid}" not in disks.kept_names()
+    assert containers_of(docker_driver, second) == []
+    second.close()
+
+
+async def test_runc_says_why_it_cannot_pause_and_the_sandbox_runs_on(app: App) -> None:
+    async with mcp_client(app) as client:
+        sid = (await call(client, "sandbox_create", template="python"))["sandbox_id"]
+        await call(client, "sandbox_run_code", sandbox_id=sid, code="kept = 42")
+        message = await call_error(client, "sandbox_pause", sandbox_id=sid)
+        assert message.startswith("this sandbox cannot pause: ") and "CRIU" in message, message
+        assert "python-gvisor" in message and "runs on untouched" in message
+        assert (await call(client, "sandbox_resume", sandbox_id=sid))["state"] == "running"
+        assert (await call(client, "sandbox_run_code", sandbox_id=sid, code="print(kept)"))["stdout"] == "42\n"
+        await call(client, "sandbox_destroy", sandbox_id=sid)
+
+
+async def state_of(client: Client, sid: str) -> Any:
+    result = await client.call_tool("sandbox_describe", {"sandbox_id": sid})
+    return result.content[0].text if result.is_error else result.structured_content["state"]  # type: ignore[union-attr]
+
+
+async def test_an_idle_sandbox_pauses_at_its_ttl_and_is_destroyed_after_the_retention(
+    settings: Settings, docker_driver: DockerDriver
+) -> None:
+    settings = settings.model_copy(update={"sandbox_idle_pause": True, "sandbox_paused_retention_s": 4.0})
+    app = App(settings, docker_driver)
+    async with app.running(), mcp_client(app) as client:
+        gvisor = (await call(client, "sandbox_create", template="python-gvisor", ttl_s=10))["sandbox_id"]
+        runc = (await call(client, "sandbox_create", template="python", ttl_s=10))["sandbox_id"]
+        await call(client, "sandbox_run_code", sandbox_id=gvisor, code="kept = 7")
+        with anyio.fail_after(60):
+            while (await state_of(client, gvisor)) != "paused":  # noqa: ASYNC110 - the reaper's pass
+                await anyio.sleep(0.2)
+        # It did not pause because it was used: describe never counts as use.
+        with anyio.fail_after(60):
+            while (state := await state_of(client, runc)) == "running":  # noqa: ASYNC110 - the reaper's pass
+                await anyio.sleep(0.2)
+        assert "expired" in state, state  # runc cannot pause: it ended at its ttl_s as ever
+        with anyio.fail_after(60):
+            while (state := await state_of(client, gvisor)) == "paused":  # noqa: ASYNC110 - the reaper's pass
+                await anyio.sleep(0.2)
+        assert "destroyed after staying paused" in state, state
+    assert containers_of(docker_driver, app) == []  # the pool drained, the paused one removed
+    app.close()
