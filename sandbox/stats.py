@@ -69,7 +69,7 @@ def sandbox_stats(api: docker.APIClient, container_id: str) -> SandboxStats:
         raise NotFound("this sandbox no longer exists: create a new one.") from exc
     except docker.errors.APIError as exc:
         if exc.status_code == 409:
-            raise NotFound("this sandbox is not running: resume it (if paused) or create a new one.") from exc
+            raise NotFound("this sandbox is not running: create a new one.") from exc
         raise BackendUnavailable(f"Docker could not read the sandbox's usage: {exc.explanation}.") from exc
     except requests.exceptions.RequestException as exc:
         raise BackendUnavailable(f"the Docker Engine is not reachable ({type(exc).__name__}): try again.") from exc

@@ -69,7 +69,13 @@ async def describe(ctx: TaskContext, args: DescribeInput) -> DescribeOutput:
         nothing = {"cpu_seconds": None, "memory_bytes": None, "memory_peak_bytes": None, "disk_used_bytes": None}
         return DescribeOutput(**common, **nothing, processes=[], paused_at=paused_at, checkpoint_mib=row.checkpoint_mib)
     driver = ctx.service(Egress).docker
-    stats = await anyio.to_thread.run_sync(sandbox_stats, driver.client.api, record.container_id)
+    try:
+        stats = await anyio.to_thread.run_sync(sandbox_stats, driver.client.api, record.container_id)
+    except NotFound:
+        # It ended since it was last looked at (expired, died): the books say how, from now on.
+        await sandboxes.mark_dead(record.id, record.container_id)
+        sandboxes.get(ctx.tenant_id, args.sandbox_id, paused_ok=True)  # raises, saying how it ended
+        raise
     return DescribeOutput(
         **common,
         cpu_seconds=round(stats.cpu_seconds, 3),
