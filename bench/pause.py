@@ -111,9 +111,9 @@ def bare_engine(sizes: list[int], rounds: int) -> dict[int, dict[str, list[float
             for index in range(rounds):
                 checkpoint = f"c{index}"
                 pauses.append(timed_cli("checkpoint", "create", name, checkpoint))
+                clear_stale(name)  # as sandbox_resume does (sandbox/checkpoint.py): gVisor 20221219's flaw
                 resumes.append(timed_cli("start", "--checkpoint", checkpoint, name))
                 docker("checkpoint", "rm", name, checkpoint)
-                clear_stale(name)
             report[mib] = {"pause": pauses, "resume": resumes}
         finally:
             subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)

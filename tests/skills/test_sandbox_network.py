@@ -44,6 +44,11 @@ async def test_an_exposed_port_answers_under_gvisor_too(app: App) -> None:
         described = await call(client, "sandbox_describe", sandbox_id=sid)
         assert described["cpu_seconds"] > 0 and described["memory_bytes"] > 0
         assert any("http.server" in p["command"] for p in described["processes"])
+        # Closed while paused, open again once resumed: the server inside was never restarted.
+        await call(client, "sandbox_pause", sandbox_id=sid)
+        assert (await web.get(path + "index.html")).status_code == 404
+        await call(client, "sandbox_resume", sandbox_id=sid)
+        assert (await web.get(path + "index.html")).text == "hello-from-sandbox\n"
         await call(client, "sandbox_destroy", sandbox_id=sid)
 
 
