@@ -19,8 +19,10 @@ DNS record cannot point a sandbox at the server's own network. Addresses
 inside are reached only by an IP or CIDR rule, which the operator's cap must
 cover (``Policy.within``).
 
-gVisor's sandboxes cannot connect to a host's unix socket (runsc's
-``--host-uds`` is off), so allow-lists are for runc templates.
+A gVisor sandbox connects to the proxy's socket only where the engine runs
+runsc with ``--host-uds=open`` (``scripts/ensure-docker`` registers it so; no
+other host socket is bound into a sandbox); elsewhere allow-lists are for runc
+templates, and the error says so.
 """
 
 from __future__ import annotations

@@ -80,10 +80,11 @@ class Egress:
         if network is None or not network.allow:
             return None
         policy = Policy.parse(network.allow, self.cap)
-        if template.runtime == "runsc":
+        if template.runtime == "runsc" and not await anyio.to_thread.run_sync(self._gvisor_reaches_sockets):
             raise InvalidInput(
-                f"template {template.name!r} runs under gVisor, which cannot reach this server's egress proxy: "
-                "use a runc template (e.g. 'python' or 'dev') for a network allow-list."
+                f"template {template.name!r} runs under gVisor, which on this engine cannot reach the server's "
+                "egress proxy (runsc runs without --host-uds=open): use a runc template (e.g. 'python' or 'dev') "
+                "for a network allow-list."
             )
         if not self.docker.local:
             raise InvalidInput(
@@ -96,6 +97,16 @@ class Egress:
         names = (await anyio.to_thread.run_sync(self._image_env, image)).split()
         env = {**PROXY_ENV, "CLOUDSKILLS_IMAGE_ENV": " ".join(sorted({*names, *PROXY_ENV}))}
         return EgressPlan(policy, proxy, volume, env)
+
+    def _gvisor_reaches_sockets(self) -> bool:
+        """Whether the engine runs gVisor with ``--host-uds=open``: only then can a gVisor sandbox
+        connect to the proxy's unix socket bound into it (``scripts/ensure-docker`` sets it)."""
+        try:
+            runtimes = self.docker.client.api.info().get("Runtimes") or {}
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return False
+        args = (runtimes.get("runsc") or {}).get("runtimeArgs") or []
+        return any(arg in ("--host-uds=open", "--host-uds=all") for arg in args)
 
     def _image_env(self, image: str) -> str:
         """The names the image passes to commands (its CLOUDSKILLS_IMAGE_ENV), which ours join."""

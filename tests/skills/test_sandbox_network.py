@@ -174,10 +174,6 @@ async def test_egress_reaches_exactly_what_it_allows(app: App) -> None:
                 "sandbox_create", {"template": "python", "network": {"allow": ["10.1.2.0/24:5432"]}}
             )
             assert refused.is_error and "beyond what this server lets sandboxes reach" in refused.content[0].text  # type: ignore[union-attr]
-            gvisor = await client.call_tool(
-                "sandbox_create", {"template": "python-gvisor", "network": {"allow": [f"127.0.0.1:{allowed}"]}}
-            )
-            assert gvisor.is_error and "gVisor" in gvisor.content[0].text  # type: ignore[union-attr]
             sandbox = await call(
                 client, "sandbox_create", template="python", network={"allow": [f"127.0.0.1:{allowed}"]}
             )
@@ -214,6 +210,24 @@ async def test_egress_reaches_exactly_what_it_allows(app: App) -> None:
             with anyio.fail_after(10):
                 while egress.proxies or directory.exists():  # noqa: ASYNC110 - its reconcile runs every second
                     await anyio.sleep(0.1)
+
+
+async def test_egress_under_gvisor_reaches_what_it_allows_before_and_after_a_pause(app: App) -> None:
+    app.service(Egress).cap = ["127.0.0.1:*"]  # the test's own servers, on this machine's loopback
+    with local_server() as allowed, local_server() as denied:
+        async with mcp_client(app) as client:
+            network = {"allow": [f"127.0.0.1:{allowed}"]}
+            sid = (await call(client, "sandbox_create", template="python-gvisor", network=network))["sandbox_id"]
+            await call(client, "sandbox_write_file", sandbox_id=sid, path="probe.py", content=PROBE)
+            for _ in ("before", "after"):
+                out = await call(client, "sandbox_exec", sandbox_id=sid, command=f"python3 probe.py {allowed} {denied}")
+                lines = out["stdout"].splitlines()
+                assert f"GET {allowed} hello from {allowed}" in lines, out
+                assert any(line.startswith(f"GET {denied} refused:") and "allow-list" in line for line in lines), out
+                assert f"TUNNEL HTTP/1.1 200 Connection established hello from {allowed}" in lines, out
+                await call(client, "sandbox_pause", sandbox_id=sid)
+                await call(client, "sandbox_resume", sandbox_id=sid)
+            await call(client, "sandbox_destroy", sandbox_id=sid)
 
 
 # A WebSocket echo server on the stdlib alone (frames under 126 bytes), inside the sandbox.
