@@ -117,3 +117,11 @@ ERRORS_BY_CODE: dict[str, type[CloudSkillsError]] = {
 def error_from_code(code: str, message: str) -> CloudSkillsError:
     """Rebuild an error recorded on a task row (its code and message)."""
     return ERRORS_BY_CODE.get(code, CloudSkillsError)(message)
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside (possibly nested) task-group wrappers, or the group itself."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

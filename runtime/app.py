@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import anyio
 from pydantic import BaseModel, ValidationError
 
-from common.errors import InvalidInput, NotFound
+from common.errors import InvalidInput, NotFound, sole_error
 from runtime.settings import Settings
 from runtime.storage import open_store
 from runtime.telemetry import Telemetry
@@ -58,14 +58,6 @@ def describe_validation_error(exc: ValidationError) -> str:
     return (
         f"invalid arguments: {'; '.join(problems)}{more}. Fix them and call again; the tool's inputSchema lists them."
     )
-
-
-def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error inside (possibly nested) task-group wrappers, or the group itself."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 @dataclass(frozen=True)

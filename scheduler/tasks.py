@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +36,7 @@ from common.errors import (
     QuotaExceeded,
     TaskFailed,
     Timeout,
+    sole_error,
 )
 from scheduler import ledger, quotas
 from scheduler.models import Task, utcnow
@@ -56,6 +58,19 @@ FINAL_STATES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 FREE_WHEN_UNUSED = (InvalidInput, NotFound, Forbidden, BackendUnavailable, BudgetExceeded, QuotaExceeded)
 # Time a task may take beyond its own timeout_s (starting a machine, moving files).
 DEADLINE_OVERHEAD_S = 30.0
+
+
+async def unwrapped(call: Awaitable[Any]) -> Any:
+    """The handler's result; an error it raised inside a task group reaches the scheduler
+    wrapped in an ExceptionGroup, and one wrapping a single error of ours is that error
+    (what it says is for the caller, not an internal error)."""
+    try:
+        return await call
+    except BaseExceptionGroup as group:
+        sole = sole_error(group)
+        if isinstance(sole, CloudSkillsError):
+            raise sole from group
+        raise
 
 
 class Scheduler:
@@ -258,7 +273,7 @@ class Scheduler:
                     if args is None:
                         args = binding.load(task.args)
                     keep = binding.keeps_result(args)
-                    result = await binding.handler(ctx, args)
+                    result = await unwrapped(binding.handler(ctx, args))
                     state = "succeeded"
                 except Timeout as exc:
                     state, error = "timed_out", exc

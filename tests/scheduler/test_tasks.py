@@ -50,10 +50,22 @@ async def crashing_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, 
     raise RuntimeError("secret internals")
 
 
+async def grouped_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Raises from inside a task group: anyio wraps the error in an ExceptionGroup."""
+
+    async def refuse() -> None:
+        raise InvalidInput("no good from inside a group: fix it.") if args.get("ours") else RuntimeError("secret")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(refuse)
+    return {}
+
+
 OK = OpBinding("t", "ok", ok_handler, worst_case=lambda a: Usage.of({"sandbox.vcpu_ms": 1000}))
 SLEEPY = OpBinding("t", "sleepy", sleepy_handler, timeout_s=lambda a: float(a.get("timeout_s", 60)))
 BAD = OpBinding("t", "bad", bad_input_handler)
 CRASH = OpBinding("t", "crash", crashing_handler)
+GROUPED = OpBinding("t", "grouped", grouped_handler)
 
 
 def tenant(store: Store) -> Tenant:
@@ -70,7 +82,7 @@ def ledger_total(store: Store) -> int:
 
 async def run_with(store: Store, binding: OpBinding, args: dict[str, Any]) -> Any:
     scheduler = scheduler_on(store)
-    for b in (OK, SLEEPY, BAD, CRASH):
+    for b in (OK, SLEEPY, BAD, CRASH, GROUPED):
         scheduler.bind(b)
     async with anyio.create_task_group() as group:
         group.start_soon(scheduler.serve)
@@ -106,6 +118,13 @@ async def test_a_crash_hides_internals_and_names_the_task(store: Store) -> None:
     assert outcome.state == "failed"
     assert "secret" not in outcome.error.message
     assert outcome.task_id in outcome.error.message
+
+
+async def test_an_error_of_ours_raised_in_a_task_group_reaches_the_caller_as_itself(store: Store) -> None:
+    outcome = await run_with(store, GROUPED, {"ours": True})
+    assert (outcome.state, outcome.error.message) == ("failed", "no good from inside a group: fix it.")
+    crashed = await run_with(store, GROUPED, {})  # anything else in a group is still an internal error
+    assert "secret" not in crashed.error.message and crashed.task_id in crashed.error.message
 
 
 async def test_the_deadline_stops_the_task_and_bills_what_ran(store: Store) -> None:
