@@ -12,7 +12,7 @@ the end of the first lease that may make a message visible again: no loop polls
 the store. Messages live in the store, so they survive restarts, receipts too.
 
 A channel pays a fee per op and, on a lease (``scheduler.leases``), for the MiB it
-stores (the most since the reaper's last pass: ``skills.channel.storage_lease``).
+stores (the most since the reaper's last pass: ``scheduler.storage_leases``).
 **At budget**: when the budget cannot cover the next lease, the channel is *stopped*:
 its billing ends then, its messages are kept, sends are refused; receives, acks,
 lists, describes and deletes still work (they can only lower what it stores). The
@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import anyio
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from common.errors import BackendUnavailable, InvalidInput, NotFound, QuotaExceeded
 from scheduler.leases import Leases
 from scheduler.models import utcnow
+from scheduler.storage_leases import MIB, StorageLease
 from scheduler.store import Store
 from scheduler.tasks import new_id
 from skills.base import Platform
@@ -40,7 +41,6 @@ from skills.channel import queue
 from skills.channel.limits import QUOTA, limits_of
 from skills.channel.queue import DEAD, READY, Claimed, Stats
 from skills.channel.rows import Channel, ChannelDedupe, ChannelMessage
-from skills.channel.storage_lease import MIB, StorageLease, overbilled
 from skills.channel.wakeups import Bells, Notifier, notifier_for
 
 log = logging.getLogger("cloudskills.channels")
@@ -56,6 +56,11 @@ SEND_ATTEMPTS = 3
 def bell(tenant_id: str, name: str) -> str:
     """A tenant's channel by name: waiters may wait on one no one has sent to yet."""
     return f"{tenant_id}:{name}"
+
+
+def overbilled() -> ColumnElement[bool]:
+    """Live channels whose lease bills a MiB or more that they no longer store."""
+    return (Channel.state == "live") & (Channel.billed_mib * MIB - Channel.stored_bytes >= MIB)
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,9 @@ class ChannelManager:
 
     def __init__(self, store: Store, leases: Leases, notifier: Notifier, max_waiting: int = 8) -> None:
         self.store = store
-        self.storage = StorageLease(leases, KIND)
+        # A channel's storage: a send refused for money; what acks and expiries free billed
+        # less on the reaper's next pass (``settle``), never refused.
+        self.storage = StorageLease(leases, KIND, "channel.storage_mib_ms", "channel", "its messages kept")
         self.notifier = notifier
         self.bells = Bells()
         # Receives waiting at once in this process: each holds one of the scheduler's
@@ -158,7 +165,7 @@ class ChannelManager:
         if channel.state == "stopped" or -(-(channel.stored_bytes + size) // MIB) > channel.billed_mib:
             row = session.get(Channel, channel.id, populate_existing=True)
             assert row is not None
-            self.storage.grow(session, row)  # the lease's rate changes: rare, so through the ORM
+            self.storage.charge(session, row)  # the lease's rate changes: rare, so through the ORM
         if key is not None:
             remembered = {"channel_id": channel.id, "dedupe_key": key, "message_id": message_id, "expires_at": expires}
             session.connection().execute(queue.REMEMBER, remembered)
@@ -204,7 +211,7 @@ class ChannelManager:
     def ack(self, tenant_id: str, name: str, receipts: list[str]) -> tuple[int, list[str]]:
         """Delete the messages of these receipts; the count deleted and the receipts that
         matched none (acked already, or delivered again since: their lease ran out).
-        What they stored is billed until the reaper's next pass (see storage_lease)."""
+        What they stored is billed until the reaper's next pass (see scheduler.storage_leases)."""
         with self.store.transaction() as session:
             channel = queue.find(session, tenant_id, name, lock=True)
             if channel is None:

@@ -25,6 +25,7 @@ from common.errors import InvalidInput, NotFound, QuotaExceeded
 from scheduler import ledger
 from scheduler.leases import Leases
 from scheduler.models import utcnow
+from scheduler.storage_leases import StorageLease
 from scheduler.store import Store
 from scheduler.tasks import new_id
 from skills.embeddings import TextEmbedder
@@ -33,13 +34,15 @@ from skills.memory.limits import LIVE, MEMORIES, NAMESPACES, check_items, count_
 from skills.memory.models import MemoryIn
 from skills.memory.rows import Memory, MemoryNamespace
 from skills.memory.search import Found, alive, candidates, fuse, metadata_filter
-from skills.memory.storage import KIND, StorageLease
 
 log = logging.getLogger("cloudskills.memory")
 
 UNNAMED_AGENT = "default"
 PURGE_BATCH = 500
 DELETE_BATCH = 1000
+
+
+KIND = "memory"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,11 @@ class MemoryManager:
         self.store = store
         self.index = index
         self.embedder = embedder
-        self.storage = StorageLease(leases)
+        # A namespace's storage: billed from its first memory to its last, a write refused for
+        # money, a delete or an expiry billing less at once and never refused.
+        self.storage = StorageLease(
+            leases, KIND, "memory.storage_mib_ms", "memory namespace", "its memories kept and still readable"
+        )
 
     @staticmethod
     def namespace_for(name: str | None, agent: str | None) -> str:
@@ -127,7 +134,7 @@ class MemoryManager:
         add = [Entry(s.memory.seq, namespace.id, s.memory.text, v) for s, v in zip(stored, vectors, strict=True)]
         self.index.add(session, add)
         namespace.updated_at = now
-        self.storage.bill(session, namespace, may_refuse=True)
+        self.storage.charge(session, namespace, shrink=True)
         return stored
 
     def _namespace(self, session: Session, tenant_id: str, name: str, create: bool = False) -> MemoryNamespace | None:
@@ -299,7 +306,7 @@ class MemoryManager:
             namespace.stored_bytes -= sum(row.size_bytes for row in mine)
             namespace.updated_at = utcnow()
             if namespace.state in LIVE:
-                self.storage.bill(session, namespace, may_refuse=False)
+                self.storage.settle(session, namespace)
         session.execute(delete(Memory).where(Memory.seq.in_([row.seq for row in rows])))
 
     def delete_namespace(self, tenant_id: str, name: str) -> int:
