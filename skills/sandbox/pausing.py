@@ -25,10 +25,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import anyio
+from sqlalchemy.orm import Session
 
-from common.errors import BackendUnavailable, CloudSkillsError, InvalidInput, NotFound, TaskFailed
+from common.errors import BackendUnavailable, BudgetExceeded, CloudSkillsError, InvalidInput, NotFound, TaskFailed
 from sandbox.driver import AgentRequest
-from scheduler.models import utcnow
+from scheduler.models import Lease, utcnow
+from scheduler.pricing import Usage
 from skills.sandbox.records import (
     PAUSED_STATES,
     SandboxRecord,
@@ -80,6 +82,11 @@ class Pausing:
         finally:
             self._busy.discard(sandbox_id)
 
+    def _now(self, record: SandboxRecord) -> SandboxRecord:
+        """The record as it stands now: it may have been read before another pause, resume
+        or destroy ran start to end (NotFound once it ended)."""
+        return self.manager.get(record.tenant_id, record.id, paused_ok=True)
+
     async def problem(self, container_id: str) -> str | None:
         return await anyio.to_thread.run_sync(self.manager.driver.pause_problem, container_id)
 
@@ -96,7 +103,7 @@ class Pausing:
     async def pause(self, record: SandboxRecord) -> Sandbox:
         """Checkpoint a running session sandbox to disk; one paused already is left so."""
         assert record.container_id is not None
-        if record.state in PAUSED_STATES:
+        if self._now(record).state in PAUSED_STATES:
             return self.manager.row(record.id)
         problem = await self.problem(record.container_id)
         if problem is not None:
@@ -105,6 +112,8 @@ class Pausing:
                 "ttl_s idle), or save what you need to a workspace and destroy it."
             )
         with self._one_at_a_time(record.id):
+            if self._now(record).state in PAUSED_STATES:  # again: asking the engine took a while
+                return self.manager.row(record.id)
             self._set(record.id, "paused", estimate=True)
             try:
                 size = await anyio.to_thread.run_sync(self.manager.driver.pause, record.container_id)
@@ -142,22 +151,51 @@ class Pausing:
                 row.last_used_at = utcnow()
                 per_s, op = per_second(row_limits(row)), "lifetime"
             row.state = state
-            manager.leases.set_rate(
-                session, kind=manager.kind, resource_id=row.id, tenant_id=row.tenant_id, op=op,
-                per_s=manager.billable(per_s),
-            )  # fmt: skip
+            if op == "paused":
+                self._rate_paused(session, row, manager.billable(per_s))
+            else:
+                manager.leases.set_rate(
+                    session, kind=manager.kind, resource_id=row.id, tenant_id=row.tenant_id, op=op,
+                    per_s=manager.billable(per_s),
+                )  # fmt: skip
             session.flush()
             return row
+
+    def _rate_paused(self, session: Session, row: Sandbox, per_s: Usage) -> None:
+        """Lower the lease to the paused rate. A pause only lowers what the tenant spends,
+        so, like a destroy, it is never refused for money: where the budget cannot hold a
+        new lease, the lease runs out at the paused rate under the hold it has (taken at
+        the higher running rate), and its renewal stops the sandbox for budget, as it
+        would have running."""
+        leases = self.manager.leases
+        try:
+            with session.begin_nested():
+                leases.set_rate(
+                    session, kind=self.manager.kind, resource_id=row.id, tenant_id=row.tenant_id, op="paused",
+                    per_s=per_s,
+                )  # fmt: skip
+        except BudgetExceeded:
+            lease = session.get(Lease, row.id, with_for_update=True, populate_existing=True)
+            if lease is None or lease.ended_at is not None:
+                return  # stopped for money already: the renewal loop destroys it
+            leases._bill(session, lease, utcnow())  # what ran until now, at the running rate
+            lease.op, lease.rate = "paused", dict(per_s.meters)
 
     # -- resume -----------------------------------------------------------------
 
     async def resume(self, record: SandboxRecord) -> Sandbox:
         """Restore a paused session sandbox from its checkpoint; one that runs is left so."""
         assert record.container_id is not None
-        if record.state not in PAUSED_STATES:
-            return self.manager.row(record.id)
         with self._one_at_a_time(record.id):
-            self._set_resuming(record.id)
+            if self._now(record).state not in PAUSED_STATES:
+                return self.manager.row(record.id)
+            try:
+                self._set_resuming(record.id)
+            except BudgetExceeded as exc:  # rolled back: the lease is at the paused rate still
+                raise BudgetExceeded(
+                    f"sandbox {record.id!r} stays paused (billed for its disk only), because its running lease "
+                    f"is not covered: {exc.message[0].lower()}{exc.message[1:]}"
+                ) from exc
             try:
                 await anyio.to_thread.run_sync(self.manager.driver.resume, record.container_id)
             except BaseException:
@@ -183,13 +221,28 @@ class Pausing:
             await anyio.to_thread.run_sync(self.manager.driver.call, record.handle, request, 10.0)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await self.manager.destroy(record.id, "failed_to_resume")
-            if isinstance(exc, CloudSkillsError):
+                busy = isinstance(exc, TaskFailed) and await self._runs(record)
+                if not busy:
+                    await self.manager.destroy(record.id, "failed_to_resume")
+            if busy:
+                # A call in flight when it paused came back with it, and its agent serves
+                # one request at a time: it answers once that call ends (within its
+                # timeout_s). Its idle limit came back too, in its memory.
+                log.info("sandbox %s resumed busy with a call from before its pause", record.id)
+            elif isinstance(exc, CloudSkillsError):
                 raise TaskFailed(
                     f"the sandbox was restored but did not answer ({exc}); it has been destroyed: create a new one."
                 ) from exc
-            raise
+            else:
+                raise
         return self._set(record.id, "running")
+
+    async def _runs(self, record: SandboxRecord) -> bool:
+        assert record.container_id is not None
+        try:
+            return await anyio.to_thread.run_sync(self.manager.driver.exit_of, record.container_id) is None
+        except CloudSkillsError:
+            return False
 
     # -- the reaper's side --------------------------------------------------------
 

@@ -6,20 +6,26 @@ checkpoint (runc here), the error says why and the sandbox runs on."""
 
 from __future__ import annotations
 
+import subprocess
+from functools import partial
 from typing import Any
 
 import anyio
 import pytest
 from mcp.client.client import Client
 
+from common.errors import NotFound
 from runtime.app import App
 from runtime.settings import Settings
+from runtime.tenants import update_tenant
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_SANDBOX
-from scheduler.models import Lease
+from scheduler.models import Lease, Tenant
+from skills.sandbox.manager import SandboxManager
 from skills.sandbox.records import DISK_METER
 from tests.conftest import containers_of
 from tests.mcp_helpers import call, call_error, mcp_client
+from tests.polling import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -142,3 +148,103 @@ async def test_an_idle_sandbox_pauses_at_its_ttl_and_is_destroyed_after_the_rete
         assert "destroyed after staying paused" in state, state
     assert containers_of(docker_driver, app) == []  # the pool drained, the paused one removed
     app.close()
+
+
+def started_in(docker_driver: DockerDriver, sid: str, path: str) -> bool:
+    """Whether a file exists in the sandbox, asked through the engine (the agent is busy)."""
+    (container,) = docker_driver.list_labelled({LABEL_SANDBOX: sid})
+    return subprocess.run(["docker", "exec", container.container_id, "test", "-e", path], check=False).returncode == 0
+
+
+async def test_a_pause_during_a_long_call_answers_it_and_the_sandbox_resumes(
+    app: App, docker_driver: DockerDriver
+) -> None:
+    async with mcp_client(app) as first, mcp_client(app) as second:
+        sid = (await call(first, "sandbox_create", template="python-gvisor"))["sandbox_id"]
+        await call(first, "sandbox_run_code", sandbox_id=sid, code="kept = 5")
+        answered: list[str] = []
+
+        async def long_call() -> None:
+            command = "touch /tmp/started; sleep 45; echo done"
+            answered.append(await call_error(first, "sandbox_exec", sandbox_id=sid, command=command, timeout_s=120))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(long_call)
+            await until(partial(started_in, docker_driver, sid, "/tmp/started"), "the long call to start")
+            assert (await call(second, "sandbox_pause", sandbox_id=sid))["state"] == "paused"
+        (message,) = answered
+        assert "is paused" in message and "while this call ran" in message, message
+        lease = lease_of(app, sid)
+        assert (lease.op, set(lease.rate)) == ("paused", {DISK_METER}), lease.rate
+
+        # The call in flight comes back with the sandbox and runs on to its end: the
+        # sandbox is busy a while, not broken.
+        assert (await call(second, "sandbox_resume", sandbox_id=sid))["state"] == "running"
+        assert lease_of(app, sid).op == "lifetime"
+        out = await call(second, "sandbox_run_code", sandbox_id=sid, code="print(kept)", timeout_s=120)
+        assert out["stdout"] == "5\n", out
+        await call(second, "sandbox_destroy", sandbox_id=sid)
+
+
+def leave_in_budget(app: App, micros: int) -> None:
+    """Set the tenant's budget so that ``micros`` is left beyond what it has spent and holds."""
+    with app.store.transaction() as session:
+        tenant = session.get(Tenant, app.settings.tenant)
+        assert tenant is not None
+        used = tenant.spent_micros + tenant.held_micros
+    update_tenant(app.store, app.settings.tenant, budget_micros=used + micros)
+
+
+async def test_a_sandbox_pauses_out_of_budget_and_stays_paused_until_its_lease_is_covered(app: App) -> None:
+    async with mcp_client(app) as client:
+        sid = (await call(client, "sandbox_create", template="python-gvisor"))["sandbox_id"]
+        await call(client, "sandbox_run_code", sandbox_id=sid, code="kept = 9")
+        running_hold = lease_of(app, sid).held_micros
+        update_tenant(app.store, app.settings.tenant, budget_micros=1)  # spent: nothing left at all
+
+        # A pause only lowers what it spends: never refused for money.
+        assert (await call(client, "sandbox_pause", sandbox_id=sid))["state"] == "paused"
+        lease = lease_of(app, sid)
+        assert (lease.op, set(lease.rate), lease.ended_at) == ("paused", {DISK_METER}, None), lease
+
+        # It ran out at the paused rate under the hold it had; with money again, it runs.
+        update_tenant(app.store, app.settings.tenant, budget_micros=None)
+        assert (await call(client, "sandbox_resume", sandbox_id=sid))["state"] == "running"
+        await call(client, "sandbox_pause", sandbox_id=sid)
+
+        # Enough for the call, not for a lease at the running rate: refused, and it stays paused.
+        leave_in_budget(app, running_hold // 2)
+        message = await call_error(client, "sandbox_resume", sandbox_id=sid)
+        assert "budget" in message and "stays paused" in message, message
+        assert (await call(client, "sandbox_describe", sandbox_id=sid))["state"] == "paused"
+        lease = lease_of(app, sid)
+        assert (lease.op, set(lease.rate), lease.ended_at) == ("paused", {DISK_METER}, None), lease
+
+        update_tenant(app.store, app.settings.tenant, budget_micros=None)
+        assert (await call(client, "sandbox_resume", sandbox_id=sid))["state"] == "running"
+        assert (await call(client, "sandbox_run_code", sandbox_id=sid, code="print(kept)"))["stdout"] == "9\n"
+        await call(client, "sandbox_destroy", sandbox_id=sid)
+
+
+async def test_a_pause_or_resume_that_lost_a_race_to_another_leaves_the_sandbox_as_that_one_did(app: App) -> None:
+    manager = app.service(SandboxManager)
+    async with mcp_client(app) as client:
+        sid = (await call(client, "sandbox_create", template="python-gvisor"))["sandbox_id"]
+        await call(client, "sandbox_run_code", sandbox_id=sid, code="kept = 3")
+        # Each read its record before the other pause (or resume) ran start to end.
+        running = manager.get(app.settings.tenant, sid, paused_ok=True)
+        paused = await call(client, "sandbox_pause", sandbox_id=sid)
+        stale_paused = manager.get(app.settings.tenant, sid, paused_ok=True)
+        assert (await manager.pausing.pause(running)).state == "paused"
+        described = await call(client, "sandbox_describe", sandbox_id=sid)
+        assert (described["state"], described["paused_at"]) == ("paused", paused["paused_at"])
+
+        assert (await call(client, "sandbox_resume", sandbox_id=sid))["state"] == "running"
+        assert (await manager.pausing.resume(stale_paused)).state == "running"
+        assert lease_of(app, sid).op == "lifetime"
+        assert (await call(client, "sandbox_run_code", sandbox_id=sid, code="print(kept)"))["stdout"] == "3\n"
+        before_destroy = manager.get(app.settings.tenant, sid, paused_ok=True)
+        await call(client, "sandbox_destroy", sandbox_id=sid)
+        with pytest.raises(NotFound):
+            await manager.pausing.pause(before_destroy)
+        assert manager.row(sid).state == "destroyed"
