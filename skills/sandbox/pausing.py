@@ -144,7 +144,12 @@ class Pausing:
                 if row.paused_at is None or estimate:
                     row.paused_at = utcnow()
                 # Until the checkpoint is written its size is unknown: at most the memory limit.
-                row.checkpoint_mib = row.memory_mib if estimate or not checkpoint_bytes else -(-checkpoint_bytes // MIB)
+                # Back to paused with no new checkpoint (a restore that failed or never ran),
+                # the one it has is billed as measured.
+                if estimate or not (checkpoint_bytes or row.checkpoint_mib):
+                    row.checkpoint_mib = row.memory_mib
+                elif checkpoint_bytes:
+                    row.checkpoint_mib = -(-checkpoint_bytes // MIB)
                 per_s, op = paused_per_second(row), "paused"
             else:
                 row.paused_at, row.checkpoint_mib = None, 0

@@ -248,3 +248,40 @@ async def test_a_pause_or_resume_that_lost_a_race_to_another_leaves_the_sandbox_
         with pytest.raises(NotFound):
             await manager.pausing.pause(before_destroy)
         assert manager.row(sid).state == "destroyed"
+
+
+async def test_what_a_server_killed_midway_left_is_settled_by_the_next(
+    settings: Settings, docker_driver: DockerDriver
+) -> None:
+    first = App(settings, docker_driver)
+    async with first.running(), mcp_client(first) as client:
+        marked, restoring = [
+            (await call(client, "sandbox_create", template="python-gvisor"))["sandbox_id"] for _ in "ab"
+        ]
+        for sid in (marked, restoring):
+            await call(client, "sandbox_run_code", sandbox_id=sid, code=f"kept = {sid!r}")
+        await call(client, "sandbox_pause", sandbox_id=restoring)
+        paused_rate = lease_of(first, restoring).rate
+        # The books as a process killed at those points leaves them: marked paused, never
+        # checkpointed; marked resuming, never restored.
+        pausing = first.service(SandboxManager).pausing
+        pausing._set(marked, "paused", estimate=True)
+        pausing._set_resuming(restoring)
+    first.close()
+
+    second = App(settings, DockerDriver())
+    async with second.running(), mcp_client(second) as client:
+        await second.service(SandboxManager).reap()
+        assert lease_of(second, marked).op == "lifetime"
+        out = await call(client, "sandbox_run_code", sandbox_id=marked, code="print(kept)")
+        assert out["stdout"] == f"{marked}\n", out
+        # Still paused, billed for its checkpoint as it is (not for its whole memory).
+        assert (await call(client, "sandbox_describe", sandbox_id=restoring))["state"] == "paused"
+        assert (lease_of(second, restoring).op, lease_of(second, restoring).rate) == ("paused", paused_rate)
+        assert (await call(client, "sandbox_resume", sandbox_id=restoring))["state"] == "running"
+        out = await call(client, "sandbox_run_code", sandbox_id=restoring, code="print(kept)")
+        assert out["stdout"] == f"{restoring}\n", out
+        for sid in (marked, restoring):
+            await call(client, "sandbox_destroy", sandbox_id=sid)
+    assert containers_of(docker_driver, second) == []
+    second.close()
