@@ -40,12 +40,12 @@ def stored_mib(row: Stored) -> int:
 
 
 class StorageLease:
-    def __init__(self, leases: Leases, kind: str, meter: str, noun: str, kept: str) -> None:
+    def __init__(self, leases: Leases, kind: str, meter: str, stopped: str) -> None:
         self.leases = leases
         self.kind = kind
         self.meter = meter
-        self.noun = noun  # "memory namespace", in the words of a refusal
-        self.kept = kept  # what a stopped one keeps, in the same words
+        # Why a write to a stopped one is refused, before the budget's own words: "{name} is stopped, ...".
+        self.stopped = stopped
 
     def charge(self, session: Session, row: Stored, shrink: bool = False) -> None:
         """After a write: bill what the resource stores now, if more than its lease bills
@@ -56,10 +56,8 @@ class StorageLease:
             try:
                 self._set_rate(session, row, mib)
             except BudgetExceeded as exc:
-                raise BudgetExceeded(
-                    f"{self.noun} {row.name!r} is stopped, {self.kept}, because the budget ran out; "
-                    f"{exc.message[0].lower()}{exc.message[1:]}"
-                ) from exc
+                why = self.stopped.format(name=repr(row.name))
+                raise BudgetExceeded(f"{why}; {exc.message[0].lower()}{exc.message[1:]}") from exc
             row.state = "live"
         elif mib > row.billed_mib or (shrink and mib != row.billed_mib):
             self._set_rate(session, row, mib)

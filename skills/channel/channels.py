@@ -83,7 +83,8 @@ class ChannelManager:
         self.store = store
         # A channel's storage: a send refused for money; what acks and expiries free billed
         # less on the reaper's next pass (``settle``), never refused.
-        self.storage = StorageLease(leases, KIND, "channel.storage_mib_ms", "channel", "its messages kept")
+        stopped = "channel {name} is stopped, its messages kept, because the budget ran out"
+        self.storage = StorageLease(leases, KIND, "channel.storage_mib_ms", stopped)
         self.notifier = notifier
         self.bells = Bells()
         # Receives waiting at once in this process: each holds one of the scheduler's

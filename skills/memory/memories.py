@@ -61,9 +61,8 @@ class MemoryManager:
         self.embedder = embedder
         # A namespace's storage: billed from its first memory to its last, a write refused for
         # money, a delete or an expiry billing less at once and never refused.
-        self.storage = StorageLease(
-            leases, KIND, "memory.storage_mib_ms", "memory namespace", "its memories kept and still readable"
-        )
+        stopped = "memory namespace {name} is stopped, its memories kept and still readable, because the budget ran out"
+        self.storage = StorageLease(leases, KIND, "memory.storage_mib_ms", stopped)
 
     @staticmethod
     def namespace_for(name: str | None, agent: str | None) -> str:
