@@ -13,6 +13,7 @@ the op's output with the task's id and cost added.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from scheduler.leases import Leases
 from scheduler.pricing import PriceCatalog
 from scheduler.resources import Every, ResourceDuties, Services
 from scheduler.tasks import OpBinding, Progress, Scheduler, TaskOutcome
+from scheduler.workers import HEARTBEAT_S, Workers
 from skills.base import Op, Platform, binding
 from skills.registry import Registry, discover
 
@@ -86,7 +88,9 @@ class App:
         self.scheduler = Scheduler(self.store, self.catalog, self.services, concurrency=settings.workers)
         self.registry: Registry = discover()
         self.docker = docker or DockerDriver(settings.docker_host)
-        for shared in (self.store, self.catalog, self.scheduler, self.leases):
+        # This process among the replicas sharing the store (scheduler/workers.py).
+        self.workers = Workers(self.store, self.scheduler.worker_id, settings.worker_lapse_s)
+        for shared in (self.store, self.catalog, self.scheduler, self.leases, self.workers):
             self.services.add(shared)
         platform = Platform(
             self.store, self.catalog, self.scheduler, self.leases, self.services, settings.home, settings, self.docker
@@ -97,7 +101,7 @@ class App:
             for op in skill.ops:
                 self.scheduler.bind(binding(skill.name, op))
         prune = Every(PRUNE_EVERY_S, lambda: self.scheduler.prune(settings.task_retention_s))
-        self.duties = ResourceDuties(self.services.kinds(), self.leases, chores=[prune])
+        self.duties = ResourceDuties(self.services.kinds(), self.leases, chores=[self._settle_dead_workers, prune])
         # Metrics of every task, traces when configured, the task on every log line (runtime/telemetry.py).
         self.telemetry = Telemetry.install(self)
         # Shown once by whoever starts the process; None once any tenant exists.
@@ -114,16 +118,18 @@ class App:
         what each keeps doing (a warm pool).
 
         On the way out the pool is drained and pending container removals finish."""
+        self.workers.register()
         try:
             async with anyio.create_task_group() as group:
+                group.start_soon(self._heartbeat)
                 if serving:
-                    failed = self.scheduler.recover()
-                    if failed:
-                        log.warning("failed %d task(s) a previous process left running", len(failed))
+                    self._settle_dead_workers()
                     abandoned = await self.duties.recover()
                     if abandoned:
                         log.warning("removed %d resource(s) a previous process left half-made", len(abandoned))
-                    group.start_soon(self.duties.run, self.settings.reap_interval_s)
+                    # One replica at a time reaps and renews; another takes over once its lead lapses.
+                    leads = functools.partial(self.workers.lead, "duties", self.settings.worker_lapse_s)
+                    group.start_soon(self.duties.run, self.settings.reap_interval_s, leads)
                     for service in self.services.all():
                         serve = getattr(service, "serve", None)
                         if serve is not None and service is not self.scheduler:
@@ -135,9 +141,28 @@ class App:
                     group.cancel_scope.cancel()
                     with anyio.CancelScope(shield=True):
                         await self.services.close_all()
+                        self.workers.leave()
         except BaseExceptionGroup as group_error:
             # The background loops never raise; an error here is the body's own.
             raise sole_error(group_error) from None
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                self.workers.beat()
+            except Exception:  # the store is unreachable a moment: the next beat retries
+                log.exception("worker heartbeat failed")
+            await anyio.sleep(HEARTBEAT_S)
+
+    def _settle_dead_workers(self) -> None:
+        """Fail or retry the tasks of replicas (or a previous process) that died, then forget them."""
+        dead = self.workers.dead()
+        failed = self.scheduler.recover(self.workers.alive())
+        if failed:
+            log.warning("failed %d task(s) a stopped or dead server left running", len(failed))
+        if dead:
+            with self.store.transaction() as session:
+                self.workers.forget(session, dead)
 
     def prepare(self, tool_name: str, arguments: dict[str, Any]) -> PreparedCall:
         """The tool's op and its arguments, validated once; a clear error for bad ones."""

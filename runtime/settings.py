@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         "ends anyway once its server lets go, and the engine completes a removal under way; a stdio server "
         "waits 0.3 s, as MCP clients give a server about a second.",
     )
+    worker_lapse_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a server sharing the store (a replica) is judged "
+        "dead: another fails or retries its tasks, reaps its warm sandboxes and takes over its duties.",
+    )
     sandbox_idle_pause: bool = Field(
         default=False,
         description="Pause an idle session sandbox at its ttl_s instead of destroying it, where its runtime can "

@@ -29,6 +29,9 @@ LABEL_SANDBOX = "cloudskills.sandbox"
 LABEL_TENANT = "cloudskills.tenant"
 # A warm pool's sandbox: made ahead of need, held by its server until handed over.
 LABEL_POOL = "cloudskills.pool"
+# The server process (scheduler/workers.py) whose warm pool made it: a live replica's are
+# its own, a dead one's are strays.
+LABEL_WORKER = "cloudskills.worker"
 
 
 @dataclass(frozen=True)

@@ -111,12 +111,37 @@ class Task(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     hold_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The server process running it (``scheduler.workers``): when that process dies,
+    # whichever replica sees its heartbeat lapse fails or retries its tasks.
+    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index("ix_tasks_state", "state"),
         Index("ix_tasks_tenant_state", "tenant_id", "state"),
         Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
     )
+
+
+class Worker(Base):
+    """A server process sharing the store (a replica): alive while its heartbeat is fresh."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Leader(Base):
+    """Which worker does a duty that one replica at a time must do, and until when."""
+
+    __tablename__ = "leaders"
+
+    duty: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker_id: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Lease(Base):

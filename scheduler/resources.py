@@ -187,9 +187,13 @@ class ResourceDuties:
         self.passes.append(DutyPass(started, time.monotonic() - clock, reaped, len(stopped), tuple(errors)))
         return stopped
 
-    async def run(self, interval_s: float) -> None:
+    async def run(self, interval_s: float, leads: Callable[[], bool] = lambda: True) -> None:
+        """A pass every ``interval_s`` while this process ``leads`` the duties (one replica at a time)."""
         while True:
             try:
+                if not leads():
+                    await anyio.sleep(interval_s)
+                    continue
                 stopped = await self.pass_once()
                 if stopped:
                     log.info("stopped %d resource(s) their budget no longer covers", len(stopped))

@@ -17,7 +17,7 @@ INSERT_TASK = insert(Task)
 CLAIM = (
     update(Task)
     .where(Task.id == bindparam("task_id"), Task.state == "queued")
-    .values(state="running", started_at=bindparam("now"), attempts=Task.attempts + 1)
+    .values(state="running", started_at=bindparam("now"), attempts=Task.attempts + 1, worker_id=bindparam("worker_id"))
     .returning(Task.id, Task.tenant_id, Task.skill, Task.op, Task.args, Task.timeout_s, Task.hold_micros, Task.agent)
 )
 SETTLING = select(Task.tenant_id, Task.skill, Task.op, Task.hold_micros, Task.agent).where(

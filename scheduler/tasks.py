@@ -98,6 +98,8 @@ class Scheduler:
         self._queue: deque[str] = deque()
         self._slots = concurrency
         self._group: TaskGroup | None = None
+        # This process among the store's workers (``scheduler.workers``): recorded on each task it runs.
+        self.worker_id = new_id("w")
 
     def bind(self, binding: OpBinding) -> None:
         self._bindings[binding.key] = binding
@@ -140,6 +142,7 @@ class Scheduler:
             "started_at": now if starts_now else None,
             "hold_micros": hold,
             "cost_micros": 0,
+            "worker_id": self.worker_id,
         }
         try:
             with self.store.transaction() as session:
@@ -240,7 +243,8 @@ class Scheduler:
     def _claim(self, task_id: str) -> Claimed | None:
         """Mark a queued task running; None if it is not queued any more (cancelled, or claimed elsewhere)."""
         with self.store.transaction() as session:
-            row = session.connection().execute(CLAIM, {"task_id": task_id, "now": utcnow()}).one_or_none()
+            claim = {"task_id": task_id, "now": utcnow(), "worker_id": self.worker_id}
+            row = session.connection().execute(CLAIM, claim).one_or_none()
         return None if row is None else Claimed(*row)
 
     async def _execute(self, task: Claimed) -> None:
@@ -349,7 +353,8 @@ class Scheduler:
             # Posting nothing still releases the hold.
             ledger.post(session, self.catalog, posting, charges, release=task.hold_micros, ends_task=True, checked=True)
             while claim_next and following is None and self._queue:
-                row = session.connection().execute(CLAIM, {"task_id": self._queue.popleft(), "now": final["now"]})
+                claim = {"task_id": self._queue.popleft(), "now": final["now"], "worker_id": self.worker_id}
+                row = session.connection().execute(CLAIM, claim)
                 next_row = row.one_or_none()
                 following = None if next_row is None else Claimed(*next_row)
         outcome = TaskOutcome(task_id, state, result, error, cost, output)
@@ -372,18 +377,22 @@ class Scheduler:
 
     # -- restart -----------------------------------------------------------
 
-    def recover(self) -> list[str]:
-        """Resolve what a previous process left: running tasks fail or retry, queued ones run."""
+    def recover(self, alive: set[str] | None = None) -> list[str]:
+        """Resolve what dead processes left: their running tasks fail or retry, their queued
+        ones run here. A task is a dead process's when its worker is not in ``alive`` (None:
+        only this process is, as on a restart of the only server)."""
+        alive = {self.worker_id} if alive is None else alive
+        orphaned = Task.worker_id.is_(None) | Task.worker_id.not_in(alive)
         requeue: list[str] = []
         with self.store.transaction() as session:
-            orphans = session.scalars(select(Task).where(Task.state == "running")).all()
+            orphans = session.scalars(select(Task).where(Task.state == "running", orphaned)).all()
             failed = []
             for task in orphans:
                 if task.idempotent and task.attempts < task.max_attempts and task.args_whole:
-                    task.state = "queued"
+                    task.state = "queued"  # claimed again below, by this worker
                 else:
                     failed.append(task.id)
-            queued = session.scalars(select(Task).where(Task.state == "queued").order_by(Task.created_at))
+            queued = session.scalars(select(Task).where(Task.state == "queued", orphaned).order_by(Task.created_at))
             unkept: list[str] = []
             for task in queued:
                 (requeue if task.args_whole else unkept).append(task.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sandbox.images import IMAGES, sandbox_image
 from sandbox.templates import TEMPLATES
+from scheduler.workers import Workers
 from skills.base import Op, Platform
 from skills.registry import skill_from_doc
 from skills.sandbox import describe, expose, lifecycle, ops, processes, templates_ops
@@ -33,6 +34,7 @@ def from_platform(platform: Platform) -> SandboxManager:
         settings.pool_memory_mib,
         drain_s=settings.pool_drain_s,
         others=list(shapes.values()),  # the other templates: warm once used
+        worker_id=platform.scheduler.worker_id,
     )
     # Exposed ports and egress: services of their own beside the manager (skills/sandbox/expose.py).
     from skills.sandbox.expose import Exposures
@@ -44,7 +46,9 @@ def from_platform(platform: Platform) -> SandboxManager:
         idle_pause=getattr(settings, "sandbox_idle_pause", False),
         retention_s=getattr(settings, "sandbox_paused_retention_s", PausePolicy.retention_s),
     )
-    return SandboxManager(platform.store, platform.docker, platform.leases, images, pool, pausing)
+    manager = SandboxManager(platform.store, platform.docker, platform.leases, images, pool, pausing)
+    manager.workers = platform.services.get(Workers)
+    return manager
 
 
 SKILL = skill_from_doc(

@@ -49,6 +49,7 @@ from scheduler.observe import Sample
 from scheduler.pricing import Usage
 from scheduler.store import Store
 from scheduler.tasks import new_id
+from scheduler.workers import Workers
 from skills.sandbox.pausing import PausePolicy, Pausing, paused_message
 from skills.sandbox.pool import WarmPool
 from skills.sandbox.records import (
@@ -66,6 +67,7 @@ from skills.sandbox.records import (
     row_limits,
 )
 from skills.sandbox.rows import Sandbox
+from skills.sandbox.strays import remove_strays
 
 log = logging.getLogger("cloudskills.sandboxes")
 
@@ -88,9 +90,9 @@ class SandboxManager:
         self.images = images  # image name (a template's) -> the tag to start
         self.pool = pool
         self.pausing = Pausing(self, pause_policy or PausePolicy())
-        # Where background container removals run (set while the process serves).
-        self.background: TaskGroup | None = None
-        self._removing: set[str] = set()
+        self.workers: Workers | None = None  # the replicas sharing the store, where the process has them
+        self.background: TaskGroup | None = None  # where removals run, while the process serves
+        self.removing: set[str] = set()
 
     def billable(self, usage: Usage) -> Usage:
         """The usage, less the disk meter where the price catalog has none (``records.billable``)."""
@@ -297,13 +299,13 @@ class SandboxManager:
         return usage
 
     async def _remove_quietly(self, container_id: str) -> None:
-        self._removing.add(container_id)
+        self.removing.add(container_id)
         try:
             await anyio.to_thread.run_sync(self.driver.destroy, container_id)
         except CloudSkillsError as exc:
             log.warning("could not remove container %s (the reaper will retry): %s", container_id[:12], exc)
         finally:
-            self._removing.discard(container_id)
+            self.removing.discard(container_id)
 
     async def _mark_ended(
         self, sandbox_id: str, state: str, reason: str, at: datetime | None = None, bill: bool = True
@@ -344,7 +346,7 @@ class SandboxManager:
             if state in PAUSED_STATES:
                 await self.pausing.reap(sandbox_id, state, paused_at, container_id in running, reaped)
             # An ended container first: it is billed to the moment it ended, not to now.
-            elif task_id is None and container_id and container_id not in running | self._removing:
+            elif task_id is None and container_id and container_id not in running | self.removing:
                 if await self.mark_dead(sandbox_id, container_id) is not None:
                     reaped.append(sandbox_id)
             elif task_id is None and last_used_at + timedelta(seconds=ttl_s) < now:
@@ -353,25 +355,9 @@ class SandboxManager:
             elif task_id is not None and task_state != "running":
                 # Its task ended (or died with a previous process) without cleaning up.
                 await self._reap_one(sandbox_id, "task_ended", reaped)
-        for container in containers:
-            # Judged one at a time, with no await between the judgement and the
-            # removal's start: a sandbox the pool is handing over, or whose record
-            # was written since the listing, is never taken for a stray.
-            if self._owned(container.container_id, container.labels.get(LABEL_SANDBOX, "")):
-                continue
-            log.info("removing stray container %s", container.container_id[:12])
-            await anyio.to_thread.run_sync(self.driver.destroy, container.container_id)
-            reaped.append(container.container_id)
+        reaped += await remove_strays(self, containers)
         reaped += await anyio.to_thread.run_sync(self.driver.sweep)
         return reaped
-
-    def _owned(self, container_id: str, sandbox_id: str) -> bool:
-        """Whether a container belongs to something: the pool, a removal under way, or a live record."""
-        if container_id in self._removing or (self.pool is not None and self.pool.holds(sandbox_id)):
-            return True
-        with self.store.transaction() as session:
-            row = session.get(Sandbox, sandbox_id)
-            return row is not None and row.state in LIVE_STATES
 
     async def mark_dead(self, sandbox_id: str, container_id: str) -> str | None:
         """A sandbox whose container stopped on its own: ``destroyed`` (idle_ttl) if it

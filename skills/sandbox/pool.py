@@ -31,7 +31,7 @@ from anyio.abc import TaskGroup
 
 from common.errors import CloudSkillsError
 from sandbox.driver import LABEL_POOL as LABEL_POOL  # re-exported: the label of a warm sandbox
-from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, Limits, SandboxDriver, SandboxHandle, SandboxSpec
+from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, LABEL_WORKER, Limits, SandboxDriver, SandboxHandle, SandboxSpec
 from scheduler.observe import Sample
 from scheduler.tasks import new_id
 
@@ -88,10 +88,12 @@ class WarmPool:
         memory_budget_mib: int,
         drain_s: float | None = None,
         others: Sequence[Shape] = (),
+        worker_id: str = "",
     ) -> None:
         """``shapes`` share the pool from the start; ``others`` get a share once claimed."""
         self.driver = driver
         self.store_id = store_id
+        self.worker_id = worker_id  # this server process among the replicas (its warm ones carry it)
         self.drain_s = drain_s  # at shutdown, how long to wait for the removals (None: all)
         self.capacity = size
         self.memory_budget_mib = memory_budget_mib
@@ -267,7 +269,12 @@ class WarmPool:
             image=shape.image,
             limits=shape.limits,
             runtime=shape.runtime,
-            labels={LABEL_STORE: self.store_id, LABEL_SANDBOX: sandbox_id, LABEL_POOL: "1"},
+            labels={
+                LABEL_STORE: self.store_id,
+                LABEL_SANDBOX: sandbox_id,
+                LABEL_POOL: "1",
+                LABEL_WORKER: self.worker_id,
+            },
             hold_s=HOLD_S,
         )
         try:
