@@ -30,6 +30,7 @@ from runtime.storage import open_store
 from runtime.telemetry import Telemetry
 from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
+from sandbox.engines import Engines
 from scheduler.leases import Leases
 from scheduler.pricing import PriceCatalog
 from scheduler.resources import Every, ResourceDuties, Services
@@ -87,13 +88,23 @@ class App:
         self.services = Services()
         self.scheduler = Scheduler(self.store, self.catalog, self.services, concurrency=settings.workers)
         self.registry: Registry = discover()
-        self.docker = docker or DockerDriver(settings.docker_host)
+        # Sandboxes on several engines where docker_hosts names them; the first is the default.
+        self.engines = Engines.from_hosts(settings.docker_hosts) if settings.docker_hosts and not docker else None
+        self.docker = docker or (self.engines.default.driver if self.engines else DockerDriver(settings.docker_host))
         # This process among the replicas sharing the store (scheduler/workers.py).
         self.workers = Workers(self.store, self.scheduler.worker_id, settings.worker_lapse_s)
         for shared in (self.store, self.catalog, self.scheduler, self.leases, self.workers):
             self.services.add(shared)
         platform = Platform(
-            self.store, self.catalog, self.scheduler, self.leases, self.services, settings.home, settings, self.docker
+            self.store,
+            self.catalog,
+            self.scheduler,
+            self.leases,
+            self.services,
+            settings.home,
+            settings,
+            self.docker,
+            self.engines,
         )
         for skill in self.registry.skills:
             if skill.resource is not None:

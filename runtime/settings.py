@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     docker_host: str | None = Field(
         default=None, description="Docker Engine URL; default: DOCKER_HOST or the local socket."
     )
+    docker_hosts: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Several Docker Engines for sandboxes (sandbox/engines.py), the first the default for "
+        "everything else: each {name, url (unix://, tcp:// or ssh://), capacity (sandboxes, default 32), "
+        "drain (takes no new sandboxes), tls: {ca, cert, key} for tcp}; default: docker_host alone.",
+    )
     tenant: str = Field(default="local", description="The tenant a stdio server and the CLI act for.")
     agent: str | None = Field(
         default=None, description="The tenant's agent a stdio server and the CLI act as (default: unnamed)."

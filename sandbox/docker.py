@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import docker
 import docker.errors
+import docker.tls
 import requests.exceptions
 
 from common.errors import BackendUnavailable, CloudSkillsError, NotFound, TaskFailed
@@ -81,8 +82,11 @@ def reaching_sandbox(action: str) -> Iterator[None]:
 class DockerDriver:
     """Talks to one Docker Engine through the `docker` SDK (blocking calls)."""
 
-    def __init__(self, base_url: str | None = None, disk_root: Path | None = None) -> None:
+    def __init__(
+        self, base_url: str | None = None, disk_root: Path | None = None, tls: docker.tls.TLSConfig | None = None
+    ) -> None:
         self._base_url = base_url
+        self._tls = tls  # for an engine over TCP
         self._client: docker.DockerClient | None = None
         self._channels: dict[str, Channel] = {}
         self._channels_lock = threading.Lock()
@@ -99,7 +103,7 @@ class DockerDriver:
         if self._client is None:
             try:
                 if self._base_url:
-                    self._client = docker.DockerClient(base_url=self._base_url, timeout=120)
+                    self._client = docker.DockerClient(base_url=self._base_url, timeout=120, tls=self._tls or False)
                 else:
                     self._client = docker.from_env(timeout=120)
             except docker.errors.DockerException as exc:

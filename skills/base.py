@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from sandbox.docker import DockerDriver
+from sandbox.engines import Engines
 from scheduler.leases import Leases
 from scheduler.pricing import PriceCatalog, Usage
 from scheduler.resources import LiveQuota, Services
@@ -145,6 +146,8 @@ class Platform:
     # The Docker Engine's driver, shared by every skill that starts containers
     # (a test hands in its own).
     docker: DockerDriver | None = None
+    # Several engines for sandboxes (``docker_hosts``); None: ``docker`` alone.
+    engines: Engines | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sandbox.driver import SandboxDriver
 from sandbox.images import IMAGES, sandbox_image
 from sandbox.templates import TEMPLATES
 from scheduler.workers import Workers
@@ -26,8 +27,10 @@ def from_platform(platform: Platform) -> SandboxManager:
     images = {name: sandbox_image(name) for name in IMAGES}
     shapes = {t.name: Shape(t.name, images[t.image], t.limits, t.runtime) for t in TEMPLATES.values()}
     defaults = [shapes.pop(RUN_DEFAULT), shapes.pop(CREATE_DEFAULT)]
+    # Sandboxes go to the engines docker_hosts names (sandbox/engines.py), or the one engine.
+    driver: SandboxDriver = platform.engines or platform.docker
     pool = WarmPool(
-        platform.docker,
+        driver,
         platform.store.store_id,
         defaults,
         settings.pool_size,
@@ -46,7 +49,7 @@ def from_platform(platform: Platform) -> SandboxManager:
         idle_pause=getattr(settings, "sandbox_idle_pause", False),
         retention_s=getattr(settings, "sandbox_paused_retention_s", PausePolicy.retention_s),
     )
-    manager = SandboxManager(platform.store, platform.docker, platform.leases, images, pool, pausing)
+    manager = SandboxManager(platform.store, driver, platform.leases, images, pool, pausing)
     manager.workers = platform.services.get(Workers)
     return manager
 

@@ -6,6 +6,7 @@ import anyio
 from pydantic import BaseModel, Field
 
 from common.errors import NotFound
+from sandbox.engines import Engines
 from sandbox.stats import sandbox_stats
 from scheduler.tasks import TaskContext
 from skills.base import OpInput
@@ -29,6 +30,7 @@ class DescribeOutput(BaseModel):
     sandbox_id: str
     state: str = Field(description="running, paused or resuming (while paused the usage figures are null).")
     template: str
+    engine: str = Field(description="The Docker engine it runs on ('default' where the server has one).")
     vcpus: float
     memory_mib: int = Field(description="Its memory limit.")
     disk_mib: int = Field(description="Its disk's size.")
@@ -52,7 +54,10 @@ async def describe(ctx: TaskContext, args: DescribeInput) -> DescribeOutput:
     if record.task_id is not None or record.container_id is None:
         raise NotFound(f"no sandbox {args.sandbox_id!r}: call sandbox_list to see yours, or sandbox_create.")
     row = sandboxes.row(record.id)
+    engines = sandboxes.driver if isinstance(sandboxes.driver, Engines) else None
+    engine = await anyio.to_thread.run_sync(engines.engine_of, record.container_id) if engines else None
     common = {
+        "engine": engine.name if engine is not None else "default",
         "sandbox_id": row.id,
         "state": row.state,
         "template": row.template,
@@ -68,7 +73,7 @@ async def describe(ctx: TaskContext, args: DescribeInput) -> DescribeOutput:
         paused_at = row.paused_at.isoformat() if row.paused_at is not None else None
         nothing = {"cpu_seconds": None, "memory_bytes": None, "memory_peak_bytes": None, "disk_used_bytes": None}
         return DescribeOutput(**common, **nothing, processes=[], paused_at=paused_at, checkpoint_mib=row.checkpoint_mib)
-    driver = ctx.service(Egress).docker
+    driver = engine.driver if engine is not None else ctx.service(Egress).docker
     try:
         stats = await anyio.to_thread.run_sync(sandbox_stats, driver.client.api, record.container_id)
     except NotFound:

@@ -1,0 +1,145 @@
+"""Sandboxes across two Docker Engines (issue 20): a second real engine runs on this machine
+(its own socket, data root, exec root, no bridge), the server places sandboxes by free capacity
+and reaches each on its engine, copies the image to the new engine on first use, passes over an
+engine that stops answering (killed mid-run), marks its sandboxes lost at the last moment it
+answered, reaps what it left once it is back, and places nothing on an engine being drained."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from runtime.app import App
+from runtime.settings import Settings
+from sandbox import engines
+from sandbox.docker import DockerDriver
+from sandbox.driver import LABEL_STORE
+from skills.sandbox.rows import Sandbox
+from tests.mcp_helpers import call, call_error, mcp_client
+from tests.polling import until
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+@contextlib.contextmanager
+def second_engine(root: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A second dockerd beside the first: its own socket, data root, exec root and no bridge."""
+    root.mkdir(parents=True, exist_ok=True)
+    socket_url = f"unix://{root}/docker.sock"
+    process = start_dockerd(root)
+    try:
+        yield socket_url, process
+    finally:
+        stop_dockerd(root)
+
+
+def start_dockerd(root: Path) -> subprocess.Popen[bytes]:
+    command = [
+        "dockerd", f"--host=unix://{root}/docker.sock", f"--data-root={root}/data", f"--exec-root={root}/exec",
+        f"--pidfile={root}/docker.pid", "--bridge=none", "--iptables=false", "--ip-masq=false",
+    ]  # fmt: skip
+    log = (root / "dockerd.log").open("ab")
+    process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    driver = DockerDriver(f"unix://{root}/docker.sock")
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(Exception):
+            driver.version()
+            return process
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the second dockerd did not start: {(root / 'dockerd.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
+def stop_dockerd(root: Path) -> None:
+    """Stop it, its containerd and what they ran, and lift their mounts."""
+    subprocess.run(["pkill", "-TERM", "-f", f"--exec-root={root}/exec"], check=False)
+    subprocess.run(["pkill", "-KILL", "-f", str(root)], check=False)
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if str(root) in line]
+    for mount in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def kill_dockerd(root: Path, process: subprocess.Popen[bytes]) -> None:
+    """Kill the engine's API (dockerd) at once, as a crashed or unreachable machine would go."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+async def engine_of(client: object, sandbox_id: str) -> str:
+    return str((await call(client, "sandbox_describe", sandbox_id=sandbox_id))["engine"])  # type: ignore[arg-type]
+
+
+async def test_sandboxes_spread_over_two_engines_and_survive_one_going_away(
+    settings: Settings, docker_driver: DockerDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engines, "LOST_AFTER_S", 1.0)
+    root = Path("/tmp") / f"cs-engine-{os.getpid()}"
+    with second_engine(root) as (second_url, second_process):
+        hosts = [
+            {"name": "one", "url": "unix:///var/run/docker.sock", "capacity": 2},
+            {"name": "two", "url": second_url, "capacity": 3},
+        ]
+        settings = settings.model_copy(update={"docker_hosts": hosts, "pool_size": 0})
+        app = App(settings)
+        async with app.running(), mcp_client(app) as client:
+            first = (await call(client, "sandbox_create", template="python"))["sandbox_id"]
+            second = (await call(client, "sandbox_create", template="python"))["sandbox_id"]
+            assert [await engine_of(client, first), await engine_of(client, second)] == ["two", "one"]
+            for sid in (first, second):  # each reached on its own engine (the image copied to two)
+                out = await call(client, "sandbox_run_code", sandbox_id=sid, code="print(6 * 7)")
+                assert out["stdout"] == "42\n"
+            assert (await call(client, "sandbox_run", code="print(1)"))["stdout"] == "1\n"
+
+            killed_at = time.time()
+            kill_dockerd(root, second_process)
+            # Placement passes over the engine that does not answer, at once.
+            third = (await call(client, "sandbox_create", template="python"))["sandbox_id"]
+            assert await engine_of(client, third) == "one"
+            # Its sandbox is lost, billed to the last moment its engine answered.
+            await until(lambda: state_of(app, first) == "failed", "the lost sandbox marked", timeout_s=60)
+            lost = row_of(app, first)
+            assert "engine two stopped answering" in (lost.destroy_reason or ""), lost.destroy_reason
+            assert lost.destroyed_at is not None and lost.destroyed_at.timestamp() <= killed_at + 1
+            message = await call_error(client, "sandbox_run_code", sandbox_id=first, code="print(1)")
+            assert "engine two stopped answering" in message, message
+            # one is full now (2 of 2): with two down there is no room, and the error says so.
+            full = await call_error(client, "sandbox_create", template="python")
+            assert "no Docker engine can take a sandbox now" in full, full
+
+            # Back: what it left (the lost sandbox's container) is reaped.
+            start_dockerd(root)
+            back = DockerDriver(second_url)
+            labels = {LABEL_STORE: app.store.store_id}
+            await until(lambda: not back.list_labelled(labels), "engine two's strays reaped", timeout_s=90)
+            # Drained: one takes nothing new; two, back and with room, does.
+            app.engines.engines["one"].draining = True  # type: ignore[union-attr]
+            fourth = (await call(client, "sandbox_create", template="python"))["sandbox_id"]
+            assert await engine_of(client, fourth) == "two"
+            for sid in (second, third, fourth):
+                await call(client, "sandbox_destroy", sandbox_id=sid)
+        for driver in (docker_driver, back):  # nothing of this store is left on either engine
+            assert not driver.list_labelled(labels)
+        app.close()
+
+
+def row_of(app: App, sandbox_id: str) -> Sandbox:
+    with app.store.transaction() as session:
+        row = session.scalar(select(Sandbox).where(Sandbox.id == sandbox_id))
+        assert row is not None
+        session.expunge(row)
+        return row
+
+
+def state_of(app: App, sandbox_id: str) -> str:
+    return row_of(app, sandbox_id).state
