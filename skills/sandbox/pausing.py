@@ -32,8 +32,10 @@ from sandbox.driver import AgentRequest
 from scheduler.models import Lease, utcnow
 from scheduler.pricing import Usage
 from skills.sandbox.records import (
+    LIVE_STATES,
     PAUSED_STATES,
     SandboxRecord,
+    ended_because,
     paused_per_second,
     per_second,
     row_limits,
@@ -140,6 +142,8 @@ class Pausing:
             row = session.get(Sandbox, sandbox_id, populate_existing=True)
             if row is None:
                 raise NotFound(f"no sandbox {sandbox_id!r}: call sandbox_list to see yours.")
+            if row.state not in LIVE_STATES:  # destroyed while the engine worked: it stays so, unbilled
+                raise NotFound(f"sandbox {sandbox_id!r} {ended_because(row)}: create a new one with sandbox_create.")
             if state == "paused":
                 if row.paused_at is None or estimate:
                     row.paused_at = utcnow()

@@ -285,3 +285,26 @@ async def test_what_a_server_killed_midway_left_is_settled_by_the_next(
             await call(client, "sandbox_destroy", sandbox_id=sid)
     assert containers_of(docker_driver, second) == []
     second.close()
+
+
+async def test_a_sandbox_destroyed_while_it_pauses_stays_destroyed(app: App, docker_driver: DockerDriver) -> None:
+    manager = app.service(SandboxManager)
+    async with mcp_client(app) as first, mcp_client(app) as second:
+        sid = (await call(first, "sandbox_create", template="python-gvisor"))["sandbox_id"]
+        # Memory to write out: the checkpoint takes seconds, time enough to destroy it meanwhile.
+        await call(first, "sandbox_run_code", sandbox_id=sid, code="ballast = bytearray(300 << 20)")
+        paused: list[bool] = []
+
+        async def pause() -> None:
+            paused.append((await first.call_tool("sandbox_pause", {"sandbox_id": sid})).is_error is False)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(pause)
+            await until(lambda: manager.row(sid).state == "paused", "the pause to begin")
+            assert (await call(second, "sandbox_destroy", sandbox_id=sid))["destroyed"] is True
+        assert paused == [False]
+        assert manager.row(sid).state == "destroyed"
+        assert lease_of(app, sid).ended_at is not None
+        assert docker_driver.list_labelled({LABEL_SANDBOX: sid}) == []
+        disks = app.docker.disks
+        assert disks is None or f"cloudskills-{sid}" not in disks.kept_names()
