@@ -51,6 +51,11 @@ MIB = 1 << 20
 # With idle pausing on, a pausable sandbox is handed over with this much more than its
 # ttl_s, so that the reaper (every few seconds) pauses it before it ends by itself.
 IDLE_PAUSE_GRACE_S = 60.0
+# A sandbox marked paused whose container still runs may be mid-checkpoint in another
+# process (a replica, or one killed meanwhile while the engine carries on: 512 MiB takes
+# about 20 s here, the largest sandbox minutes). Only after this long is it taken for
+# one never checkpointed and put back to running; until then a resume restores it.
+CHECKPOINT_GRACE_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -286,8 +291,10 @@ class Pausing:
         try:
             if running and state == "resuming":  # restored, never handed back
                 await self._hand_back(SandboxRecord.of(self.manager.row(sandbox_id)))
-            elif running:  # marked paused, never checkpointed
-                await self._back_to_running(sandbox_id)
+            elif running and paused_at is not None and paused_at + timedelta(seconds=CHECKPOINT_GRACE_S) < utcnow():
+                await self._back_to_running(sandbox_id)  # marked paused, never checkpointed
+            elif running:
+                return  # maybe mid-checkpoint elsewhere: judged after the grace
             elif state == "resuming":  # never restored: its checkpoint is still there
                 self._set(sandbox_id, "paused")
             elif paused_at is not None and paused_at + timedelta(seconds=self.policy.retention_s) < utcnow():

@@ -7,6 +7,7 @@ checkpoint (runc here), the error says why and the sandbox runs on."""
 from __future__ import annotations
 
 import subprocess
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -22,7 +23,9 @@ from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_SANDBOX
 from scheduler.models import Lease, Tenant
 from skills.sandbox.manager import SandboxManager
+from skills.sandbox.pausing import CHECKPOINT_GRACE_S
 from skills.sandbox.records import DISK_METER
+from skills.sandbox.rows import Sandbox
 from tests.conftest import containers_of
 from tests.mcp_helpers import call, call_error, mcp_client
 from tests.polling import until
@@ -267,6 +270,10 @@ async def test_what_a_server_killed_midway_left_is_settled_by_the_next(
         pausing = first.service(SandboxManager).pausing
         pausing._set(marked, "paused", estimate=True)
         pausing._set_resuming(restoring)
+        with first.store.transaction() as session:  # long enough ago for any checkpoint to have ended
+            row = session.get(Sandbox, marked)
+            assert row is not None and row.paused_at is not None
+            row.paused_at -= timedelta(seconds=CHECKPOINT_GRACE_S + 1)
     first.close()
 
     second = App(settings, DockerDriver())
@@ -308,3 +315,23 @@ async def test_a_sandbox_destroyed_while_it_pauses_stays_destroyed(app: App, doc
         assert docker_driver.list_labelled({LABEL_SANDBOX: sid}) == []
         disks = app.docker.disks
         assert disks is None or f"cloudskills-{sid}" not in disks.kept_names()
+
+
+async def test_the_reaper_leaves_a_checkpoint_under_way_elsewhere_alone(app: App, docker_driver: DockerDriver) -> None:
+    manager = app.service(SandboxManager)
+    async with mcp_client(app) as client:
+        sid = (await call(client, "sandbox_create", template="python-gvisor"))["sandbox_id"]
+        await call(client, "sandbox_run_code", sandbox_id=sid, code="kept = 8\nballast = bytearray(300 << 20)")
+        record = manager.get(app.settings.tenant, sid, paused_ok=True)
+        assert record.container_id is not None
+        # Another process checkpoints it (a replica, or one killed since while the engine
+        # carries on): this one's reaper sees it marked paused and its container running.
+        manager.pausing._set(sid, "paused", estimate=True)
+        async with anyio.create_task_group() as group:
+            group.start_soon(anyio.to_thread.run_sync, docker_driver.pause, record.container_id)
+            await manager.reap()  # the checkpoint of 300 MiB takes seconds
+        await manager.reap()
+        assert (await call(client, "sandbox_describe", sandbox_id=sid))["state"] == "paused"
+        assert (await call(client, "sandbox_resume", sandbox_id=sid))["state"] == "running"
+        assert (await call(client, "sandbox_run_code", sandbox_id=sid, code="print(kept)"))["stdout"] == "8\n"
+        await call(client, "sandbox_destroy", sandbox_id=sid)
