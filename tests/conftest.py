@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +117,23 @@ async def app(settings: Settings, docker_driver: DockerDriver) -> AsyncIterator[
 @pytest.fixture
 def home(settings: Settings) -> Iterator[Path]:
     yield settings.home
+
+
+# A real PostgreSQL with pgvector (the `pgserver` package's, run as a local process): the
+# store's every skill migrates on it (memory, channels, replicas).
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One PostgreSQL 16 server with pgvector for the session; a database per test."""
+    import pgserver
+
+    folder = Path(tmp_path_factory.mktemp("pg"))
+    server = pgserver.get_server(folder, cleanup_mode="delete")  # type: ignore[attr-defined]
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> str:
+    name = f"memory_{uuid.uuid4().hex[:8]}"
+    postgres_server.psql(f"CREATE DATABASE {name};")
+    return str(postgres_server.get_uri(name)).replace("postgresql://", "postgresql+psycopg://", 1)

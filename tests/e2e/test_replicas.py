@@ -12,18 +12,17 @@ from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from runtime.storage import open_store
 from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
-from sandbox.driver import LABEL_STORE, LABEL_WORKER
-from scheduler.models import Task, Tenant, Worker
+from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, LABEL_WORKER
+from scheduler.models import Lease, Task, Tenant, Worker
 from scheduler.store import Store
 from tests.e2e.conftest import start_http_server
 from tests.mcp_helpers import call, http_client
 from tests.polling import until
-from tests.skills.conftest import postgres_server, postgres_url  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -52,15 +51,17 @@ def task_state(store: Store, task_id: str) -> tuple[str, str | None]:
         return task.state, task.error_message
 
 
-def held(store: Store) -> int:
+def held_for_tasks(store: Store) -> int:
+    """What the tenant holds beyond its live resources' leases: its tasks' holds."""
     with store.transaction() as session:
-        return session.get(Tenant, "local").held_micros  # type: ignore[union-attr]
+        leases = session.scalar(select(func.coalesce(func.sum(Lease.held_micros), 0)).where(Lease.ended_at.is_(None)))
+        return session.get(Tenant, "local").held_micros - int(leases or 0)  # type: ignore[union-attr]
 
 
 async def test_a_replica_killed_mid_task_is_settled_by_the_other(
     tmp_path: Path,
     postgres_url: str,
-    docker_driver: DockerDriver,  # noqa: F811 - the fixture
+    docker_driver: DockerDriver,
 ) -> None:
     store = open_store(postgres_url)
     new = bootstrap(store)
@@ -88,6 +89,16 @@ async def test_a_replica_killed_mid_task_is_settled_by_the_other(
             survivor_worker = worker_of(store, survivor.pid)
             async with http_client(survivor_url, new.key) as client:
                 assert (await call(client, "sandbox_run", code="print(1)"))["stdout"] == "1\n"
+            # What one replica made, another reaches: a session sandbox, a channel's message.
+            async with http_client(doomed_url, new.key) as there:
+                session = (await call(there, "sandbox_create"))["sandbox_id"]
+                await call(there, "sandbox_run_code", sandbox_id=session, code="kept = 41")
+                await call(there, "channel_send", channel="jobs", body="from a")
+            async with http_client(survivor_url, new.key) as client:
+                got = await call(client, "sandbox_run_code", sandbox_id=session, code="kept += 1\nprint(kept)")
+                assert got["stdout"] == "42\n"
+                received = await call(client, "channel_receive", channel="jobs")
+                assert [m["body"] for m in received["messages"]] == ["from a"]
             assert task_state(store, started["task"])[0] == "running"
             pools = {LABEL_STORE: store.store_id, LABEL_WORKER: doomed_worker}
             await until(lambda: docker_driver.list_labelled(pools), "the doomed replica's warm pool", timeout_s=60)
@@ -99,16 +110,28 @@ async def test_a_replica_killed_mid_task_is_settled_by_the_other(
         await until(lambda: task_state(store, started["task"])[0] != "running", "the task settled", timeout_s=60)
         state = task_state(store, started["task"])
         assert state[0] == "failed" and "server stopped" in (state[1] or ""), state
-        await until(lambda: held(store) == 0, "the killed task's hold released", timeout_s=30)
-        await until(lambda: not docker_driver.list_labelled(pools), "the dead replica's warm pool reaped", 60)
+        await until(lambda: held_for_tasks(store) == 0, "the killed task's hold released", timeout_s=30)
+        # Its warm pool is reaped; the one it handed over (the session sandbox) is the tenant's.
+        await until(
+            lambda: all(c.labels.get(LABEL_SANDBOX) == session for c in docker_driver.list_labelled(pools)),
+            "the dead replica's warm pool reaped",
+            timeout_s=60,
+        )
         theirs = {LABEL_STORE: store.store_id}
         await until(
-            lambda: all(c.labels.get(LABEL_WORKER) == survivor_worker for c in docker_driver.list_labelled(theirs)),
-            "the killed task's sandbox reaped",
+            lambda: all(
+                c.labels.get(LABEL_WORKER) == survivor_worker or c.labels.get(LABEL_SANDBOX) == session
+                for c in docker_driver.list_labelled(theirs)
+            ),
+            "the killed task's sandbox reaped (the session sandbox lives on)",
             timeout_s=60,
         )
         async with http_client(survivor_url, new.key) as client:
             assert (await call(client, "sandbox_run", code="print(2)"))["stdout"] == "2\n"
+            # The dead replica's session sandbox is still the tenant's, through the survivor.
+            got = await call(client, "sandbox_run_code", sandbox_id=session, code="print(kept)")
+            assert got["stdout"] == "42\n"
+            await call(client, "sandbox_destroy", sandbox_id=session)
     finally:
         for process in (doomed, survivor):
             if process is not None and process.poll() is None:

@@ -1,12 +1,9 @@
 """Fixtures of the memory tests: a server with no warm pool (memories need no Docker), on
-SQLite or on a real PostgreSQL with pgvector (the `pgserver` package's, run as a local
-process)."""
+SQLite (the PostgreSQL store's fixtures are in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,21 +22,3 @@ async def memory_app(settings: Settings) -> AsyncIterator[App]:
     async with application.running():
         yield application
     application.close()
-
-
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One PostgreSQL 16 server with pgvector for the session; a database per test."""
-    import pgserver
-
-    folder = Path(tmp_path_factory.mktemp("pg"))
-    server = pgserver.get_server(folder, cleanup_mode="delete")  # type: ignore[attr-defined]
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def postgres_url(postgres_server: Any) -> str:
-    name = f"memory_{uuid.uuid4().hex[:8]}"
-    postgres_server.psql(f"CREATE DATABASE {name};")
-    return str(postgres_server.get_uri(name)).replace("postgresql://", "postgresql+psycopg://", 1)
