@@ -377,6 +377,7 @@ class DockerDriver:
                 container_id=str(c["Id"]),
                 labels=dict(c.get("Labels") or {}),
                 running=c.get("State") == "running",
+                checkpointed=c.get("State") == "exited" and str(c.get("Status", "")).startswith("Exited (0)"),
             )
             for c in found
         ]

@@ -270,6 +270,9 @@ class LabelledSandbox:
     container_id: str
     labels: dict[str, str]
     running: bool
+    # Stopped by a checkpoint (sandbox_pause): it exited 0, which a sandbox's agent never does
+    # by itself (it ends with 75 or 76, or is killed). It still binds its workspaces.
+    checkpointed: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 
 import anyio
 from anyio.abc import TaskGroup
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from common.errors import CloudSkillsError, InvalidInput, NotFound
@@ -240,6 +240,10 @@ class SandboxManager:
                 row.last_used_at = utcnow()
             return SandboxRecord.of(row)
 
+    def _used_at(self, sandbox_id: str, when: datetime) -> None:
+        with self.store.transaction() as session:
+            session.execute(update(Sandbox).where(Sandbox.id == sandbox_id).values(last_used_at=when))
+
     def row(self, sandbox_id: str) -> Sandbox:
         with self.store.transaction() as session:
             row = session.get(Sandbox, sandbox_id)
@@ -266,10 +270,18 @@ class SandboxManager:
     ) -> AgentResponse:
         # abandon_on_cancel: on a deadline or cancel the caller moves on at once;
         # destroying the container then breaks the blocked call's socket.
+        # A call that may outlast the sandbox's ttl_s keeps it in use until its deadline (any
+        # replica's reaper reads that), and its end starts the idle clock.
+        long_call = record.task_id is None and deadline_s >= record.ttl_s
+        if long_call:
+            self._used_at(record.id, utcnow() + timedelta(seconds=deadline_s))
         try:
-            return await anyio.to_thread.run_sync(
+            response = await anyio.to_thread.run_sync(
                 self.driver.call, record.handle, request, deadline_s, on_output, abandon_on_cancel=True
             )
+            if long_call:
+                self._used_at(record.id, utcnow())
+            return response
         except NotFound:
             # It stopped answering: if its container died, the books say so from now on.
             if record.task_id is None and record.container_id is not None:

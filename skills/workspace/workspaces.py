@@ -137,13 +137,16 @@ class WorkspaceManager(WorkspaceVolumes):
             return list(session.scalars(query.order_by(WorkspaceSnapshot.created_at)))
 
     async def mounted_by(self, workspace_id: str) -> list[str]:
-        """The sandboxes whose running containers bind the workspace now (the engine's labels)."""
+        """The sandboxes whose containers bind the workspace now (the engine's labels): running
+        ones, and paused ones (a resume binds it again, so it must still be there)."""
         if self.driver is None:
             return []
         found = await anyio.to_thread.run_sync(self.driver.list_labelled, {LABEL_STORE: self.store.store_id})
         label = f"{LABEL_VOLUME_PREFIX}{workspace_id}"
         return sorted(
-            c.labels.get(LABEL_SANDBOX, c.container_id[:12]) for c in found if c.running and label in c.labels
+            c.labels.get(LABEL_SANDBOX, c.container_id[:12])
+            for c in found
+            if (c.running or c.checkpointed) and label in c.labels
         )
 
     async def _refuse_if_mounted(self, workspace_id: str, doing: str) -> None:

@@ -335,3 +335,28 @@ async def test_the_reaper_leaves_a_checkpoint_under_way_elsewhere_alone(app: App
         assert (await call(client, "sandbox_resume", sandbox_id=sid))["state"] == "running"
         assert (await call(client, "sandbox_run_code", sandbox_id=sid, code="print(kept)"))["stdout"] == "8\n"
         await call(client, "sandbox_destroy", sandbox_id=sid)
+
+
+async def test_a_workspace_a_paused_sandbox_mounts_cannot_be_deleted_under_it(app: App) -> None:
+    async with mcp_client(app) as client:
+        ws = (await call(client, "workspace_create", name="kept", size_mib=32))["workspace_id"]
+        mount = [{"workspace_id": ws, "path": "/mnt/kept"}]
+        sid = (await call(client, "sandbox_create", template="python-gvisor", workspaces=mount))["sandbox_id"]
+        await call(client, "sandbox_exec", sandbox_id=sid, command="echo hi > /mnt/kept/note")
+        await call(client, "sandbox_pause", sandbox_id=sid)
+        refused = await call_error(client, "workspace_delete", workspace_id=ws)
+        assert "is mounted by sandbox" in refused and sid in refused, refused
+        await call(client, "sandbox_resume", sandbox_id=sid)  # its bind is still there to restore
+        out = await call(client, "sandbox_exec", sandbox_id=sid, command="cat /mnt/kept/note")
+        assert out["stdout"] == "hi\n"
+        await call(client, "sandbox_destroy", sandbox_id=sid)
+        assert (await call(client, "workspace_delete", workspace_id=ws))["deleted"] is True
+
+
+async def test_a_call_longer_than_the_ttl_is_use_not_idleness(app: App) -> None:
+    async with mcp_client(app) as client:
+        sid = (await call(client, "sandbox_create", template="python", ttl_s=10))["sandbox_id"]
+        out = await call(client, "sandbox_exec", sandbox_id=sid, command="sleep 13; echo done", timeout_s=60)
+        assert out["stdout"] == "done\n"  # the reaper (every 0.2 s here) left it alone while it ran
+        assert (await call(client, "sandbox_describe", sandbox_id=sid))["state"] == "running"
+        await call(client, "sandbox_destroy", sandbox_id=sid)
