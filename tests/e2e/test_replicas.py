@@ -137,4 +137,6 @@ async def test_a_replica_killed_mid_task_is_settled_by_the_other(
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(timeout=30)
+        for container in docker_driver.list_labelled({LABEL_STORE: store.store_id}):  # what a failure left
+            docker_driver.destroy(container.container_id)
         store.close()
