@@ -24,7 +24,6 @@ import contextlib
 import functools
 import glob
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,6 +34,7 @@ import docker.errors
 import requests.exceptions
 
 from common.errors import BackendUnavailable
+from common.processes import pid_alive
 
 # One checkpoint per container at a time, under this name.
 CHECKPOINT = "paused"
@@ -143,15 +143,7 @@ def _alive(state_file: Path) -> bool:
         pid = int((state.get("sandbox") or {}).get("pid") or 0)
     except (OSError, ValueError, TypeError, AttributeError):
         return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def restore(api: docker.APIClient, container_id: str) -> None:

@@ -24,21 +24,12 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from common.processes import pid_alive
 from scheduler.models import Leader, Worker, utcnow
 from scheduler.store import Store
 
 HEARTBEAT_S = 2.0
 DEFAULT_LAPSE_S = 10.0
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Workers:
