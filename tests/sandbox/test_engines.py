@@ -42,10 +42,21 @@ def second_engine(root: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         stop_dockerd(root)
 
 
+def bridge_of(root: Path) -> str:
+    return f"csbr{os.getpid() % 100000}"
+
+
 def start_dockerd(root: Path) -> subprocess.Popen[bytes]:
+    # A bridge of its own: with --bridge=none a dockerd deletes docker0 at start, the first
+    # engine's bridge (seen: the first engine's databases then fail to start).
+    bridge = bridge_of(root)
+    if not Path(f"/sys/class/net/{bridge}").exists():
+        subprocess.run(["ip", "link", "add", "name", bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", "172.31.254.1/24", "dev", bridge], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
     command = [
         "dockerd", f"--host=unix://{root}/docker.sock", f"--data-root={root}/data", f"--exec-root={root}/exec",
-        f"--pidfile={root}/docker.pid", "--bridge=none", "--iptables=false", "--ip-masq=false",
+        f"--pidfile={root}/docker.pid", f"--bridge={bridge}", "--iptables=false", "--ip-masq=false",
     ]  # fmt: skip
     log = (root / "dockerd.log").open("ab")
     process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
@@ -68,6 +79,11 @@ def stop_dockerd(root: Path) -> None:
     for mount in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", mount], check=False)
     shutil.rmtree(root, ignore_errors=True)
+    subprocess.run(["ip", "link", "del", bridge_of(root)], check=False, capture_output=True)
+
+
+def first_bridge_up() -> bool:
+    return Path("/sys/class/net/docker0").exists()
 
 
 def kill_dockerd(root: Path, process: subprocess.Popen[bytes]) -> None:
@@ -86,6 +102,7 @@ async def test_sandboxes_spread_over_two_engines_and_survive_one_going_away(
     monkeypatch.setattr(engines, "LOST_AFTER_S", 1.0)
     root = Path("/tmp") / f"cs-engine-{os.getpid()}"
     with second_engine(root) as (second_url, second_process):
+        assert first_bridge_up(), "the first engine's bridge is gone"
         hosts = [
             {"name": "one", "url": "unix:///var/run/docker.sock", "capacity": 2},
             {"name": "two", "url": second_url, "capacity": 3},
@@ -130,6 +147,7 @@ async def test_sandboxes_spread_over_two_engines_and_survive_one_going_away(
                 await call(client, "sandbox_destroy", sandbox_id=sid)
         for driver in (docker_driver, back):  # nothing of this store is left on either engine
             assert not driver.list_labelled(labels)
+        assert first_bridge_up(), "the second engine took the first engine's bridge"
         app.close()
 
 
