@@ -125,6 +125,23 @@ class Leases:
         row.op, row.rate, row.held_micros = op, dict(per_s.meters), hold
         row.lease_until = now + timedelta(milliseconds=self.lease_ms)
 
+    def lower_rate(
+        self, session: Session, *, kind: str, resource_id: str, tenant_id: str, op: str, per_s: Usage
+    ) -> None:
+        """``set_rate`` to a lower rate, never refused for money (it only lowers what the tenant
+        spends, like a close): where the budget cannot hold a new lease, what ran is billed at
+        the old rate and the lease runs out at the new one under the hold it already has
+        (taken at the higher rate); its renewal then stops the resource, as it would have."""
+        try:
+            with session.begin_nested():
+                self.set_rate(session, kind=kind, resource_id=resource_id, tenant_id=tenant_id, op=op, per_s=per_s)
+        except BudgetExceeded:
+            row = self._active(session, resource_id)
+            if row is None:
+                return  # its billing ended already: the renewal loop stops it
+            self._bill(session, row, utcnow())
+            row.op, row.rate = op, dict(per_s.meters)
+
     def set_rate(self, session: Session, *, kind: str, resource_id: str, tenant_id: str, op: str, per_s: Usage) -> None:
         """``rerate`` a resource with an open lease; ``open`` one for a resource whose
         billing had ended (one stopped for money, started again)."""

@@ -29,8 +29,7 @@ from sqlalchemy.orm import Session
 
 from common.errors import BackendUnavailable, BudgetExceeded, CloudSkillsError, InvalidInput, NotFound, TaskFailed
 from sandbox.driver import AgentRequest
-from scheduler.models import Lease, utcnow
-from scheduler.pricing import Usage
+from scheduler.models import utcnow
 from skills.sandbox.records import (
     LIVE_STATES,
     PAUSED_STATES,
@@ -159,41 +158,26 @@ class Pausing:
                     row.checkpoint_mib = row.memory_mib
                 elif checkpoint_bytes:
                     row.checkpoint_mib = -(-checkpoint_bytes // MIB)
-                per_s, op = paused_per_second(row), "paused"
+                # A pause only lowers what the tenant spends: never refused for money.
+                manager.leases.lower_rate(
+                    session, kind=manager.kind, resource_id=row.id, tenant_id=row.tenant_id, op="paused",
+                    per_s=manager.billable(paused_per_second(row)),
+                )  # fmt: skip
             else:
                 row.paused_at, row.checkpoint_mib = None, 0
                 row.last_used_at = utcnow()
-                per_s, op = per_second(row_limits(row)), "lifetime"
+                self._rate_running(session, row)
             row.state = state
-            if op == "paused":
-                self._rate_paused(session, row, manager.billable(per_s))
-            else:
-                manager.leases.set_rate(
-                    session, kind=manager.kind, resource_id=row.id, tenant_id=row.tenant_id, op=op,
-                    per_s=manager.billable(per_s),
-                )  # fmt: skip
             session.flush()
             return row
 
-    def _rate_paused(self, session: Session, row: Sandbox, per_s: Usage) -> None:
-        """Lower the lease to the paused rate. A pause only lowers what the tenant spends,
-        so, like a destroy, it is never refused for money: where the budget cannot hold a
-        new lease, the lease runs out at the paused rate under the hold it has (taken at
-        the higher running rate), and its renewal stops the sandbox for budget, as it
-        would have running."""
-        leases = self.manager.leases
-        try:
-            with session.begin_nested():
-                leases.set_rate(
-                    session, kind=self.manager.kind, resource_id=row.id, tenant_id=row.tenant_id, op="paused",
-                    per_s=per_s,
-                )  # fmt: skip
-        except BudgetExceeded:
-            lease = session.get(Lease, row.id, with_for_update=True, populate_existing=True)
-            if lease is None or lease.ended_at is not None:
-                return  # stopped for money already: the renewal loop destroys it
-            leases._bill(session, lease, utcnow())  # what ran until now, at the running rate
-            lease.op, lease.rate = "paused", dict(per_s.meters)
+    def _rate_running(self, session: Session, row: Sandbox) -> None:
+        """The lease back at the running rate (refused, and rolled back, when the budget cannot hold it)."""
+        manager = self.manager
+        manager.leases.set_rate(
+            session, kind=manager.kind, resource_id=row.id, tenant_id=row.tenant_id, op="lifetime",
+            per_s=manager.billable(per_second(row_limits(row))),
+        )  # fmt: skip
 
     # -- resume -----------------------------------------------------------------
 
@@ -222,10 +206,7 @@ class Pausing:
         with manager.store.transaction() as session:
             row = session.get(Sandbox, sandbox_id, populate_existing=True)
             assert row is not None
-            manager.leases.set_rate(
-                session, kind=manager.kind, resource_id=row.id, tenant_id=row.tenant_id, op="lifetime",
-                per_s=manager.billable(per_second(row_limits(row))),
-            )  # fmt: skip
+            self._rate_running(session, row)
             row.state = "resuming"
 
     async def _hand_back(self, record: SandboxRecord) -> Sandbox:
