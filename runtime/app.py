@@ -167,8 +167,8 @@ class App:
 
     def _settle_dead_workers(self) -> None:
         """Fail or retry the tasks of replicas (or a previous process) that died, then forget them."""
-        dead = self.workers.dead()
-        failed = self.scheduler.recover(self.workers.alive())
+        alive, dead = self.workers.census()
+        failed = self.scheduler.recover(alive)
         if failed:
             log.warning("failed %d task(s) a stopped or dead server left running", len(failed))
         if dead:

@@ -263,21 +263,6 @@ class Engines:
     def resume(self, container_id: str) -> None:
         self._on(self.engine_of(container_id), lambda driver: driver.resume(container_id))
 
-    # -- what operators and describe see ------------------------------------------
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "name": engine.name,
-                "capacity": engine.capacity,
-                "sandboxes": engine.sandboxes,
-                "draining": engine.draining,
-                "answering": engine.down_since is None,
-                "last_seen": engine.last_seen.isoformat(),
-            }
-            for engine in self.engines.values()
-        ]
-
 
 def copy_image(source: DockerDriver, target: DockerDriver, tag: str) -> None:
     """Stream an image from one engine to another (``docker save | docker load``)."""

@@ -39,10 +39,13 @@ class Workers:
         self.lapse_s = lapse_s
         self.host = socket.gethostname()
 
-    def register(self) -> None:
+    def _row(self) -> Worker:
         now = utcnow()
+        return Worker(id=self.id, host=self.host, pid=os.getpid(), started_at=now, heartbeat_at=now)
+
+    def register(self) -> None:
         with self.store.transaction() as session:
-            session.add(Worker(id=self.id, host=self.host, pid=os.getpid(), started_at=now, heartbeat_at=now))
+            session.add(self._row())
 
     def beat(self) -> None:
         """Renew this worker's heartbeat (registered again if another replica had judged it dead)."""
@@ -51,8 +54,7 @@ class Workers:
                 update(Worker).where(Worker.id == self.id).values(heartbeat_at=utcnow())
             )
             if not done.rowcount:
-                now = utcnow()
-                session.add(Worker(id=self.id, host=self.host, pid=os.getpid(), started_at=now, heartbeat_at=now))
+                session.add(self._row())
 
     def leave(self) -> None:
         """A clean stop: this worker is gone, and leads nothing."""
@@ -60,22 +62,24 @@ class Workers:
             session.execute(delete(Leader).where(Leader.worker_id == self.id))
             session.execute(delete(Worker).where(Worker.id == self.id))
 
-    def dead(self) -> set[str]:
-        """The workers that are gone: heartbeat lapsed, or on this host with no process."""
+    def census(self) -> tuple[set[str], set[str]]:
+        """(alive, dead), from one read: dead is heartbeat lapsed, or on this host with no
+        process; alive is every other, this worker included."""
         lapsed_before = utcnow() - timedelta(seconds=self.lapse_s)
         with self.store.transaction() as session:
             rows = session.execute(select(Worker.id, Worker.host, Worker.pid, Worker.heartbeat_at)).all()
-        return {
+        dead = {
             worker_id
             for worker_id, host, pid, heartbeat_at in rows
             if worker_id != self.id and (heartbeat_at < lapsed_before or (host == self.host and not pid_alive(pid)))
         }
+        return {row[0] for row in rows} - dead | {self.id}, dead
+
+    def dead(self) -> set[str]:
+        return self.census()[1]
 
     def alive(self) -> set[str]:
-        """Every worker not judged dead, this one included."""
-        with self.store.transaction() as session:
-            every = set(session.scalars(select(Worker.id)))
-        return (every - self.dead()) | {self.id}
+        return self.census()[0]
 
     def forget(self, session: Session, worker_ids: set[str]) -> None:
         """Drop dead workers' rows once what they left is settled (in that transaction)."""
