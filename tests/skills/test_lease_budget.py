@@ -21,6 +21,7 @@ from runtime.tenants import update_tenant
 from sandbox.docker import DockerDriver
 from scheduler.models import Lease, LedgerEntry, Task, Tenant
 from skills.db.rows import Database
+from skills.sandbox.records import LIVE_STATES
 from skills.sandbox.rows import Sandbox
 from skills.vm.rows import Vm
 from tests.conftest import clean_up, sandboxes_in_use
@@ -59,6 +60,16 @@ def balance(app: App) -> tuple[int, int]:
 def open_leases(app: App) -> int:
     with app.store.transaction() as session:
         return int(session.scalar(select(func.count()).select_from(Lease).where(Lease.ended_at.is_(None))) or 0)
+
+
+def all_stopped(app: App) -> bool:
+    """Every lease ended and every resource's stop done: a lease ends in the books first,
+    then its resource is stopped (a VM's shutdown takes a moment in "stopping")."""
+    with app.store.transaction() as session:
+        vms = set(session.scalars(select(Vm.state).where(Vm.state != "deleted")))
+        dbs = set(session.scalars(select(Database.state).where(Database.state != "deleted")))
+        sandboxes = session.scalar(select(func.count()).select_from(Sandbox).where(Sandbox.state.in_(LIVE_STATES)))
+    return open_leases(app) == 0 and vms <= {"stopped"} and dbs <= {"suspended"} and sandboxes == 0
 
 
 async def test_spend_never_passes_the_budget_and_everything_stops_at_it(lease_app: App) -> None:
@@ -103,7 +114,7 @@ async def test_spend_never_passes_the_budget_and_everything_stops_at_it(lease_ap
                     calls.start_soon(partial(busy, client, "sandbox_exec", sandbox_id=sandbox_id, command="true"))
                 for db_id in created["db"]:
                     calls.start_soon(partial(busy, client, "db_query", db_id=db_id, sql="SELECT 1"))
-            await until(lambda: open_leases(app) == 0, "every lease to end at the budget", timeout_s=120)
+            await until(lambda: all_stopped(app), "every lease to end at the budget and its resource to stop", 120)
             done.set()
 
         # Out of money, the tenant still sees and cleans up everything.
