@@ -135,9 +135,7 @@ class App:
                 group.start_soon(self._heartbeat)
                 if serving:
                     self._settle_dead_workers()
-                    abandoned = await self.duties.recover()
-                    if abandoned:
-                        log.warning("removed %d resource(s) a previous process left half-made", len(abandoned))
+                    await self._recover_if_alone()
                     # One replica at a time reaps and renews; another takes over once its lead lapses.
                     leads = functools.partial(self.workers.lead, "duties", self.settings.worker_lapse_s)
                     group.start_soon(self.duties.run, self.settings.reap_interval_s, leads)
@@ -152,10 +150,12 @@ class App:
                     group.cancel_scope.cancel()
                     with anyio.CancelScope(shield=True):
                         await self.services.close_all()
-                        self.workers.leave()
         except BaseExceptionGroup as group_error:
             # The background loops never raise; an error here is the body's own.
             raise sole_error(group_error) from None
+        finally:
+            # Once the loops have ended: a heartbeat that had not yet run would register it again.
+            self.workers.leave()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -164,6 +164,19 @@ class App:
             except Exception:  # the store is unreachable a moment: the next beat retries
                 log.exception("worker heartbeat failed")
             await anyio.sleep(HEARTBEAT_S)
+
+    async def _recover_if_alone(self) -> None:
+        """Remove what a previous process left half made, when no other server is alive:
+        a live replica's "creating" resource is one it is making now, not one left behind.
+        (A replica that dies beside live ones leaves its half-made ones to the next server
+        that starts alone; its tasks are settled at once all the same.)"""
+        alive = self.workers.alive()
+        if alive != {self.workers.id}:
+            log.info("%d other server(s) alive on this store: start-up recovery left to them", len(alive) - 1)
+            return
+        abandoned = await self.duties.recover()
+        if abandoned:
+            log.warning("removed %d resource(s) a previous process left half-made", len(abandoned))
 
     def _settle_dead_workers(self) -> None:
         """Fail or retry the tasks of replicas (or a previous process) that died, then forget them."""
