@@ -204,7 +204,7 @@ def run(request: dict[str, Any]) -> bytes:
     except sqlite3.ProgrammingError as exc:
         return error(
             "invalid_input",
-            f"SQLite could not run this: {exc}. Send one statement per call, with one parameter per "
+            f"SQLite could not run this: {str(exc).rstrip('.')}. Send one statement per call, with one parameter per "
             "placeholder (`?` or `:name`).",
         )
     except sqlite3.Error as exc:
