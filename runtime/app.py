@@ -34,6 +34,7 @@ from sandbox.engines import Engines
 from scheduler.leases import Leases
 from scheduler.pricing import PriceCatalog
 from scheduler.resources import Every, ResourceDuties, Services
+from scheduler.routing import Router, place_of
 from scheduler.tasks import OpBinding, Progress, Scheduler, TaskOutcome
 from scheduler.workers import HEARTBEAT_S, Workers
 from skills.base import Op, Platform, binding
@@ -84,7 +85,9 @@ class App:
         self.settings = settings
         self.store = open_store(settings.db_url)
         self.catalog = PriceCatalog.load(settings.prices_file)
-        self.leases = Leases(self.store, self.catalog, settings.lease_s)
+        # This machine and data dir: where the resources this process makes live (scheduler/routing.py).
+        place = place_of(settings.home)
+        self.leases = Leases(self.store, self.catalog, settings.lease_s, place)
         self.services = Services()
         self.scheduler = Scheduler(self.store, self.catalog, self.services, concurrency=settings.workers)
         self.registry: Registry = discover()
@@ -92,7 +95,10 @@ class App:
         self.engines = Engines.from_hosts(settings.docker_hosts) if settings.docker_hosts and not docker else None
         self.docker = docker or (self.engines.default.driver if self.engines else DockerDriver(settings.docker_host))
         # This process among the replicas sharing the store (scheduler/workers.py).
-        self.workers = Workers(self.store, self.scheduler.worker_id, settings.worker_lapse_s)
+        self.workers = Workers(self.store, self.scheduler.worker_id, settings.worker_lapse_s, place)
+        self.scheduler.place = place
+        host_bound = frozenset(field for skill in self.registry.skills for field in skill.host_bound)
+        self.router = self.scheduler.router = Router(self.scheduler, self.workers, self.leases, host_bound)
         for shared in (self.store, self.catalog, self.scheduler, self.leases, self.workers):
             self.services.add(shared)
         platform = Platform(
@@ -133,6 +139,7 @@ class App:
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._heartbeat)
+                group.start_soon(self.router.serve)
                 if serving:
                     self._settle_dead_workers()
                     await self._recover_if_alone()
@@ -161,6 +168,7 @@ class App:
         while True:
             try:
                 self.workers.beat()
+                self.router.refresh()
             except Exception:  # the store is unreachable a moment: the next beat retries
                 log.exception("worker heartbeat failed")
             await anyio.sleep(HEARTBEAT_S)
@@ -181,7 +189,7 @@ class App:
     def _settle_dead_workers(self) -> None:
         """Fail or retry the tasks of replicas (or a previous process) that died, then forget them."""
         alive, dead = self.workers.census()
-        failed = self.scheduler.recover(alive)
+        failed = self.scheduler.recover(alive, self.workers.live_places())
         if failed:
             log.warning("failed %d task(s) a stopped or dead server left running", len(failed))
         if dead:

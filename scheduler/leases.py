@@ -65,10 +65,13 @@ class Exhausted:
 
 
 class Leases:
-    def __init__(self, store: Store, catalog: PriceCatalog, lease_s: float = DEFAULT_LEASE_S) -> None:
+    def __init__(
+        self, store: Store, catalog: PriceCatalog, lease_s: float = DEFAULT_LEASE_S, place: str | None = None
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.lease_s = lease_s
+        self.place = place  # where this process makes resources (``scheduler.routing``)
 
     @property
     def lease_ms(self) -> int:
@@ -107,7 +110,14 @@ class Leases:
         row.agent = agent if agent is not None else ledger.acting_agent.get()
         row.billed_until, row.lease_until = now, now + timedelta(milliseconds=self.lease_ms)
         row.ended_at = row.end_reason = None
+        row.place = row.place or self.place  # it lives where it was first made
         return row
+
+    def places_of(self, resource_ids: list[str]) -> dict[str, str]:
+        """Where each resource that has a place was made (see ``Lease.place``)."""
+        with self.store.transaction() as session:
+            rows = session.execute(select(Lease.id, Lease.place).where(Lease.id.in_(resource_ids)))
+            return {resource_id: place for resource_id, place in rows if place is not None}
 
     def rerate(self, session: Session, resource_id: str, *, op: str, per_s: Usage) -> None:
         """Bill up to now at the old rate, then hold the next lease at the new one.

@@ -114,6 +114,11 @@ class Task(Base):
     # The server process running it (``scheduler.workers``): when that process dies,
     # whichever replica sees its heartbeat lapse fails or retries its tasks.
     worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A task for a resource that lives on another machine (``scheduler.routing``): the place
+    # (host and data dir) whose servers run it, and its whole arguments on the way there,
+    # then its whole result on the way back; emptied once the caller has it.
+    place: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (
         Index("ix_tasks_state", "state"),
@@ -132,6 +137,8 @@ class Worker(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Its host and data dir: what it can reach that a server elsewhere cannot.
+    place: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
 
 class Leader(Base):
@@ -163,6 +170,9 @@ class Lease(Base):
     lease_until: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     end_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Where the resource was made (a worker's place): a call on a resource that lives on one
+    # machine (a file, a process) runs on a server there (``scheduler.routing``).
+    place: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
     __table_args__ = (Index("ix_leases_open", "ended_at", "lease_until"),)
 

@@ -35,6 +35,7 @@ FINISH = (
         error_code=bindparam("error_code"),
         error_message=bindparam("error_message"),
         cost_micros=bindparam("cost"),
+        payload=bindparam("payload"),
     )
 )
 
@@ -42,7 +43,7 @@ FINISH = (
 PRUNE = (
     update(Task)
     .where(Task.finished_at < bindparam("before"), Task.result.is_not(None))
-    .values(args={}, args_whole=False, result=null())
+    .values(args={}, args_whole=False, result=null(), payload=null())
 )
 
 

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -47,6 +47,9 @@ from scheduler.store import Store
 from scheduler.task_details import Details, summarize
 from scheduler.task_rows import CLAIM, FINISH, INSERT_TASK, PRUNE, SETTLING, Claimed
 from scheduler.task_types import OpBinding, Progress, TaskContext, TaskOutcome, as_json, new_id, outcome_of
+
+if TYPE_CHECKING:
+    from scheduler.routing import Router
 
 __all__ = ["OpBinding", "Progress", "Scheduler", "TaskContext", "TaskOutcome", "new_id", "outcome_of"]
 
@@ -100,6 +103,11 @@ class Scheduler:
         self._group: TaskGroup | None = None
         # This process among the store's workers (``scheduler.workers``): recorded on each task it runs.
         self.worker_id = new_id("w")
+        # Calls on resources at other places go there (``scheduler.routing``); None: all run here.
+        self.router: Router | None = None
+        self.place: str | None = None
+        # Tasks running here for a server elsewhere: their whole result is stored for it.
+        self._routed: set[str] = set()
 
     def bind(self, binding: OpBinding) -> None:
         self._bindings[binding.key] = binding
@@ -111,14 +119,16 @@ class Scheduler:
 
     def submit(self, tenant_id: str, binding: OpBinding, args: Any, agent: str | None = None) -> str:
         """Admit and store a task for ``tenant_id`` (its ``agent``, if named), then queue it;
-        raise before any work if it is refused."""
+        raise before any work if it is refused. A task on a resource that lives at another
+        place is queued for a server there (``scheduler.routing``)."""
+        place = self.router.place_for(args) if self.router is not None else None
         task_id, since = new_id("t"), time.time_ns()
         worst = binding.worst_case(args)
         # An op that is never refused for money holds nothing (see OpBinding).
         hold = 0 if binding.always_admitted else self.catalog.worst_case(binding.key, worst)
         # With a slot free the task is stored already running: one transaction
         # fewer than queued-then-claimed, for what is most calls.
-        starts_now = self._group is not None and self._slots > 0 and not self._queue
+        starts_now = place is None and self._group is not None and self._slots > 0 and not self._queue
         now = utcnow()
         timeout_s = binding.timeout_s(args)
         stored_args = as_json(args)
@@ -143,6 +153,8 @@ class Scheduler:
             "hold_micros": hold,
             "cost_micros": 0,
             "worker_id": self.worker_id,
+            "place": place,
+            "payload": stored_args if place is not None else None,
         }
         try:
             with self.store.transaction() as session:
@@ -159,9 +171,46 @@ class Scheduler:
         self._args[task_id] = args
         if starts_now:
             self._start(Claimed(task_id, tenant_id, binding.skill, binding.op, stored_args, timeout_s, hold, agent))
+        elif place is not None:
+            assert self.router is not None
+            self._args.pop(task_id)
+            self.router.waiting.add(task_id)
         else:
             self._queue.append(task_id)
         return task_id
+
+    def start_routed(self, task: Claimed, payload: dict[str, Any]) -> None:
+        """Run a task another place admitted for a resource here; its whole result is stored
+        for the server that waits for it."""
+        binding = self._bindings.get(f"{task.skill}.{task.op}")
+        if binding is not None:
+            self._args[task.id] = binding.load(payload)
+        self._routed.add(task.id)
+        self._start(task)
+
+    def free_slots(self) -> int:
+        return self._slots if self._group is not None else 0
+
+    def delivered(self, outcome: TaskOutcome) -> None:
+        """A task that ran elsewhere has ended: wake whoever here waits for it."""
+        event = self._done.pop(outcome.task_id, None)
+        if event is not None:
+            self._outcomes[outcome.task_id] = outcome
+            event.set()
+
+    def settle_unrun(self, task_id: str, state: str, error: CloudSkillsError) -> None:
+        """End a task that never ran (nothing used, nothing charged), unless it has ended already."""
+        self._finish(task_id, state, None, error, Usage())
+
+    def routed_running(self) -> set[str]:
+        return self._routed & set(self._running)
+
+    def cancel_running(self, task_ids: set[str]) -> None:
+        """Stop tasks running here that were settled elsewhere (cancelled by their caller's server)."""
+        for task_id in task_ids:
+            scope = self._running.get(task_id)
+            if scope is not None:
+                scope.cancel()
 
     def forget(self, task_id: str) -> None:
         """No one in this process waits for the task any more (an MCP task handle is polled
@@ -337,6 +386,9 @@ class Scheduler:
             if result is not None and (binding is None or binding.envelope):
                 result |= {"task_id": task_id, "cost": self.money(cost)}
             kept = result if keep_result or result is None else summarize(result, binding.secret if binding else ())
+            # Run here for a server elsewhere: the whole result travels back in the payload.
+            routed = task_id in self._routed
+            self._routed.discard(task_id)
             final = {
                 "task_id": task_id,
                 "state": state,
@@ -345,6 +397,7 @@ class Scheduler:
                 "error_code": error.code if error else None,
                 "error_message": error.message if error else None,
                 "cost": cost,
+                "payload": result if routed else None,
             }
             # Only the one that moves the task out of an active state settles it.
             if session.connection().execute(FINISH, final).rowcount != 1:
@@ -377,25 +430,46 @@ class Scheduler:
 
     # -- restart -----------------------------------------------------------
 
-    def recover(self, alive: set[str] | None = None) -> list[str]:
+    def recover(self, alive: set[str] | None = None, places: set[str] | None = None) -> list[str]:
         """Resolve what dead processes left: their running tasks fail or retry, their queued
         ones run here. A task is a dead process's when its worker is not in ``alive`` (None:
-        only this process is, as on a restart of the only server)."""
+        only this process is, as on a restart of the only server). A task for another place
+        (``scheduler.routing``) is left to that place's servers while one of ``places`` (the
+        live ones) is it, and failed when none is."""
         alive = {self.worker_id} if alive is None else alive
+        places = ({self.place} if self.place else set()) if places is None else places
         orphaned = Task.worker_id.is_(None) | Task.worker_id.not_in(alive)
         requeue: list[str] = []
+        gone: list[str] = []  # routed to a place where no server lives
         with self.store.transaction() as session:
             orphans = session.scalars(select(Task).where(Task.state == "running", orphaned)).all()
             failed = []
             for task in orphans:
-                if task.idempotent and task.attempts < task.max_attempts and task.args_whole:
-                    task.state = "queued"  # claimed again below, by this worker
+                if task.place is not None and task.place not in places:
+                    gone.append(task.id)
+                elif task.idempotent and task.attempts < task.max_attempts and (task.args_whole or task.place):
+                    task.state = "queued"  # claimed again below, by this worker (or its place's router)
                 else:
                     failed.append(task.id)
             queued = session.scalars(select(Task).where(Task.state == "queued", orphaned).order_by(Task.created_at))
             unkept: list[str] = []
             for task in queued:
+                if task.place is not None:  # claimed by a router of its place, with its payload
+                    if task.place not in places:
+                        gone.append(task.id)
+                    continue
                 (requeue if task.args_whole else unkept).append(task.id)
+        for task_id in gone:
+            self._finish(
+                task_id,
+                "failed",
+                None,
+                BackendUnavailable(
+                    "no server is running on the machine where this task's resource lives; nothing was "
+                    "charged: start one there, then call again."
+                ),
+                Usage(),
+            )
         for task_id in failed:
             self._finish(
                 task_id,
@@ -415,7 +489,7 @@ class Scheduler:
                 ),
                 Usage(),
             )
-        failed += unkept
+        failed += unkept + gone
         for task_id in requeue:
             self._done[task_id] = anyio.Event()
             self._queue.append(task_id)

@@ -33,15 +33,18 @@ DEFAULT_LAPSE_S = 10.0
 
 
 class Workers:
-    def __init__(self, store: Store, worker_id: str, lapse_s: float = DEFAULT_LAPSE_S) -> None:
+    def __init__(
+        self, store: Store, worker_id: str, lapse_s: float = DEFAULT_LAPSE_S, place: str | None = None
+    ) -> None:
         self.store = store
         self.id = worker_id
         self.lapse_s = lapse_s
         self.host = socket.gethostname()
+        self.place = place  # its host and data dir (``scheduler.routing``)
 
     def _row(self) -> Worker:
         now = utcnow()
-        return Worker(id=self.id, host=self.host, pid=os.getpid(), started_at=now, heartbeat_at=now)
+        return Worker(id=self.id, host=self.host, pid=os.getpid(), started_at=now, heartbeat_at=now, place=self.place)
 
     def register(self) -> None:
         with self.store.transaction() as session:
@@ -65,21 +68,34 @@ class Workers:
     def census(self) -> tuple[set[str], set[str]]:
         """(alive, dead), from one read: dead is heartbeat lapsed, or on this host with no
         process; alive is every other, this worker included."""
+        rows = self._rows()
+        dead = {worker_id for worker_id, _, is_dead in rows if is_dead}
+        return {row[0] for row in rows} - dead | {self.id}, dead
+
+    def _rows(self) -> list[tuple[str, str | None, bool]]:
+        """(id, place, dead) of every worker, as ``census`` judges it."""
         lapsed_before = utcnow() - timedelta(seconds=self.lapse_s)
         with self.store.transaction() as session:
-            rows = session.execute(select(Worker.id, Worker.host, Worker.pid, Worker.heartbeat_at)).all()
-        dead = {
-            worker_id
-            for worker_id, host, pid, heartbeat_at in rows
-            if worker_id != self.id and (heartbeat_at < lapsed_before or (host == self.host and not pid_alive(pid)))
-        }
-        return {row[0] for row in rows} - dead | {self.id}, dead
+            rows = session.execute(select(Worker.id, Worker.host, Worker.pid, Worker.heartbeat_at, Worker.place)).all()
+        return [
+            (
+                worker_id,
+                place,
+                worker_id != self.id and (heartbeat_at < lapsed_before or (host == self.host and not pid_alive(pid))),
+            )
+            for worker_id, host, pid, heartbeat_at, place in rows
+        ]
 
     def dead(self) -> set[str]:
         return self.census()[1]
 
     def alive(self) -> set[str]:
         return self.census()[0]
+
+    def live_places(self) -> set[str]:
+        """The places with a live worker (this one's included)."""
+        found = {place for _, place, dead in self._rows() if not dead and place is not None}
+        return found | ({self.place} if self.place else set())
 
     def forget(self, session: Session, worker_ids: set[str]) -> None:
         """Drop dead workers' rows once what they left is settled (in that transaction)."""

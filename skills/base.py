@@ -168,6 +168,9 @@ class Skill:
     folder: Path | None = None
     # SQLite extensions (loadable files) its tables need on every connection of a SQLite store.
     store_extensions: tuple[str, ...] = ()
+    # Argument fields naming its resources when they live on the machine that made them (a
+    # file, a process): a call naming one runs on a server there (``scheduler.routing``).
+    host_bound: tuple[str, ...] = ()
 
     def op(self, name: str) -> Op[Any, Any] | None:
         return next((op for op in self.ops if op.name == name), None)

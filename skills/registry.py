@@ -56,10 +56,12 @@ def skill_from_doc(
     resource: Callable[[Platform], object] | None = None,
     quota: LiveQuota | tuple[LiveQuota, ...] | None = None,
     store_extensions: tuple[str, ...] = (),
+    host_bound: tuple[str, ...] = (),
 ) -> Skill:
     """A skill named and described by its package's SKILL.md front matter, the body its guide;
     ``resource`` builds the manager of what it keeps alive past a call, if anything, and
-    ``store_extensions`` are the SQLite extensions its tables need."""
+    ``store_extensions`` are the SQLite extensions its tables need; ``host_bound`` the argument
+    fields naming resources that live on the machine that made them."""
     meta, body = front_matter(skill_doc(package))
     return Skill(
         name=meta["name"],
@@ -71,6 +73,7 @@ def skill_from_doc(
         meta=meta,
         folder=Path(str(resources.files(package))),
         store_extensions=store_extensions,
+        host_bound=host_bound,
     )
 
 

@@ -111,4 +111,5 @@ SKILL = skill_from_doc(
     ),
     resource=from_platform,
     quota=QUOTA,
+    host_bound=("db_id",),
 )

@@ -115,4 +115,5 @@ SKILL = skill_from_doc(
     ),
     resource=from_platform,
     quota=QUOTA,
+    host_bound=("vm_id",),
 )

@@ -11,16 +11,26 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from sqlalchemy import select
 
 from runtime.storage import open_store
 from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_STORE
+from scheduler.models import Lease, Task, Tenant, Worker
 from tests.e2e.conftest import start_http_server
-from tests.mcp_helpers import call, http_client
+from tests.mcp_helpers import call, call_error, http_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+async def until_answers(client: Any, db: str) -> None:
+    """Until the restarted server's place is live again for the caller's server (its next heartbeat)."""
+    with anyio.fail_after(30):
+        while (await client.call_tool("db_query", {"db_id": db, "sql": "SELECT 1"})).is_error:  # noqa: ASYNC110
+            await anyio.sleep(0.2)
 
 
 def replica(home: Path, url: str) -> tuple[subprocess.Popen[str], str]:
@@ -79,6 +89,67 @@ async def test_every_kind_made_through_one_replica_answers_through_another(
                 assert (await call(b, "db_delete", db_id=made[db]))["deleted"]
             assert (await call(b, "workspace_delete", workspace_id=made["workspace"]))["deleted"]
             assert (await call(b, "vm_delete", vm_id=made["vm"]))["deleted"]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+        for container in docker_driver.list_labelled({LABEL_STORE: store.store_id}):  # what a failure left
+            docker_driver.destroy(container.container_id)
+        store.close()
+
+
+async def test_a_call_on_a_resource_of_another_machine_runs_there(
+    tmp_path: Path, postgres_url: str, docker_driver: DockerDriver
+) -> None:
+    """Replicas with data dirs of their own stand for two machines: what one made lives in
+    its data dir, and a call on it through the other runs on the first (scheduler/routing.py);
+    once the first is gone, the call says so at once."""
+    store = open_store(postgres_url)
+    new = bootstrap(store)
+    assert new is not None
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, first_url = replica(tmp_path / "a", postgres_url)
+    second: subprocess.Popen[str] | None = None
+    try:
+        second, second_url = replica(tmp_path / "b", postgres_url)
+        async with http_client(first_url, new.key) as a:
+            db = (await call(a, "db_create", engine="sqlite"))["db_id"]
+            for sql in ("CREATE TABLE t (n INTEGER)", "INSERT INTO t VALUES (7)"):
+                await call(a, "db_query", db_id=db, sql=sql)
+            ws = (await call(a, "workspace_create", name="there", size_mib=64))["workspace_id"]
+            await call(a, "workspace_write_file", workspace_id=ws, path="a.txt", content="from a")
+        async with http_client(second_url, new.key) as b:
+            await call(b, "db_query", db_id=db, sql="INSERT INTO t VALUES (8)")
+            rows = await call(b, "db_query", db_id=db, sql="SELECT n FROM t ORDER BY n")
+            assert rows["rows"] == [[7], [8]]
+            read = await call(b, "workspace_read_file", workspace_id=ws, path="a.txt")
+            assert read["content"] == "from a"
+            # An error raised there reaches the caller here as it was.
+            assert "no such table" in await call_error(b, "db_query", db_id=db, sql="SELECT * FROM missing")
+            listed = await call(b, "tasks_list", limit=5)
+            assert {t["tool"] for t in listed["tasks"]} >= {"db_query", "workspace_read_file"}
+        with store.transaction() as session:
+            ran_at = set(session.scalars(select(Task.worker_id).where(Task.place.is_not(None))))
+            first_worker = session.scalar(select(Worker.id).where(Worker.pid == first.pid))
+        assert ran_at == {first_worker}, "the calls through the second ran on the first"
+
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        async with http_client(second_url, new.key) as b:
+            error = await call_error(b, "db_query", db_id=db, sql="SELECT n FROM t")
+            assert "no server is running" in error or "no server running" in error, error
+        # A server started again on that machine takes its calls again; through it, they are deleted.
+        first, _ = replica(tmp_path / "a", postgres_url)
+        async with http_client(second_url, new.key) as b:
+            await until_answers(b, db)
+            assert (await call(b, "db_delete", db_id=db))["deleted"]
+            assert (await call(b, "workspace_delete", workspace_id=ws))["deleted"]
+        with store.transaction() as session:
+            assert session.get(Tenant, "local").held_micros == sum(  # type: ignore[union-attr]
+                lease.held_micros for lease in session.scalars(select(Lease).where(Lease.ended_at.is_(None)))
+            ), "no task's hold is left: only the live resources' leases"
     finally:
         for process in (first, second):
             if process is not None and process.poll() is None:

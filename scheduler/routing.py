@@ -1,0 +1,206 @@
+"""Routing: a call on a resource that lives on one machine runs on a server there.
+
+Sandboxes, memories and channels live in the Docker engines and the store, which
+every replica reaches. A database's file or server, a VM's process and a
+workspace's mount live on the machine that made them: its *place*, a host and a
+data dir (``place_of``). Each server records its place on its worker row, and a
+lease records where its resource was made (``Lease.place``).
+
+While servers of more than one place are alive, a call naming such a resource
+(the argument fields its skill declares ``host_bound``) that a server elsewhere
+admits is stored queued with that place and its whole arguments (``payload``).
+A server of that place claims it (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+two of one place never take the same), runs it as its own and stores its whole
+result in the payload; the admitting server, polling every ``POLL_S``, hands it
+to its caller and empties the payload (the row keeps details, as for any task).
+Admission, the hold and the settlement are the store's, the same wherever the
+task runs. The caller's server fails a task whose place has no live server
+left, or that was never claimed by its deadline; a cancel there settles the
+task at once, and the running server stops it on its next poll.
+
+With one place alive (one server, or replicas sharing a data dir) nothing is
+routed and no poll reads the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel
+from sqlalchemy import select, update
+
+from common.errors import BackendUnavailable, InvalidInput, Timeout
+from scheduler.leases import Leases
+from scheduler.models import Task, utcnow
+from scheduler.task_rows import Claimed
+from scheduler.task_types import outcome_of
+from scheduler.tasks import Scheduler
+from scheduler.workers import Workers
+
+log = logging.getLogger("cloudskills.routing")
+
+POLL_S = 0.05
+
+
+def place_of(home: Path) -> str:
+    """This machine and data dir: what a resource made here needs to be reached."""
+    return f"{socket.gethostname()}:{home.resolve()}"
+
+
+def ids_in(args: Any, fields: frozenset[str]) -> list[str]:
+    """The values of ``fields`` anywhere in the arguments (a list of mounts included)."""
+    found: list[str] = []
+    values: Iterable[tuple[str, Any]] = iter(args) if isinstance(args, BaseModel) else ()
+    for name, value in values:
+        if name in fields and isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, BaseModel):
+            found += ids_in(value, fields)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                found += ids_in(item, fields)
+    return found
+
+
+class Router:
+    def __init__(self, scheduler: Scheduler, workers: Workers, leases: Leases, fields: frozenset[str]) -> None:
+        assert workers.place is not None
+        self.scheduler = scheduler
+        self.workers = workers
+        self.leases = leases
+        self.fields = fields
+        self.place: str = workers.place
+        self.places: set[str] = {self.place}  # the live ones, as of the last ``refresh``
+        self.waiting: set[str] = set()  # tasks admitted here that run at another place
+
+    # -- the admitting side ----------------------------------------------------
+
+    def place_for(self, args: Any) -> str | None:
+        """Where a call must run: None for here (or anywhere)."""
+        if len(self.places) < 2 or not self.fields:
+            return None
+        ids = ids_in(args, self.fields)
+        if not ids:
+            return None
+        places = set(self.leases.places_of(ids).values())
+        if len(places) > 1:
+            raise InvalidInput(
+                f"{', '.join(sorted(ids))} live on different machines, and one call can only run on one: "
+                "use resources of one machine together (list them to see where each lives)."
+            )
+        if not places or places == {self.place}:
+            return None
+        place = places.pop()
+        if place not in self.workers.live_places():
+            raise BackendUnavailable(
+                f"{', '.join(sorted(ids))} lives on a machine where no server is running now ({place}): "
+                "start `cloudskills serve` there with its data dir, then call again."
+            )
+        return place
+
+    def refresh(self) -> None:
+        """On each heartbeat: the live places; fail what waits on a place that has none left,
+        or was never claimed before its deadline."""
+        self.places = self.workers.live_places()
+        if not self.waiting:
+            return
+        now = utcnow()
+        with self.scheduler.store.transaction() as session:
+            queued = session.execute(
+                select(Task.id, Task.place, Task.created_at, Task.timeout_s).where(
+                    Task.id.in_(self.waiting), Task.state == "queued"
+                )
+            ).all()
+        for task_id, place, created_at, timeout_s in queued:
+            if place not in self.places:
+                error: Any = BackendUnavailable(
+                    "the machine where this task's resource lives has no server running any more; nothing was "
+                    "charged: start one there, then call again."
+                )
+                self.scheduler.settle_unrun(task_id, "failed", error)
+            elif created_at + timedelta(seconds=timeout_s + self.scheduler.deadline_overhead_s) < now:
+                error = Timeout("no server where this task's resource lives took it before its deadline.")
+                self.scheduler.settle_unrun(task_id, "timed_out", error)
+
+    def _collect(self) -> None:
+        """Hand the results of tasks that ended elsewhere to their waiters here."""
+        with self.scheduler.store.transaction() as session:
+            ended = session.scalars(select(Task).where(Task.id.in_(self.waiting), Task.finished_at.is_not(None))).all()
+            for task in ended:
+                outcome = outcome_of(task)
+                if task.payload is not None:
+                    outcome = replace(outcome, result=task.payload)
+                task.payload = None
+                self.waiting.discard(task.id)
+                self.scheduler.delivered(outcome)
+
+    # -- the running side --------------------------------------------------------
+
+    def _claim_here(self) -> None:
+        """Claim this place's queued tasks, as many as there are free slots, and run them."""
+        free = self.scheduler.free_slots()
+        if free <= 0:
+            return
+        claimed: list[tuple[Claimed, dict[str, Any]]] = []
+        with self.scheduler.store.transaction() as session:
+            ids = session.scalars(
+                select(Task.id)
+                .where(Task.state == "queued", Task.place == self.place)
+                .order_by(Task.created_at)
+                .limit(free)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for task_id in ids:
+                row = session.execute(
+                    update(Task)
+                    .where(Task.id == task_id, Task.state == "queued")
+                    .values(
+                        state="running",
+                        started_at=utcnow(),
+                        attempts=Task.attempts + 1,
+                        worker_id=self.scheduler.worker_id,
+                    )
+                    .returning(
+                        Task.id,
+                        Task.tenant_id,
+                        Task.skill,
+                        Task.op,
+                        Task.args,
+                        Task.timeout_s,
+                        Task.hold_micros,
+                        Task.agent,
+                        Task.payload,
+                    )
+                ).one_or_none()
+                if row is not None:
+                    claimed.append((Claimed(*row[:8]), row[8] or {}))
+        for task, payload in claimed:
+            self.scheduler.start_routed(task, payload)
+
+    def _stop_settled(self) -> None:
+        """Stop tasks running here whose caller's server settled them (a cancel there)."""
+        running = self.scheduler.routed_running()
+        if not running:
+            return
+        with self.scheduler.store.transaction() as session:
+            settled = set(session.scalars(select(Task.id).where(Task.id.in_(running), Task.finished_at.is_not(None))))
+        self.scheduler.cancel_running(settled)
+
+    async def serve(self) -> None:
+        while True:
+            await anyio.sleep(POLL_S)
+            try:
+                if len(self.places) > 1:
+                    self._claim_here()
+                    self._stop_settled()
+                if self.waiting:
+                    self._collect()
+            except Exception:  # the store is unreachable a moment: the next poll retries
+                log.exception("routing poll failed")
