@@ -1,0 +1,127 @@
+"""Routing between places (scheduler/routing.py), in process: two servers on one SQLite store,
+each with a data dir of its own (two places). A call through the second on a database the
+first made runs on the first; a place whose server left fails its calls at once; one call
+naming resources of two places is refused; a call cancelled by its caller's server stops
+where it runs; and with one place alive nothing is routed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import select
+
+from common.errors import BackendUnavailable, InvalidInput
+from runtime.app import App
+from runtime.settings import load_settings
+from sandbox.docker import DockerDriver
+from scheduler.models import Lease, Task, Tenant
+
+pytestmark = pytest.mark.anyio
+
+
+def server(tmp_path: Path, name: str) -> App:
+    home = tmp_path / name
+    home.mkdir()
+    settings = load_settings(home=home, database_url=f"sqlite:///{tmp_path / 'store.db'}", pool_size=0)
+    return App(settings, DockerDriver("unix:///nonexistent/docker.sock"))
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[App, App]]:
+    first, second = server(tmp_path, "a"), server(tmp_path, "b")
+    try:
+        async with AsyncExitStack() as running:
+            await running.enter_async_context(first.running(serving=False))
+            await running.enter_async_context(second.running(serving=False))
+            for app in (first, second):
+                app.router.refresh()  # as their next heartbeat would: both places are live
+            yield first, second
+    finally:
+        first.close()
+        second.close()
+
+
+async def make_db(app: App) -> str:
+    db_id: str = (await app.call("local", "db_create", {"engine": "sqlite"})).unwrap()["db_id"]
+    await app.call("local", "db_query", {"db_id": db_id, "sql": "CREATE TABLE t (n INTEGER)"})
+    await app.call("local", "db_query", {"db_id": db_id, "sql": "INSERT INTO t VALUES (7)"})
+    return db_id
+
+
+async def test_a_call_runs_where_its_resource_lives(pair: tuple[App, App]) -> None:
+    first, second = pair
+    db = await make_db(first)
+    outcome = await second.call("local", "db_query", {"db_id": db, "sql": "SELECT n FROM t"})
+    assert outcome.unwrap()["rows"] == [[7]]
+    with first.store.transaction() as session:
+        task = session.get(Task, outcome.task_id)
+        assert task is not None
+        assert (task.place, task.worker_id) == (first.workers.place, first.workers.id)
+        assert task.payload is None, "the whole result left the store once its caller had it"
+        tenant = session.get(Tenant, "local")
+        leases = sum(lease.held_micros for lease in session.scalars(select(Lease).where(Lease.ended_at.is_(None))))
+        assert tenant is not None and tenant.held_micros == leases, "no task's hold is left"
+    # The first's own calls run at home, as ever.
+    mine = await first.call("local", "db_query", {"db_id": db, "sql": "SELECT count(*) FROM t"})
+    with first.store.transaction() as session:
+        assert session.get(Task, mine.task_id).place is None  # type: ignore[union-attr]
+
+
+async def test_a_place_with_no_server_fails_at_once(pair: tuple[App, App]) -> None:
+    first, second = pair
+    db = await make_db(first)
+    first.workers.leave()  # as a server that stopped
+    with pytest.raises(BackendUnavailable, match="no server is running"):
+        await second.call("local", "db_query", {"db_id": db, "sql": "SELECT n FROM t"})
+
+
+async def test_one_call_cannot_span_two_places(pair: tuple[App, App]) -> None:
+    first, second = pair
+    db = await make_db(first)
+    with second.store.transaction() as session:  # a workspace's lease, as the second would open it
+        session.add(
+            Lease(id="ws_elsewhere", tenant_id="local", kind="workspace", op="keep", place=second.workers.place)
+        )
+    with pytest.raises(InvalidInput, match="live on different machines"):
+        await second.call(
+            "local",
+            "db_export",
+            {"db_id": db, "workspace_id": "ws_elsewhere", "path": "t.csv", "sql": "SELECT n FROM t"},
+        )
+
+
+async def test_a_cancel_by_the_callers_server_stops_it_where_it_runs(pair: tuple[App, App]) -> None:
+    first, second = pair
+    db = await make_db(first)
+    forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+    # timeout_s short: a statement in a SQLite worker is stopped at its timeout, not at a cancel.
+    call = second.prepare("db_query", {"db_id": db, "sql": forever, "timeout_s": 3})
+    submitted = second.scheduler.submit("local", call.binding, call.args)
+
+    def running_there() -> bool:
+        return submitted in first.scheduler.routed_running()
+
+    with anyio.fail_after(30):
+        while not running_there():  # noqa: ASYNC110 - the other server's poll claims it
+            await anyio.sleep(0.02)
+    assert await second.scheduler.cancel("local", submitted) == "cancelled"
+    with anyio.fail_after(30):
+        while running_there():  # noqa: ASYNC110 - stopped on its next poll
+            await anyio.sleep(0.02)
+
+
+async def test_with_one_place_alive_nothing_is_routed(pair: tuple[App, App]) -> None:
+    first, second = pair
+    db = await make_db(first)
+    first.workers.leave()
+    second.router.refresh()
+    assert second.router.places == {second.workers.place}
+    # Not routed: the second runs it itself (and the file is reachable on this one host).
+    outcome = await second.call("local", "db_query", {"db_id": db, "sql": "SELECT n FROM t"})
+    with second.store.transaction() as session:
+        task = session.get(Task, outcome.task_id)
+        assert task is not None and task.place is None and task.worker_id == second.workers.id
