@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
-from sqlalchemy import select
 
 from common.errors import (
     BackendUnavailable,
@@ -45,6 +44,7 @@ from scheduler.pricing import PriceCatalog, Usage
 from scheduler.resources import Services
 from scheduler.store import Store
 from scheduler.task_details import Details, summarize
+from scheduler.task_recovery import judge
 from scheduler.task_rows import CLAIM, FINISH, INSERT_TASK, PRUNE, SETTLING, Claimed
 from scheduler.task_types import OpBinding, Progress, TaskContext, TaskOutcome, as_json, new_id, outcome_of
 
@@ -431,67 +431,18 @@ class Scheduler:
     # -- restart -----------------------------------------------------------
 
     def recover(self, alive: set[str] | None = None, places: set[str] | None = None) -> list[str]:
-        """Resolve what dead processes left: their running tasks fail or retry, their queued
-        ones run here. A task is a dead process's when its worker is not in ``alive`` (None:
-        only this process is, as on a restart of the only server). A task for another place
-        (``scheduler.routing``) is left to that place's servers while one of ``places`` (the
-        live ones) is it, and failed when none is."""
+        """Resolve what dead processes left (``scheduler.task_recovery``): their running tasks
+        fail or retry, their queued ones run here. A task is a dead process's when its worker
+        is not in ``alive`` (None: only this process is, as on a restart of the only server);
+        ``places`` are the live ones (None: this one's)."""
         alive = {self.worker_id} if alive is None else alive
         places = ({self.place} if self.place else set()) if places is None else places
-        orphaned = Task.worker_id.is_(None) | Task.worker_id.not_in(alive)
-        requeue: list[str] = []
-        gone: list[str] = []  # routed to a place where no server lives
         with self.store.transaction() as session:
-            orphans = session.scalars(select(Task).where(Task.state == "running", orphaned)).all()
-            failed = []
-            for task in orphans:
-                if task.place is not None and task.place not in places:
-                    gone.append(task.id)
-                elif task.idempotent and task.attempts < task.max_attempts and (task.args_whole or task.place):
-                    task.state = "queued"  # claimed again below, by this worker (or its place's router)
-                else:
-                    failed.append(task.id)
-            queued = session.scalars(select(Task).where(Task.state == "queued", orphaned).order_by(Task.created_at))
-            unkept: list[str] = []
-            for task in queued:
-                if task.place is not None:  # claimed by a router of its place, with its payload
-                    if task.place not in places:
-                        gone.append(task.id)
-                    continue
-                (requeue if task.args_whole else unkept).append(task.id)
-        for task_id in gone:
-            self._finish(
-                task_id,
-                "failed",
-                None,
-                BackendUnavailable(
-                    "no server is running on the machine where this task's resource lives; nothing was "
-                    "charged: start one there, then call again."
-                ),
-                Usage(),
-            )
-        for task_id in failed:
-            self._finish(
-                task_id,
-                "failed",
-                None,
-                BackendUnavailable("the server stopped while this task ran; nothing was charged: run it again."),
-                Usage(),
-            )
-        for task_id in unkept:
-            self._finish(
-                task_id,
-                "failed",
-                None,
-                BackendUnavailable(
-                    "the server stopped before this task ran, and its arguments (file contents, secrets) are "
-                    "never kept; nothing was charged: call it again."
-                ),
-                Usage(),
-            )
-        failed += unkept + gone
-        for task_id in requeue:
+            orphans = judge(session, alive, places)
+        for task_id, error in orphans.errors():
+            self._finish(task_id, "failed", None, error, Usage())
+        for task_id in orphans.requeue:
             self._done[task_id] = anyio.Event()
             self._queue.append(task_id)
         self._pump()
-        return failed
+        return [task_id for task_id, _ in orphans.errors()]
