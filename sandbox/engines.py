@@ -119,8 +119,9 @@ class Engines:
             return engine
         raise NotFound("this sandbox's container is on no engine that answers: destroy it and create a new one.")
 
-    def placement(self) -> list[Engine]:
-        """Where a new sandbox may go, most room first."""
+    def placement(self, local_only: bool = False) -> list[Engine]:
+        """Where a new sandbox may go, most room first; ``local_only``: engines of this
+        machine, for a sandbox that binds this machine's paths (workspaces, egress's socket)."""
         now = time.monotonic()
         usable = [
             engine
@@ -128,6 +129,7 @@ class Engines:
             if not engine.draining
             and engine.room > 0
             and (engine.down_since is None or now - engine.down_since > RETRY_DOWN_S)
+            and (engine.driver.local or not local_only)
         ]
         return sorted(usable, key=lambda engine: -engine.room)
 
@@ -159,7 +161,8 @@ class Engines:
 
     def create(self, spec: SandboxSpec) -> SandboxHandle:
         tried = []
-        for engine in self.placement():
+        local_only = bool(spec.volumes)
+        for engine in self.placement(local_only):
             labelled = replace(spec, labels={**spec.labels, LABEL_ENGINE: engine.name})
             try:
                 handle = self._create_on(engine, labelled)
@@ -172,7 +175,11 @@ class Engines:
                 self._where[handle.container_id] = engine
                 engine.sandboxes += 1
             return handle
-        why = "; ".join(tried) or "every engine is full, draining or down"
+        why = "; ".join(tried) or (
+            "every engine of this machine is full, draining or down, and this sandbox mounts this machine's files"
+            if local_only
+            else "every engine is full, draining or down"
+        )
         raise BackendUnavailable(f"no Docker engine can take a sandbox now ({why}): try again in a minute.")
 
     def _create_on(self, engine: Engine, spec: SandboxSpec) -> SandboxHandle:

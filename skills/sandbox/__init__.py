@@ -43,7 +43,9 @@ def from_platform(platform: Platform) -> SandboxManager:
     from skills.sandbox.expose import Exposures
     from skills.sandbox.network import Egress
 
-    platform.services.add(Exposures(platform.store, platform.docker, getattr(settings, "public_url", None)))
+    engines = platform.engines
+    engine_of = (lambda container_id: engines.engine_of(container_id).driver) if engines is not None else None
+    platform.services.add(Exposures(platform.store, platform.docker, getattr(settings, "public_url", None), engine_of))
     platform.services.add(Egress(platform.store, platform.docker, getattr(settings, "sandbox_egress_cap", None)))
     pausing = PausePolicy(
         idle_pause=getattr(settings, "sandbox_idle_pause", False),

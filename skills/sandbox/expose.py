@@ -77,12 +77,24 @@ def token_hash(token: str) -> str:
 class Exposures:
     """The exposed ports of every session sandbox, and the routes that serve them."""
 
-    def __init__(self, store: Store, docker: DockerDriver, public_url: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        docker: DockerDriver,
+        public_url: str | None = None,
+        engine_of: Callable[[str], DockerDriver] | None = None,
+    ) -> None:
         self.store = store
         self.docker = docker
+        # The engine holding a container (several engines: sandbox/engines.py); else the one.
+        self.engine_of = engine_of or (lambda container_id: docker)
         self.public_url = public_url
         self.base_url = public_url or ""
         self.tenant_of_key: Callable[[str], str | None] = lambda key: None
+
+    def connect(self, container_id: str, port: int) -> PortConnection:
+        """A connection to the port inside the sandbox, through its own engine (blocking)."""
+        return connect_port(self.engine_of(container_id).client.api, container_id, port)
 
     def expose(self, tenant_id: str, sandbox_id: str, port: int) -> ExposeOutput:
         token = secrets.token_urlsafe(24)
@@ -169,7 +181,7 @@ class Exposures:
             raw += client.send(h11.Data(data=body)) or b""
         raw += client.send(h11.EndOfMessage()) or b""
         try:
-            conn = await anyio.to_thread.run_sync(connect_port, self.docker.client.api, container_id, port)
+            conn = await anyio.to_thread.run_sync(self.connect, container_id, port)
         except CloudSkillsError as exc:
             return PlainTextResponse(str(exc), status_code=502)
         try:

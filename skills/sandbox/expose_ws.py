@@ -25,7 +25,7 @@ from wsproto.events import (
 )
 
 from common.errors import CloudSkillsError
-from sandbox.ports import PortConnection, connect_port
+from sandbox.ports import PortConnection
 
 if TYPE_CHECKING:
     from skills.sandbox.expose import Exposures
@@ -43,7 +43,7 @@ async def forward_websocket(exposures: Exposures, websocket: WebSocket) -> None:
     target = "/" + str(websocket.path_params["path"]) + (f"?{websocket.url.query}" if websocket.url.query else "")
     protocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     try:
-        conn = await anyio.to_thread.run_sync(connect_port, exposures.docker.client.api, container_id, port)
+        conn = await anyio.to_thread.run_sync(exposures.connect, container_id, port)
     except CloudSkillsError:
         await websocket.close(code=UNREACHABLE)
         return

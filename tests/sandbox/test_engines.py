@@ -15,10 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import httpx2
 import pytest
 from sqlalchemy import select
 
 from runtime.app import App
+from runtime.server import http_app
 from runtime.settings import Settings
 from sandbox import engines
 from sandbox.docker import DockerDriver
@@ -26,6 +29,7 @@ from sandbox.driver import LABEL_STORE
 from skills.sandbox.rows import Sandbox
 from tests.mcp_helpers import call, call_error, mcp_client
 from tests.polling import until
+from tests.skills.test_sandbox_network import SERVE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -139,6 +143,17 @@ async def test_sandboxes_spread_over_two_engines_and_survive_one_going_away(
                 out = await call(client, "sandbox_run_code", sandbox_id=sid, code="print(6 * 7)")
                 assert out["stdout"] == "42\n"
             assert (await call(client, "sandbox_run", code="print(1)"))["stdout"] == "1\n"
+            # A port of a sandbox on two is exposed through its own engine.
+            await call(client, "sandbox_exec", sandbox_id=first, command=SERVE, background=True)
+            path = (await call(client, "sandbox_expose", sandbox_id=first, port=8080))["path"]
+            web = httpx2.AsyncClient(
+                transport=httpx2.ASGITransport(app=http_app(app, "127.0.0.1", 8000)), base_url="http://t"
+            )
+            async with web:
+                with anyio.fail_after(30):
+                    while (page := await web.get(path + "index.html")).status_code != 200:  # noqa: ASYNC110
+                        await anyio.sleep(0.1)
+            assert page.text == "hello-from-sandbox\n"
 
             killed_at = time.time()
             kill_dockerd(root, second_process)
