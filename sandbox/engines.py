@@ -119,6 +119,12 @@ class Engines:
             return engine
         raise NotFound("this sandbox's container is on no engine that answers: destroy it and create a new one.")
 
+    def is_draining(self, container_id: str) -> bool:
+        """Whether the sandbox is on an engine being drained (a warm one there is not handed out)."""
+        with self._lock:
+            found = self._where.get(container_id)
+        return found is not None and found.draining
+
     def placement(self, local_only: bool = False) -> list[Engine]:
         """Where a new sandbox may go, most room first; ``local_only``: engines of this
         machine, for a sandbox that binds this machine's paths (workspaces, egress's socket)."""

@@ -167,8 +167,12 @@ class WarmPool:
         self._claimed_at[shape] = time.monotonic()
         self._wanted[shape].set()
         ready = self._ready[shape]
+        draining = getattr(self.driver, "is_draining", None)  # several engines (sandbox/engines.py)
         while ready:
             warm = ready.popleft()
+            if draining is not None and draining(warm.handle.container_id):
+                await self._discard(warm)  # its engine takes nothing new: a warm one there neither
+                continue
             self._claiming.add(warm.sandbox_id)
             if await anyio.to_thread.run_sync(self.driver.ping, warm.handle):
                 self._count(shape, "claimed")

@@ -53,3 +53,29 @@ async def test_an_unbounded_stop_waits_and_removes_it_itself() -> None:
         driver.release.set()
     assert driver.abandoned == []
     assert driver.labels == {}  # made whole, then removed
+
+
+class DrainingDriver(MemoryDriver):
+    """Several engines as the pool sees them: some containers sit on an engine being drained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draining: set[str] = set()
+
+    def is_draining(self, container_id: str) -> bool:
+        return container_id in self.draining
+
+
+async def test_a_warm_sandbox_on_an_engine_being_drained_is_not_handed_out() -> None:
+    driver = DrainingDriver()
+    shape = Shape("python", "img")
+    pool = WarmPool(driver, "store", [shape], size=2, memory_budget_mib=4096)
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.run)
+        await until(lambda: pool.ready == 2, "the pool full")
+        first = pool._ready[shape][0]
+        driver.draining.add(first.handle.container_id)
+        claimed = await pool.claim(shape)
+        assert claimed is not None and claimed.handle.container_id != first.handle.container_id
+        await until(lambda: first.handle.container_id not in driver.labels, "the drained one removed")
+        group.cancel_scope.cancel()
