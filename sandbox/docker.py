@@ -103,7 +103,13 @@ class DockerDriver:
         if self._client is None:
             try:
                 if self._base_url:
-                    self._client = docker.DockerClient(base_url=self._base_url, timeout=120, tls=self._tls or False)
+                    # ssh:// through the system's ssh client (key login, a known host), not paramiko.
+                    self._client = docker.DockerClient(
+                        base_url=self._base_url,
+                        timeout=120,
+                        tls=self._tls or False,
+                        use_ssh_client=self._base_url.startswith("ssh://"),
+                    )
                 else:
                     self._client = docker.from_env(timeout=120)
             except docker.errors.DockerException as exc:
