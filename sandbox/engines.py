@@ -119,6 +119,12 @@ class Engines:
             return engine
         raise NotFound("this sandbox's container is on no engine that answers: destroy it and create a new one.")
 
+    def room_of(self, container_id: str) -> int:
+        """Room left on the engine holding the sandbox: a claim takes a warm one where most is."""
+        with self._lock:
+            found = self._where.get(container_id)
+        return found.room if found is not None and found.down_since is None else -1
+
     def is_draining(self, container_id: str) -> bool:
         """Whether the sandbox is on an engine being drained (a warm one there is not handed out)."""
         with self._lock:

@@ -167,7 +167,10 @@ class WarmPool:
         self._claimed_at[shape] = time.monotonic()
         self._wanted[shape].set()
         ready = self._ready[shape]
-        draining = getattr(self.driver, "is_draining", None)  # several engines (sandbox/engines.py)
+        # Several engines (sandbox/engines.py): the warm one on the engine with the most room first.
+        draining, room_of = getattr(self.driver, "is_draining", None), getattr(self.driver, "room_of", None)
+        if room_of is not None and len(ready) > 1:
+            ready = self._ready[shape] = deque(sorted(ready, key=lambda w: -room_of(w.handle.container_id)))
         while ready:
             warm = ready.popleft()
             if draining is not None and draining(warm.handle.container_id):

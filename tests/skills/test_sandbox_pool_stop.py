@@ -79,3 +79,28 @@ async def test_a_warm_sandbox_on_an_engine_being_drained_is_not_handed_out() -> 
         assert claimed is not None and claimed.handle.container_id != first.handle.container_id
         await until(lambda: first.handle.container_id not in driver.labels, "the drained one removed")
         group.cancel_scope.cancel()
+
+
+class RoomyDriver(MemoryDriver):
+    """Several engines as the pool sees them: each container's engine has some room left."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rooms: dict[str, int] = {}
+
+    def room_of(self, container_id: str) -> int:
+        return self.rooms.get(container_id, 0)
+
+
+async def test_a_claim_takes_the_warm_sandbox_on_the_engine_with_the_most_room() -> None:
+    driver = RoomyDriver()
+    shape = Shape("python", "img")
+    pool = WarmPool(driver, "store", [shape], size=3, memory_budget_mib=4096)
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.run)
+        await until(lambda: pool.ready == 3, "the pool full")
+        ids = [warm.handle.container_id for warm in pool._ready[shape]]
+        driver.rooms = {ids[0]: 1, ids[1]: 9, ids[2]: 4}
+        claimed = await pool.claim(shape)
+        assert claimed is not None and claimed.handle.container_id == ids[1]
+        group.cancel_scope.cancel()
