@@ -21,7 +21,7 @@ from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_STORE
 from scheduler.models import Lease, Task, Tenant, Worker
 from tests.e2e.conftest import start_http_server
-from tests.mcp_helpers import call, call_error, http_client
+from tests.mcp_helpers import CreatedTask, PollingTasks, call, call_error, http_client, until_done
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -80,6 +80,16 @@ async def test_every_kind_made_through_one_replica_answers_through_another(
             made["vm"] = (await call(a, "vm_create"))["vm_id"]
             await call(a, "vm_exec", vm_id=made["vm"], command="echo made through a > /tmp/mark")
         await used_through(second_url, new.key, made)
+        # An MCP task handle made through one is polled to its end through the other.
+        options: dict[str, Any] = {"mode": "2026-07-28", "extensions": [PollingTasks()]}
+        async with http_client(first_url, new.key, **options) as a:
+            slow = {"code": "import time; time.sleep(4); print('done')", "timeout_s": 60}
+            created = await a.session.call_tool("sandbox_run", slow, allow_claimed=True)
+            assert isinstance(created, CreatedTask)
+        async with http_client(second_url, new.key, **options) as b:
+            ended = await until_done(b, created.task_id)
+            assert ended.status == "completed" and ended.result is not None
+            assert ended.result["structuredContent"]["stdout"] == "done\n"
 
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
