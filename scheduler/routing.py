@@ -19,7 +19,8 @@ left, or that was never claimed by its deadline; a cancel there settles the
 task at once, and the running server stops it on its next poll.
 
 With one place alive (one server, or replicas sharing a data dir) nothing is
-routed and no poll reads the store.
+routed and no call or poll reads the store; each heartbeat looks once for tasks
+routed here by a server that has gone since (they run all the same).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import anyio
 from pydantic import BaseModel
 from sqlalchemy import select, update
 
-from common.errors import BackendUnavailable, InvalidInput, Timeout
+from common.errors import BackendUnavailable, CloudSkillsError, InvalidInput, Timeout
 from scheduler.leases import Leases
 from scheduler.models import Task, utcnow
 from scheduler.task_rows import Claimed
@@ -47,6 +48,10 @@ from scheduler.workers import Workers
 log = logging.getLogger("cloudskills.routing")
 
 POLL_S = 0.05
+STOPPED_THERE = (
+    "the server running this task on the machine where its resource lives stopped midway, and none runs "
+    "there now; nothing was charged: start one there, then call again."
+)
 
 
 def place_of(home: Path) -> str:
@@ -79,11 +84,17 @@ class Router:
         self.place: str = workers.place
         self.places: set[str] = {self.place}  # the live ones, as of the last ``refresh``
         self.waiting: set[str] = set()  # tasks admitted here that run at another place
+        self.refreshed = False  # a call before the first heartbeat (the CLI's one call) refreshes first
+        # Tasks routed here by a server that is gone may wait in the queue: claimed even with one
+        # place alive, until none is left (looked for at start and on each heartbeat).
+        self.strays = True
 
     # -- the admitting side ----------------------------------------------------
 
     def place_for(self, args: Any) -> str | None:
         """Where a call must run: None for here (or anywhere)."""
+        if not self.refreshed and self.fields:
+            self.refresh()
         if len(self.places) < 2 or not self.fields:
             return None
         ids = ids_in(args, self.fields)
@@ -106,20 +117,25 @@ class Router:
         return place
 
     def refresh(self) -> None:
-        """On each heartbeat: the live places; fail what waits on a place that has none left,
-        or was never claimed before its deadline."""
-        self.places = self.workers.live_places()
+        """On each heartbeat: the live places; fail what waits on a place that has none left
+        (queued, or stopped midway there), or was never claimed before its deadline."""
+        self.places, self.refreshed = self.workers.live_places(), True
+        if len(self.places) < 2 and not self.strays:
+            self.strays = self._stranded()
         if not self.waiting:
             return
         now = utcnow()
         with self.scheduler.store.transaction() as session:
-            queued = session.execute(
-                select(Task.id, Task.place, Task.created_at, Task.timeout_s).where(
-                    Task.id.in_(self.waiting), Task.state == "queued"
+            active = session.execute(
+                select(Task.id, Task.state, Task.place, Task.created_at, Task.timeout_s).where(
+                    Task.id.in_(self.waiting), Task.state.in_(("queued", "running"))
                 )
             ).all()
-        for task_id, place, created_at, timeout_s in queued:
-            if place not in self.places:
+        for task_id, state, place, created_at, timeout_s in active:
+            if state == "running":
+                if place not in self.places:  # the server running it there is gone, and no one judges it here
+                    self.scheduler.settle_stopped(task_id, BackendUnavailable(STOPPED_THERE))
+            elif place not in self.places:
                 error: Any = BackendUnavailable(
                     "the machine where this task's resource lives has no server running any more; nothing was "
                     "charged: start one there, then call again."
@@ -128,6 +144,12 @@ class Router:
             elif created_at + timedelta(seconds=timeout_s + self.scheduler.deadline_overhead_s) < now:
                 error = Timeout("no server where this task's resource lives took it before its deadline.")
                 self.scheduler.settle_unrun(task_id, "timed_out", error)
+
+    def _stranded(self) -> bool:
+        """Whether a task waits in the queue for this place (one indexed read, on a heartbeat)."""
+        with self.scheduler.store.transaction() as session:
+            found = session.scalar(select(Task.id).where(Task.state == "queued", Task.place == self.place).limit(1))
+        return found is not None
 
     def _collect(self) -> None:
         """Hand the results of tasks that ended elsewhere to their waiters here."""
@@ -143,21 +165,47 @@ class Router:
 
     # -- the running side --------------------------------------------------------
 
-    def _claim_here(self) -> None:
-        """Claim this place's queued tasks, as many as there are free slots, and run them."""
+    def reroute(self, task_id: str) -> bool:
+        """Send a dead server's task that recovery would run again here to the place where its
+        resource lives (or fail it when no server lives there); False: it runs here."""
+        with self.scheduler.store.transaction() as session:
+            found = session.execute(select(Task.skill, Task.op, Task.args).where(Task.id == task_id)).one_or_none()
+        binding = None if found is None else self.scheduler.bindings().get(f"{found.skill}.{found.op}")
+        if found is None or binding is None:
+            return False
+        try:
+            place = self.place_for(binding.load(found.args))
+        except CloudSkillsError as error:
+            self.scheduler.settle_unrun(task_id, "failed", error)
+            return True
+        if place is None:
+            return False
+        with self.scheduler.store.transaction() as session:
+            # Its result comes back here, where the payload is emptied (``_collect``).
+            session.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.state == "queued")
+                .values(place=place, payload=found.args, worker_id=self.scheduler.worker_id)
+            )
+        self.waiting.add(task_id)
+        return True
+
+    def _claim_here(self) -> bool:
+        """Claim this place's queued tasks, as many as there are free slots, and run them;
+        whether some may be left (every free slot was taken, or none was free)."""
         free = self.scheduler.free_slots()
         if free <= 0:
-            return
-        claimed: list[tuple[Claimed, dict[str, Any]]] = []
+            return True
+        claimed: list[tuple[Claimed, dict[str, Any], str | None]] = []
         with self.scheduler.store.transaction() as session:
-            ids = session.scalars(
-                select(Task.id)
+            found = session.execute(
+                select(Task.id, Task.worker_id)
                 .where(Task.state == "queued", Task.place == self.place)
                 .order_by(Task.created_at)
                 .limit(free)
                 .with_for_update(skip_locked=True)
             ).all()
-            for task_id in ids:
+            for task_id, admitter in found:
                 row = session.execute(
                     update(Task)
                     .where(Task.id == task_id, Task.state == "queued")
@@ -180,9 +228,12 @@ class Router:
                     )
                 ).one_or_none()
                 if row is not None:
-                    claimed.append((Claimed(*row[:8]), row[8] or {}))
-        for task, payload in claimed:
-            self.scheduler.start_routed(task, payload)
+                    claimed.append((Claimed(*row[:8]), row[8] or {}, admitter))
+        # A task whose admitting server is gone has no one to collect its whole result: none is stored.
+        alive = self.workers.alive() if claimed else set()
+        for task, payload, admitter in claimed:
+            self.scheduler.start_routed(task, payload, deliver=admitter in alive)
+        return len(found) == free
 
     def _stop_settled(self) -> None:
         """Stop tasks running here whose caller's server settled them (a cancel there)."""
@@ -197,8 +248,9 @@ class Router:
         while True:
             await anyio.sleep(POLL_S)
             try:
-                if len(self.places) > 1:
-                    self._claim_here()
+                if len(self.places) > 1 or self.strays:
+                    more = self._claim_here()
+                    self.strays = self.strays and more
                     self._stop_settled()
                 if self.waiting:
                     self._collect()

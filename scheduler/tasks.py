@@ -106,8 +106,8 @@ class Scheduler:
         # Calls on resources at other places go there (``scheduler.routing``); None: all run here.
         self.router: Router | None = None
         self.place: str | None = None
-        # Tasks running here for a server elsewhere: their whole result is stored for it.
-        self._routed: set[str] = set()
+        # Tasks running here for a server elsewhere, and whether their whole result is stored for it.
+        self._routed: dict[str, bool] = {}
 
     def bind(self, binding: OpBinding) -> None:
         self._bindings[binding.key] = binding
@@ -179,13 +179,16 @@ class Scheduler:
             self._queue.append(task_id)
         return task_id
 
-    def start_routed(self, task: Claimed, payload: dict[str, Any]) -> None:
+    def bindings(self) -> dict[str, OpBinding]:
+        return self._bindings
+
+    def start_routed(self, task: Claimed, payload: dict[str, Any], deliver: bool = True) -> None:
         """Run a task another place admitted for a resource here; its whole result is stored
-        for the server that waits for it."""
+        for the server that waits for it (``deliver``; none does once that place is gone)."""
         binding = self._bindings.get(f"{task.skill}.{task.op}")
         if binding is not None:
             self._args[task.id] = binding.load(payload)
-        self._routed.add(task.id)
+        self._routed[task.id] = deliver
         self._start(task)
 
     def free_slots(self) -> int:
@@ -199,11 +202,18 @@ class Scheduler:
             event.set()
 
     def settle_unrun(self, task_id: str, state: str, error: CloudSkillsError) -> None:
-        """End a task that never ran (nothing used, nothing charged), unless it has ended already."""
-        self._finish(task_id, state, None, error, Usage())
+        """End a task that never ran (nothing used, nothing charged), unless it is not queued
+        any more: claimed meanwhile by a server where its resource lives, or ended already."""
+        claimed = self._claim(task_id)  # taken from the queue first, so no one else can start it
+        if claimed is not None:
+            self._finish(task_id, state, None, error, Usage(), claimed)
+
+    def settle_stopped(self, task_id: str, error: CloudSkillsError) -> None:
+        """Fail a task whose server stopped midway (nothing charged), unless it has ended already."""
+        self._finish(task_id, "failed", None, error, Usage())
 
     def routed_running(self) -> set[str]:
-        return self._routed & set(self._running)
+        return self._routed.keys() & self._running.keys()
 
     def cancel_running(self, task_ids: set[str]) -> None:
         """Stop tasks running here that were settled elsewhere (cancelled by their caller's server)."""
@@ -259,6 +269,9 @@ class Scheduler:
             return task.state
         scope = self._running.get(task_id)
         if scope is not None:
+            # Woken once it has stopped, even when no one here waited for it (run for another
+            # place, or handed over as an MCP task).
+            self._done.setdefault(task_id, anyio.Event())
             scope.cancel()
             await self.wait(task_id)
         else:
@@ -387,8 +400,7 @@ class Scheduler:
                 result |= {"task_id": task_id, "cost": self.money(cost)}
             kept = result if keep_result or result is None else summarize(result, binding.secret if binding else ())
             # Run here for a server elsewhere: the whole result travels back in the payload.
-            routed = task_id in self._routed
-            self._routed.discard(task_id)
+            routed = self._routed.pop(task_id, False)
             final = {
                 "task_id": task_id,
                 "state": state,
@@ -442,6 +454,8 @@ class Scheduler:
         for task_id, error in orphans.errors():
             self._finish(task_id, "failed", None, error, Usage())
         for task_id in orphans.requeue:
+            if self.router is not None and self.router.reroute(task_id):
+                continue  # its resource lives at another place: it runs there
             self._done[task_id] = anyio.Event()
             self._queue.append(task_id)
         self._pump()
