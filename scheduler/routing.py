@@ -196,16 +196,16 @@ class Router:
         free = self.scheduler.free_slots()
         if free <= 0:
             return True
-        claimed: list[tuple[Claimed, dict[str, Any], str | None]] = []
+        claimed: list[tuple[Claimed, dict[str, Any]]] = []
         with self.scheduler.store.transaction() as session:
-            found = session.execute(
-                select(Task.id, Task.worker_id)
+            found = session.scalars(
+                select(Task.id)
                 .where(Task.state == "queued", Task.place == self.place)
                 .order_by(Task.created_at)
                 .limit(free)
                 .with_for_update(skip_locked=True)
             ).all()
-            for task_id, admitter in found:
+            for task_id in found:
                 row = session.execute(
                     update(Task)
                     .where(Task.id == task_id, Task.state == "queued")
@@ -228,11 +228,9 @@ class Router:
                     )
                 ).one_or_none()
                 if row is not None:
-                    claimed.append((Claimed(*row[:8]), row[8] or {}, admitter))
-        # A task whose admitting server is gone has no one to collect its whole result: none is stored.
-        alive = self.workers.alive() if claimed else set()
-        for task, payload, admitter in claimed:
-            self.scheduler.start_routed(task, payload, deliver=admitter in alive)
+                    claimed.append((Claimed(*row[:8]), row[8] or {}))
+        for task, payload in claimed:
+            self.scheduler.start_routed(task, payload)
         return len(found) == free
 
     def _stop_settled(self) -> None:

@@ -106,8 +106,8 @@ class Scheduler:
         # Calls on resources at other places go there (``scheduler.routing``); None: all run here.
         self.router: Router | None = None
         self.place: str | None = None
-        # Tasks running here for a server elsewhere, and whether their whole result is stored for it.
-        self._routed: dict[str, bool] = {}
+        # Tasks running here for a server elsewhere: their whole result is stored for it.
+        self._routed: set[str] = set()
 
     def bind(self, binding: OpBinding) -> None:
         self._bindings[binding.key] = binding
@@ -182,13 +182,13 @@ class Scheduler:
     def bindings(self) -> dict[str, OpBinding]:
         return self._bindings
 
-    def start_routed(self, task: Claimed, payload: dict[str, Any], deliver: bool = True) -> None:
+    def start_routed(self, task: Claimed, payload: dict[str, Any]) -> None:
         """Run a task another place admitted for a resource here; its whole result is stored
-        for the server that waits for it (``deliver``; none does once that place is gone)."""
+        for the server that waits for it."""
         binding = self._bindings.get(f"{task.skill}.{task.op}")
         if binding is not None:
             self._args[task.id] = binding.load(payload)
-        self._routed[task.id] = deliver
+        self._routed.add(task.id)
         self._start(task)
 
     def free_slots(self) -> int:
@@ -213,7 +213,7 @@ class Scheduler:
         self._finish(task_id, "failed", None, error, Usage())
 
     def routed_running(self) -> set[str]:
-        return self._routed.keys() & self._running.keys()
+        return self._routed & set(self._running)
 
     def cancel_running(self, task_ids: set[str]) -> None:
         """Stop tasks running here that were settled elsewhere (cancelled by their caller's server)."""
@@ -400,7 +400,8 @@ class Scheduler:
                 result |= {"task_id": task_id, "cost": self.money(cost)}
             kept = result if keep_result or result is None else summarize(result, binding.secret if binding else ())
             # Run here for a server elsewhere: the whole result travels back in the payload.
-            routed = self._routed.pop(task_id, False)
+            routed = task_id in self._routed
+            self._routed.discard(task_id)
             final = {
                 "task_id": task_id,
                 "state": state,
