@@ -211,3 +211,21 @@ async def test_a_caller_whose_task_stopped_midway_at_another_place_is_answered(
     finally:
         first.close()
         second.close()
+
+
+async def test_one_server_reads_no_place_per_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one place alive, a call on a database reads neither leases' nor workers' places."""
+    app = server(tmp_path, "a")
+
+    def unread(*args: Any) -> Any:
+        raise AssertionError("a place read for a call with one place alive")
+
+    try:
+        async with app.running(serving=False):
+            db = await make_db(app)  # the first call refreshed the places, once
+            monkeypatch.setattr(app.leases, "places_of", unread)
+            monkeypatch.setattr(app.workers, "live_places", unread)
+            outcome = await app.call("local", "db_query", {"db_id": db, "sql": "SELECT n FROM t"})
+            assert outcome.unwrap()["rows"] == [[7]]
+    finally:
+        app.close()
