@@ -232,7 +232,10 @@ class Leases:
         ledger.check_budget(self.catalog, tenant, amount, what=what or None)
 
     def _bill(self, session: Session, row: Lease, end: datetime) -> int:
-        """Charge ``[billed_until, min(end, lease_until))``: never past what was held."""
+        """Charge ``[billed_until, min(end, lease_until))``, out of the lease's hold: never past
+        what was held, in time or in money. What it charges moves from held to spent, so
+        ``held_micros`` is always what the lease still holds (a lease billed twice under one
+        hold, as when its rate was lowered, cannot pass it by a rounding)."""
         stop = min(end, row.lease_until)
         ms = ms_between(row.billed_until, stop)
         if ms == 0:
@@ -240,7 +243,9 @@ class Leases:
         key = f"lease:{row.id}:{int(row.billed_until.timestamp() * 1_000_000)}"
         posting = ledger.Posting(key, row.tenant_id, None, row.kind, row.op, row.agent)
         usage = used_in(Usage.of(row.rate), ms)
-        total = ledger.post(session, self.catalog, posting, self.catalog.usage_charges(usage))
+        charges = ledger.capped(self.catalog.usage_charges(usage), row.held_micros)
+        total = ledger.post(session, self.catalog, posting, charges, release=sum(c.amount_micros for c in charges))
+        row.held_micros -= total
         row.billed_until = row.billed_until + timedelta(milliseconds=ms)
         return total
 

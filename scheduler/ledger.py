@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -128,6 +128,16 @@ def affordable(session: Session, tenant_id: str, charges: list[Charge]) -> list[
     tenant = session.connection().execute(MONEY_OF, {"tenant_id": tenant_id}).one()
     left = left_of(tenant)
     return charges if left is None or left >= sum(c.amount_micros for c in charges) else []
+
+
+def capped(charges: list[Charge], most: int) -> list[Charge]:
+    """The charges cut, from the last, to ``most`` in all (each keeps its quantity)."""
+    kept, room = [], most
+    for charge in charges:
+        amount = min(charge.amount_micros, room)
+        room -= amount
+        kept.append(replace(charge, amount_micros=amount))
+    return kept
 
 
 def left_of(tenant: Any) -> int | None:

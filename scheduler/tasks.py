@@ -394,6 +394,10 @@ class Scheduler:
             binding = self._bindings.get(op_key)
             if charges and binding is not None and binding.always_admitted:
                 charges = ledger.affordable(session, task.tenant_id, charges)
+            elif sum(charge.amount_micros for charge in charges) > task.hold_micros:
+                # Never more than was held at admission (what the budget was checked against).
+                log.warning("task %s (%s) used more than its worst case: charged what was held", task_id, op_key)
+                charges = ledger.capped(charges, task.hold_micros)
             cost = sum(charge.amount_micros for charge in charges)
             result = None if output is None else as_json(output)
             if result is not None and (binding is None or binding.envelope):

@@ -62,7 +62,13 @@ async def grouped_handler(ctx: TaskContext, args: dict[str, Any]) -> dict[str, A
 
 
 OK = OpBinding("t", "ok", ok_handler, worst_case=lambda a: Usage.of({"sandbox.vcpu_ms": 1000}))
-SLEEPY = OpBinding("t", "sleepy", sleepy_handler, timeout_s=lambda a: float(a.get("timeout_s", 60)))
+SLEEPY = OpBinding(
+    "t",
+    "sleepy",
+    sleepy_handler,
+    timeout_s=lambda a: float(a.get("timeout_s", 60)),
+    worst_case=lambda a: Usage.of({"sandbox.vcpu_ms": 5}),
+)
 BAD = OpBinding("t", "bad", bad_input_handler)
 CRASH = OpBinding("t", "crash", crashing_handler)
 GROUPED = OpBinding("t", "grouped", grouped_handler)
@@ -92,17 +98,28 @@ async def run_with(store: Store, binding: OpBinding, args: dict[str, Any]) -> An
 
 
 async def test_a_task_succeeds_and_is_billed_fee_plus_usage(store: Store) -> None:
-    outcome = await run_with(store, OK, {"value": 42, "vcpu_ms": 2000})
+    outcome = await run_with(store, OK, {"value": 42, "vcpu_ms": 800})
     assert outcome.state == "succeeded"
     assert outcome.result["echo"] == 42
-    assert outcome.cost_micros == 10 + 2000
-    assert outcome.result["cost"] == {"micros": 2010, "amount": "0.002010 USD"}
-    assert ledger_total(store) == 2010
-    assert tenant(store).spent_micros == 2010
+    assert outcome.cost_micros == 10 + 800
+    assert outcome.result["cost"] == {"micros": 810, "amount": "0.000810 USD"}
+    assert ledger_total(store) == 810
+    assert tenant(store).spent_micros == 810
     assert tenant(store).held_micros == 0
     with store.transaction() as session:
         task = session.get(Task, outcome.task_id)
         assert task is not None and task.attempts == 1 and task.finished_at is not None
+
+
+async def test_a_task_is_never_charged_more_than_it_held(store: Store) -> None:
+    """Usage past the op's worst case (1,000 vCPU ms here) is recorded, and charged only up to
+    the hold, which is what admission checked against the budget."""
+    outcome = await run_with(store, OK, {"value": 1, "vcpu_ms": 2000})
+    assert outcome.cost_micros == 10 + 1000
+    assert ledger_total(store) == tenant(store).spent_micros == 1010
+    with store.transaction() as session:
+        used = session.scalar(select(LedgerEntry.quantity).where(LedgerEntry.item == "sandbox.vcpu_ms"))
+    assert used == 2000
 
 
 async def test_a_caller_error_with_no_usage_is_free_and_releases_the_hold(store: Store) -> None:
@@ -143,7 +160,7 @@ async def test_cancel_stops_a_running_task(store: Store) -> None:
         started.set()
         return await sleepy_handler(ctx, args)
 
-    binding = OpBinding("t", "sleepy", announcing)
+    binding = OpBinding("t", "sleepy", announcing, worst_case=SLEEPY.worst_case)
     scheduler = scheduler_on(store)
     scheduler.bind(binding)
     async with anyio.create_task_group() as group:

@@ -146,6 +146,8 @@ async def test_spend_never_passes_the_budget_and_everything_stops_at_it(lease_ap
         sandbox_reasons = set(session.scalars(select(Sandbox.destroy_reason).where(Sandbox.task_id.is_(None))))
         assert session.scalar(select(func.count()).select_from(Database).where(Database.state != "deleted")) == 0
         assert session.scalar(select(func.count()).select_from(Vm).where(Vm.state != "deleted")) == 0
+        over_held = session.scalars(select(Task.op).where(Task.hold_micros > 0, Task.cost_micros > Task.hold_micros))
+        assert list(over_held) == [], "a task that held money was charged at most what it held"
     assert ledger_total == spent == (task_costs or 0) + (lease_charges or 0), (
         "the ledger is the tasks' and the leases' charges"
     )
