@@ -44,7 +44,13 @@ def lease_of(app: App, sandbox_id: str) -> Lease:
 
 
 async def ticks(client: Client, sid: str) -> int:
-    return int((await call(client, "sandbox_read_file", sandbox_id=sid, path="/tmp/ticks"))["content"].strip() or 0)
+    """The ticker's count; 0 before its first tick (a background process just started, on a
+    loaded machine, may not have written yet)."""
+    result = await client.call_tool("sandbox_read_file", {"sandbox_id": sid, "path": "/tmp/ticks"})
+    if result.is_error:
+        assert "no file /tmp/ticks" in result.content[0].text  # type: ignore[union-attr]
+        return 0
+    return int((result.structured_content or {})["content"].strip() or 0)
 
 
 async def ticking(client: Client, sid: str) -> None:
