@@ -188,8 +188,8 @@ class App:
 
     def _settle_dead_workers(self) -> None:
         """Fail or retry the tasks of replicas (or a previous process) that died, then forget them."""
-        alive, dead = self.workers.census()
-        failed = self.scheduler.recover(alive, self.workers.live_places())
+        alive, dead, places = self.workers.census()
+        failed = self.scheduler.recover(alive, places)
         if failed:
             log.warning("failed %d task(s) a stopped or dead server left running", len(failed))
         if dead:

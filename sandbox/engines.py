@@ -99,9 +99,13 @@ class Engines:
 
     # -- which engine -----------------------------------------------------------
 
-    def engine_of(self, container_id: str) -> Engine:
+    def _known(self, container_id: str) -> Engine | None:
+        """The engine this process placed or found the container on, if any."""
         with self._lock:
-            found = self._where.get(container_id)
+            return self._where.get(container_id)
+
+    def engine_of(self, container_id: str) -> Engine:
+        found = self._known(container_id)
         if found is not None:
             return found
         for engine in self.engines.values():
@@ -121,14 +125,12 @@ class Engines:
 
     def room_of(self, container_id: str) -> int:
         """Room left on the engine holding the sandbox: a claim takes a warm one where most is."""
-        with self._lock:
-            found = self._where.get(container_id)
+        found = self._known(container_id)
         return found.room if found is not None and found.down_since is None else -1
 
     def is_draining(self, container_id: str) -> bool:
         """Whether the sandbox is on an engine being drained (a warm one there is not handed out)."""
-        with self._lock:
-            found = self._where.get(container_id)
+        found = self._known(container_id)
         return found is not None and found.draining
 
     def placement(self, local_only: bool = False) -> list[Engine]:

@@ -40,7 +40,8 @@ from sqlalchemy import select, update
 from common.errors import BackendUnavailable, CloudSkillsError, InvalidInput, Timeout
 from scheduler.leases import Leases
 from scheduler.models import Task, utcnow
-from scheduler.task_rows import Claimed
+from scheduler.task_recovery import NO_SERVER_THERE
+from scheduler.task_rows import CLAIM_ROUTED, Claimed
 from scheduler.task_types import outcome_of
 from scheduler.tasks import Scheduler
 from scheduler.workers import Workers
@@ -136,11 +137,7 @@ class Router:
                 if place not in self.places:  # the server running it there is gone, and no one judges it here
                     self.scheduler.settle_stopped(task_id, BackendUnavailable(STOPPED_THERE))
             elif place not in self.places:
-                error: Any = BackendUnavailable(
-                    "the machine where this task's resource lives has no server running any more; nothing was "
-                    "charged: start one there, then call again."
-                )
-                self.scheduler.settle_unrun(task_id, "failed", error)
+                self.scheduler.settle_unrun(task_id, "failed", BackendUnavailable(NO_SERVER_THERE))
             elif created_at + timedelta(seconds=timeout_s + self.scheduler.deadline_overhead_s) < now:
                 error = Timeout("no server where this task's resource lives took it before its deadline.")
                 self.scheduler.settle_unrun(task_id, "timed_out", error)
@@ -205,28 +202,10 @@ class Router:
                 .limit(free)
                 .with_for_update(skip_locked=True)
             ).all()
+            now = utcnow()
             for task_id in found:
-                row = session.execute(
-                    update(Task)
-                    .where(Task.id == task_id, Task.state == "queued")
-                    .values(
-                        state="running",
-                        started_at=utcnow(),
-                        attempts=Task.attempts + 1,
-                        worker_id=self.scheduler.worker_id,
-                    )
-                    .returning(
-                        Task.id,
-                        Task.tenant_id,
-                        Task.skill,
-                        Task.op,
-                        Task.args,
-                        Task.timeout_s,
-                        Task.hold_micros,
-                        Task.agent,
-                        Task.payload,
-                    )
-                ).one_or_none()
+                claim = {"task_id": task_id, "now": now, "worker_id": self.scheduler.worker_id}
+                row = session.connection().execute(CLAIM_ROUTED, claim).one_or_none()
                 if row is not None:
                     claimed.append((Claimed(*row[:8]), row[8] or {}))
         for task, payload in claimed:

@@ -14,12 +14,15 @@ from sqlalchemy import bindparam, insert, null, select, update
 from scheduler.models import Task
 
 INSERT_TASK = insert(Task)
-CLAIM = (
+_TAKE = (
     update(Task)
     .where(Task.id == bindparam("task_id"), Task.state == "queued")
     .values(state="running", started_at=bindparam("now"), attempts=Task.attempts + 1, worker_id=bindparam("worker_id"))
-    .returning(Task.id, Task.tenant_id, Task.skill, Task.op, Task.args, Task.timeout_s, Task.hold_micros, Task.agent)
 )
+_CLAIMED = (Task.id, Task.tenant_id, Task.skill, Task.op, Task.args, Task.timeout_s, Task.hold_micros, Task.agent)
+CLAIM = _TAKE.returning(*_CLAIMED)
+# A task routed here from another place (``scheduler.routing``): with its whole arguments.
+CLAIM_ROUTED = _TAKE.returning(*_CLAIMED, Task.payload)
 SETTLING = select(Task.tenant_id, Task.skill, Task.op, Task.hold_micros, Task.agent).where(
     Task.id == bindparam("task_id")
 )

@@ -456,7 +456,8 @@ class Scheduler:
         places = ({self.place} if self.place else set()) if places is None else places
         with self.store.transaction() as session:
             orphans = judge(session, alive, places)
-        for task_id, error in orphans.errors():
+        failed = orphans.errors()
+        for task_id, error in failed:
             self._finish(task_id, "failed", None, error, Usage())
         for task_id in orphans.requeue:
             if self.router is not None and self.router.reroute(task_id):
@@ -464,4 +465,4 @@ class Scheduler:
             self._done[task_id] = anyio.Event()
             self._queue.append(task_id)
         self._pump()
-        return [task_id for task_id, _ in orphans.errors()]
+        return [task_id for task_id, _ in failed]

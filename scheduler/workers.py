@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import timedelta
+from typing import NamedTuple
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +31,12 @@ from scheduler.store import Store
 
 HEARTBEAT_S = 2.0
 DEFAULT_LAPSE_S = 10.0
+
+
+class Census(NamedTuple):
+    alive: set[str]  # worker ids, this one's included
+    dead: set[str]
+    places: set[str]  # where the live ones run (``scheduler.routing``)
 
 
 class Workers:
@@ -65,37 +72,31 @@ class Workers:
             session.execute(delete(Leader).where(Leader.worker_id == self.id))
             session.execute(delete(Worker).where(Worker.id == self.id))
 
-    def census(self) -> tuple[set[str], set[str]]:
-        """(alive, dead), from one read: dead is heartbeat lapsed, or on this host with no
-        process; alive is every other, this worker included."""
-        rows = self._rows()
-        dead = {worker_id for worker_id, _, is_dead in rows if is_dead}
-        return {row[0] for row in rows} - dead | {self.id}, dead
-
-    def _rows(self) -> list[tuple[str, str | None, bool]]:
-        """(id, place, dead) of every worker, as ``census`` judges it."""
+    def census(self) -> Census:
+        """Who is alive and who is dead, and the live places, from one read: dead is heartbeat
+        lapsed, or on this host with no process; alive is every other, this worker included."""
         lapsed_before = utcnow() - timedelta(seconds=self.lapse_s)
         with self.store.transaction() as session:
             rows = session.execute(select(Worker.id, Worker.host, Worker.pid, Worker.heartbeat_at, Worker.place)).all()
-        return [
-            (
-                worker_id,
-                place,
-                worker_id != self.id and (heartbeat_at < lapsed_before or (host == self.host and not pid_alive(pid))),
-            )
-            for worker_id, host, pid, heartbeat_at, place in rows
-        ]
+        found = Census({self.id}, set(), {self.place} if self.place else set())
+        for worker_id, host, pid, heartbeat_at, place in rows:
+            if worker_id != self.id and (heartbeat_at < lapsed_before or (host == self.host and not pid_alive(pid))):
+                found.dead.add(worker_id)
+            else:
+                found.alive.add(worker_id)
+                if place is not None:
+                    found.places.add(place)
+        return found
 
     def dead(self) -> set[str]:
-        return self.census()[1]
+        return self.census().dead
 
     def alive(self) -> set[str]:
-        return self.census()[0]
+        return self.census().alive
 
     def live_places(self) -> set[str]:
         """The places with a live worker (this one's included)."""
-        found = {place for _, place, dead in self._rows() if not dead and place is not None}
-        return found | ({self.place} if self.place else set())
+        return self.census().places
 
     def forget(self, session: Session, worker_ids: set[str]) -> None:
         """Drop dead workers' rows once what they left is settled (in that transaction)."""

@@ -97,3 +97,15 @@ def http_server(tmp_path: Path) -> Iterator[Served]:
     left = DockerDriver().list_labelled({LABEL_STORE: store.store_id})
     store.close()
     assert not left, "the server left containers behind (its warm pool was not drained)"
+
+
+def stop_replicas(processes: tuple[subprocess.Popen[str] | None, ...], store: Store, driver: DockerDriver) -> None:
+    """End replica servers still running, remove any container of their store a failure left,
+    and close the test's own handle on the store."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)
+    for container in driver.list_labelled({LABEL_STORE: store.store_id}):
+        driver.destroy(container.container_id)
+    store.close()

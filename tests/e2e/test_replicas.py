@@ -20,7 +20,7 @@ from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_SANDBOX, LABEL_STORE, LABEL_WORKER
 from scheduler.models import Lease, Task, Tenant, Worker
 from scheduler.store import Store
-from tests.e2e.conftest import start_http_server
+from tests.e2e.conftest import start_http_server, stop_replicas
 from tests.mcp_helpers import call, http_client
 from tests.polling import until
 
@@ -133,10 +133,4 @@ async def test_a_replica_killed_mid_task_is_settled_by_the_other(
             assert got["stdout"] == "42\n"
             await call(client, "sandbox_destroy", sandbox_id=session)
     finally:
-        for process in (doomed, survivor):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
-        for container in docker_driver.list_labelled({LABEL_STORE: store.store_id}):  # what a failure left
-            docker_driver.destroy(container.container_id)
-        store.close()
+        stop_replicas((doomed, survivor), store, docker_driver)

@@ -18,9 +18,8 @@ from sqlalchemy import select
 from runtime.storage import open_store
 from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
-from sandbox.driver import LABEL_STORE
 from scheduler.models import Lease, Task, Tenant, Worker
-from tests.e2e.conftest import start_http_server
+from tests.e2e.conftest import start_http_server, stop_replicas
 from tests.mcp_helpers import CreatedTask, PollingTasks, call, call_error, http_client, until_done
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -100,13 +99,7 @@ async def test_every_kind_made_through_one_replica_answers_through_another(
             assert (await call(b, "workspace_delete", workspace_id=made["workspace"]))["deleted"]
             assert (await call(b, "vm_delete", vm_id=made["vm"]))["deleted"]
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
-        for container in docker_driver.list_labelled({LABEL_STORE: store.store_id}):  # what a failure left
-            docker_driver.destroy(container.container_id)
-        store.close()
+        stop_replicas((first, second), store, docker_driver)
 
 
 async def test_a_call_on_a_resource_of_another_machine_runs_there(
@@ -161,10 +154,4 @@ async def test_a_call_on_a_resource_of_another_machine_runs_there(
                 lease.held_micros for lease in session.scalars(select(Lease).where(Lease.ended_at.is_(None)))
             ), "no task's hold is left: only the live resources' leases"
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                process.wait(timeout=30)
-        for container in docker_driver.list_labelled({LABEL_STORE: store.store_id}):  # what a failure left
-            docker_driver.destroy(container.container_id)
-        store.close()
+        stop_replicas((first, second), store, docker_driver)

@@ -6,50 +6,15 @@ where it runs; and with one place alive nothing is routed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from pathlib import Path
-
 import anyio
 import pytest
-from sqlalchemy import select
 
 from common.errors import BackendUnavailable, InvalidInput
 from runtime.app import App
-from runtime.settings import load_settings
-from sandbox.docker import DockerDriver
-from scheduler.models import Lease, Task, Tenant
+from scheduler.models import Lease, Task
+from tests.runtime.conftest import make_db, no_task_hold_left
 
 pytestmark = pytest.mark.anyio
-
-
-def server(tmp_path: Path, name: str) -> App:
-    home = tmp_path / name
-    home.mkdir()
-    settings = load_settings(home=home, database_url=f"sqlite:///{tmp_path / 'store.db'}", pool_size=0)
-    return App(settings, DockerDriver("unix:///nonexistent/docker.sock"))
-
-
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[App, App]]:
-    first, second = server(tmp_path, "a"), server(tmp_path, "b")
-    try:
-        async with AsyncExitStack() as running:
-            await running.enter_async_context(first.running(serving=False))
-            await running.enter_async_context(second.running(serving=False))
-            for app in (first, second):
-                app.router.refresh()  # as their next heartbeat would: both places are live
-            yield first, second
-    finally:
-        first.close()
-        second.close()
-
-
-async def make_db(app: App) -> str:
-    db_id: str = (await app.call("local", "db_create", {"engine": "sqlite"})).unwrap()["db_id"]
-    await app.call("local", "db_query", {"db_id": db_id, "sql": "CREATE TABLE t (n INTEGER)"})
-    await app.call("local", "db_query", {"db_id": db_id, "sql": "INSERT INTO t VALUES (7)"})
-    return db_id
 
 
 async def test_a_call_runs_where_its_resource_lives(pair: tuple[App, App]) -> None:
@@ -62,9 +27,7 @@ async def test_a_call_runs_where_its_resource_lives(pair: tuple[App, App]) -> No
         assert task is not None
         assert (task.place, task.worker_id) == (first.workers.place, first.workers.id)
         assert task.payload is None, "the whole result left the store once its caller had it"
-        tenant = session.get(Tenant, "local")
-        leases = sum(lease.held_micros for lease in session.scalars(select(Lease).where(Lease.ended_at.is_(None))))
-        assert tenant is not None and tenant.held_micros == leases, "no task's hold is left"
+    no_task_hold_left(first)
     # The first's own calls run at home, as ever.
     mine = await first.call("local", "db_query", {"db_id": db, "sql": "SELECT count(*) FROM t"})
     with first.store.transaction() as session:

@@ -7,37 +7,19 @@ retried where its resource lives."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import select
 
 from common.errors import CloudSkillsError
 from runtime.app import App
-from scheduler.models import Lease, Task, Tenant, Worker, utcnow
-from tests.runtime.test_routing import make_db, server
+from scheduler.models import Task, Worker, utcnow
+from tests.runtime.conftest import make_db, no_task_hold_left, server
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[App, App]]:
-    first, second = server(tmp_path, "a"), server(tmp_path, "b")
-    try:
-        async with AsyncExitStack() as running:
-            await running.enter_async_context(first.running(serving=False))
-            await running.enter_async_context(second.running(serving=False))
-            for app in (first, second):
-                app.router.refresh()
-            yield first, second
-    finally:
-        first.close()
-        second.close()
 
 
 def row(app: App, task_id: str) -> Task:
@@ -52,13 +34,6 @@ async def finished(app: App, task_id: str) -> Task:
         while (task := row(app, task_id)).finished_at is None:  # noqa: ASYNC110 - another server settles it
             await anyio.sleep(0.05)
     return task
-
-
-def no_task_hold_left(app: App) -> None:
-    with app.store.transaction() as session:
-        tenant = session.get(Tenant, "local")
-        leases = sum(lease.held_micros for lease in session.scalars(select(Lease).where(Lease.ended_at.is_(None))))
-        assert tenant is not None and tenant.held_micros == leases, "no task's hold is left"
 
 
 async def test_a_call_before_the_first_heartbeat_is_routed(tmp_path: Path, pair: tuple[App, App]) -> None:

@@ -55,19 +55,24 @@ async def test_an_unbounded_stop_waits_and_removes_it_itself() -> None:
     assert driver.labels == {}  # made whole, then removed
 
 
-class DrainingDriver(MemoryDriver):
-    """Several engines as the pool sees them: some containers sit on an engine being drained."""
+class EnginesDriver(MemoryDriver):
+    """Several engines as the pool sees them (sandbox/engines.py): each container's engine has
+    some room left, and some may be on an engine being drained."""
 
     def __init__(self) -> None:
         super().__init__()
         self.draining: set[str] = set()
+        self.rooms: dict[str, int] = {}
 
     def is_draining(self, container_id: str) -> bool:
         return container_id in self.draining
 
+    def room_of(self, container_id: str) -> int:
+        return self.rooms.get(container_id, 0)
+
 
 async def test_a_warm_sandbox_on_an_engine_being_drained_is_not_handed_out() -> None:
-    driver = DrainingDriver()
+    driver = EnginesDriver()
     shape = Shape("python", "img")
     pool = WarmPool(driver, "store", [shape], size=2, memory_budget_mib=4096)
     async with anyio.create_task_group() as group:
@@ -81,19 +86,8 @@ async def test_a_warm_sandbox_on_an_engine_being_drained_is_not_handed_out() -> 
         group.cancel_scope.cancel()
 
 
-class RoomyDriver(MemoryDriver):
-    """Several engines as the pool sees them: each container's engine has some room left."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rooms: dict[str, int] = {}
-
-    def room_of(self, container_id: str) -> int:
-        return self.rooms.get(container_id, 0)
-
-
 async def test_a_claim_takes_the_warm_sandbox_on_the_engine_with_the_most_room() -> None:
-    driver = RoomyDriver()
+    driver = EnginesDriver()
     shape = Shape("python", "img")
     pool = WarmPool(driver, "store", [shape], size=3, memory_budget_mib=4096)
     async with anyio.create_task_group() as group:
