@@ -19,7 +19,11 @@ import anyio
 import pytest
 import uvicorn
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -112,8 +116,24 @@ def after_click(driver: webdriver.Chrome, click: WebElement, css: str) -> WebEle
     old = driver.find_element(By.TAG_NAME, "html")
     click.click()
     waiting = WebDriverWait(driver, 60)  # a destroy on a busy 2-core machine can take a while
-    waiting.until(expected_conditions.staleness_of(old))
+    waiting.until(lambda _: gone(old))
     return waiting.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def gone(element: WebElement) -> bool:
+    """Whether the page that held ``element`` has been left. Selenium's ``staleness_of`` catches
+    only StaleElementReferenceException, but chromedriver asked about a node in the very instant
+    its document is replaced answers "Node with given id does not belong to the document" as an
+    unknown error instead (seen in CI): that is the same fact, the node's page is gone."""
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error.msg):
+            return True
+        raise
+    return False
 
 
 def sign_in(driver: webdriver.Chrome, console: str, key: str, then: str = "#tenant-name") -> WebElement:
