@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import Process
 
 from runtime.storage import open_store
-from runtime.tenants import bootstrap
+from runtime.tenants import DEFAULT_TENANT, bootstrap, create_key
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -50,9 +50,8 @@ async def http_server(home: str, env: dict[str, str] | None = None) -> AsyncIter
     """`cloudskills serve --http` on a data dir of its own, with its default tenant's key;
     stopped (SIGTERM, so it drains) on the way out."""
     store = open_store(f"sqlite:///{Path(home) / 'cloudskills.db'}")
-    new = bootstrap(store)
+    new = bootstrap(store) or create_key(store, DEFAULT_TENANT)  # a data dir used before has its tenant
     store.close()
-    assert new is not None
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
