@@ -105,7 +105,11 @@ class PerRun:
                 yield
             return
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        async with httpx2.AsyncClient(headers=headers, timeout=600) as raw:
+        # A connection per request: llama-server closes a kept-alive connection after a few
+        # requests, and a request sent on it in that instant fails ("Server disconnected
+        # without sending a response"), which ended two runs of this bench. All engines alike.
+        no_reuse = httpx2.Limits(max_keepalive_connections=0)
+        async with httpx2.AsyncClient(headers=headers, timeout=600, limits=no_reuse) as raw:
             self.send = openai_stream(raw, self.url, DEFAULT_MODEL, self.max_tokens)
             yield
 
