@@ -32,9 +32,10 @@ from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
 from sandbox.engines import Engines
 from scheduler.leases import Leases
+from scheduler.places import adopt_legacy, place_of
 from scheduler.pricing import PriceCatalog
 from scheduler.resources import Every, ResourceDuties, Services
-from scheduler.routing import Router, place_of
+from scheduler.routing import Router
 from scheduler.tasks import OpBinding, Progress, Scheduler, TaskOutcome
 from scheduler.workers import HEARTBEAT_S, Workers
 from skills.base import Op, Platform, binding
@@ -85,8 +86,9 @@ class App:
         self.settings = settings
         self.store = open_store(settings.db_url)
         self.catalog = PriceCatalog.load(settings.prices_file)
-        # This machine and data dir: where the resources this process makes live (scheduler/routing.py).
+        # This data dir: where the resources this process makes live (scheduler/places.py).
         place = place_of(settings.home)
+        adopt_legacy(self.store, settings.home, place)
         self.leases = Leases(self.store, self.catalog, settings.lease_s, place)
         self.services = Services()
         self.scheduler = Scheduler(self.store, self.catalog, self.services, concurrency=settings.workers)

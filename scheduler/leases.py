@@ -113,6 +113,16 @@ class Leases:
         row.place = row.place or self.place  # it lives where it was first made
         return row
 
+    def made_elsewhere(self, place: str) -> bool:
+        """Whether a live resource was made at a place other than ``place``."""
+        with self.store.transaction() as session:
+            found = session.scalar(
+                select(Lease.id)
+                .where(Lease.ended_at.is_(None), Lease.place.is_not(None), Lease.place != place)
+                .limit(1)
+            )
+        return found is not None
+
     def places_of(self, resource_ids: list[str]) -> dict[str, str]:
         """Where each resource that has a place was made (see ``Lease.place``)."""
         with self.store.transaction() as session:

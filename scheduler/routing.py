@@ -2,9 +2,9 @@
 
 Sandboxes, memories and channels live in the Docker engines and the store, which
 every replica reaches. A database's file or server, a VM's process and a
-workspace's mount live on the machine that made them: its *place*, a host and a
-data dir (``place_of``). Each server records its place on its worker row, and a
-lease records where its resource was made (``Lease.place``).
+workspace's mount live on the machine that made them, in its data dir: their
+*place*, the data dir's own id (``scheduler.places``). Each server records its place
+on its worker row, and a lease records where its resource was made (``Lease.place``).
 
 While servers of more than one place are alive, a call naming such a resource
 (the argument fields its skill declares ``host_bound``) that a server elsewhere
@@ -18,19 +18,20 @@ task runs. The caller's server fails a task whose place has no live server
 left, or that was never claimed by its deadline; a cancel there settles the
 task at once, and the running server stops it on its next poll.
 
-With one place alive (one server, or replicas sharing a data dir) nothing is
-routed and no call or poll reads the store; each heartbeat looks once for tasks
-routed here by a server that has gone since (they run all the same).
+A call on a resource whose place has no live server fails at once, saying to start
+one there; the call never runs where the resource's data is not. With one place
+alive and every live resource made there (one server, or replicas sharing a data
+dir) nothing is routed and no call reads a place; each heartbeat looks once for
+resources made elsewhere, and for tasks routed here by a server that has gone
+since (they run all the same).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -53,11 +54,6 @@ STOPPED_THERE = (
     "the server running this task on the machine where its resource lives stopped midway, and none runs "
     "there now; nothing was charged: start one there, then call again."
 )
-
-
-def place_of(home: Path) -> str:
-    """This machine and data dir: what a resource made here needs to be reached."""
-    return f"{socket.gethostname()}:{home.resolve()}"
 
 
 def ids_in(args: Any, fields: frozenset[str]) -> list[str]:
@@ -86,6 +82,10 @@ class Router:
         self.places: set[str] = {self.place}  # the live ones, as of the last ``refresh``
         self.waiting: set[str] = set()  # tasks admitted here that run at another place
         self.refreshed = False  # a call before the first heartbeat (the CLI's one call) refreshes first
+        # Whether a live resource was made at another place (as of the last ``refresh``): then
+        # a call on one reads where it lives, even with one place alive (its server may be gone,
+        # or have started since this one last looked).
+        self.foreign = True
         # Tasks routed here by a server that is gone may wait in the queue: claimed even with one
         # place alive, until none is left (looked for at start and on each heartbeat).
         self.strays = True
@@ -94,12 +94,12 @@ class Router:
 
     def place_for(self, args: Any) -> str | None:
         """Where a call must run: None for here (or anywhere)."""
-        if not self.refreshed and self.fields:
-            self.refresh()
-        if len(self.places) < 2 or not self.fields:
+        if not self.fields:
             return None
+        if not self.refreshed:
+            self.refresh()
         ids = ids_in(args, self.fields)
-        if not ids:
+        if not ids or (len(self.places) < 2 and not self.foreign):
             return None
         places = set(self.leases.places_of(ids).values())
         if len(places) > 1:
@@ -112,8 +112,9 @@ class Router:
         place = places.pop()
         if place not in self.workers.live_places():
             raise BackendUnavailable(
-                f"{', '.join(sorted(ids))} lives on a machine where no server is running now ({place}): "
-                "start `cloudskills serve` there with its data dir, then call again."
+                f"{', '.join(sorted(ids))} lives on a machine where no server is running now (in the data dir "
+                f"whose `place` file says {place}): start `cloudskills serve` there with that data dir, then call "
+                "again."
             )
         return place
 
@@ -121,6 +122,7 @@ class Router:
         """On each heartbeat: the live places; fail what waits on a place that has none left
         (queued, or stopped midway there), or was never claimed before its deadline."""
         self.places, self.refreshed = self.workers.live_places(), True
+        self.foreign = len(self.places) > 1 or self.leases.made_elsewhere(self.place)
         if len(self.places) < 2 and not self.strays:
             self.strays = self._stranded()
         if not self.waiting:

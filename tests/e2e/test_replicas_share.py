@@ -26,10 +26,16 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 
 async def until_answers(client: Any, db: str) -> None:
-    """Until the restarted server's place is live again for the caller's server (its next heartbeat)."""
+    """Until the restarted server's place is live again (its worker row written)."""
     with anyio.fail_after(30):
         while (await client.call_tool("db_query", {"db_id": db, "sql": "SELECT 1"})).is_error:  # noqa: ASYNC110
             await anyio.sleep(0.2)
+
+
+def left_on_disk(workspaces: Path) -> list[str]:
+    """The workspace mounts and images left under a data dir's ``workspaces``."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return [m for m in mounts if m.startswith(str(workspaces))] + [str(p) for p in workspaces.glob("images/*.img")]
 
 
 def replica(home: Path, url: str) -> tuple[subprocess.Popen[str], str]:
@@ -147,8 +153,16 @@ async def test_a_call_on_a_resource_of_another_machine_runs_there(
         first, _ = replica(tmp_path / "a", postgres_url)
         async with http_client(second_url, new.key) as b:
             await until_answers(b, db)
-            assert (await call(b, "db_delete", db_id=db))["deleted"]
-            assert (await call(b, "workspace_delete", workspace_id=ws))["deleted"]
+            deleted = [
+                await call(b, "db_delete", db_id=db),
+                await call(b, "workspace_delete", workspace_id=ws),
+            ]
+            assert all(d["deleted"] for d in deleted)
+        with store.transaction() as session:
+            again = session.scalar(select(Worker.id).where(Worker.pid == first.pid))
+            ran_at = {session.get(Task, d["task_id"]).worker_id for d in deleted}  # type: ignore[union-attr]
+        assert ran_at == {again}, "the deletes ran where the data is, on the first started again"
+        assert not left_on_disk(tmp_path / "a" / "workspaces"), "the workspace's mount and image went with it"
         with store.transaction() as session:
             assert session.get(Tenant, "local").held_micros == sum(  # type: ignore[union-attr]
                 lease.held_micros for lease in session.scalars(select(Lease).where(Lease.ended_at.is_(None)))

@@ -2,7 +2,8 @@
 each with a data dir of its own (two places). A call through the second on a database the
 first made runs on the first; a place whose server left fails its calls at once; one call
 naming resources of two places is refused; a call cancelled by its caller's server stops
-where it runs; and with one place alive nothing is routed."""
+where it runs; a resource never runs where its data is not; and with one place alive and
+every resource made there, nothing is routed."""
 
 from __future__ import annotations
 
@@ -77,13 +78,32 @@ async def test_a_cancel_by_the_callers_server_stops_it_where_it_runs(pair: tuple
             await anyio.sleep(0.02)
 
 
-async def test_with_one_place_alive_nothing_is_routed(pair: tuple[App, App]) -> None:
+async def test_a_resource_never_runs_where_its_data_is_not(pair: tuple[App, App]) -> None:
+    """With its place gone, a call on a database fails at once even when this server is the only
+    one left (it does not run here, where the data is not); once a server of that place is
+    back, the call runs there, before this server's next heartbeat has seen it come."""
     first, second = pair
     db = await make_db(first)
     first.workers.leave()
     second.router.refresh()
     assert second.router.places == {second.workers.place}
-    # Not routed: the second runs it itself (and the file is reachable on this one host).
+    with pytest.raises(BackendUnavailable, match="no server is running"):
+        await second.call("local", "db_query", {"db_id": db, "sql": "SELECT n FROM t"})
+    first.workers.register()  # started again; the second has not looked since
+    assert second.router.places == {second.workers.place}
+    outcome = await second.call("local", "db_query", {"db_id": db, "sql": "SELECT n FROM t"})
+    assert outcome.unwrap()["rows"] == [[7]]
+    with second.store.transaction() as session:
+        task = session.get(Task, outcome.task_id)
+        assert task is not None and (task.place, task.worker_id) == (first.workers.place, first.workers.id)
+
+
+async def test_with_one_place_alive_and_its_own_resources_nothing_is_routed(pair: tuple[App, App]) -> None:
+    first, second = pair
+    db = await make_db(second)
+    first.workers.leave()
+    second.router.refresh()
+    assert not second.router.foreign, "every live resource was made at the second's place"
     outcome = await second.call("local", "db_query", {"db_id": db, "sql": "SELECT n FROM t"})
     with second.store.transaction() as session:
         task = session.get(Task, outcome.task_id)
