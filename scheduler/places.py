@@ -29,19 +29,23 @@ PLACE_FILE = "place"
 
 def place_of(home: Path) -> str:
     """This data dir's id, made now if it has none. Servers starting on one data dir at
-    once agree: the first file linked into place wins, the others read it."""
+    once agree: the first file linked into place wins, the others read it. A data dir
+    this process cannot write (its store elsewhere) goes by its old name."""
     path = home / PLACE_FILE
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        draft = home / f".{PLACE_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        draft.write_text(f"place_{uuid.uuid4().hex[:16]}\n")
-        try:
-            os.link(draft, path)  # never overwrites: one made meanwhile stays
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink(missing_ok=True)
-    return path.read_text().strip()
+    try:
+        if not path.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            draft = home / f".{PLACE_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            try:
+                draft.write_text(f"place_{uuid.uuid4().hex[:16]}\n")
+                os.link(draft, path)  # never overwrites: one made meanwhile stays
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink(missing_ok=True)
+        return path.read_text().strip()
+    except OSError:
+        return legacy_place(home)
 
 
 def legacy_place(home: Path) -> str:

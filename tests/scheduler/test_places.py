@@ -37,6 +37,17 @@ def test_servers_starting_on_one_data_dir_at_once_agree(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [PLACE_FILE], "no draft left behind"
 
 
+def test_a_data_dir_that_cannot_be_written_goes_by_its_old_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_text", refused)
+    assert place_of(tmp_path / "home") == legacy_place(tmp_path / "home")
+    assert not (tmp_path / "home" / PLACE_FILE).exists()
+
+
 def test_what_a_data_dir_made_under_its_old_name_is_its_own(store: Store, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
