@@ -163,6 +163,19 @@ def exact_alone(app: App, queries: np.ndarray[Any, np.dtype[np.float32]]) -> lis
     return latencies
 
 
+async def timed_calls(client: Client, tool: str, arguments: list[dict[str, Any]]) -> list[float]:
+    latencies = []
+    for each in arguments:
+        began = time.perf_counter()
+        await call(client, tool, **each)
+        latencies.append((time.perf_counter() - began) * 1000)
+    return latencies
+
+
+def search_arguments(texts: list[str]) -> list[dict[str, Any]]:
+    return [{"namespace": NAMESPACE, "query": text, "top_k": 10} for text in texts]
+
+
 async def measure(app: App, n: int, vectors: Any, queries: int, rng: np.random.Generator) -> None:
     built = await graph_built(app)
     if built:
@@ -171,18 +184,9 @@ async def measure(app: App, n: int, vectors: Any, queries: int, rng: np.random.G
     near = vectors[rng.integers(0, n, queries)] + 0.05 * rng.standard_normal((queries, DIMENSIONS)).astype(np.float32)
     near /= np.linalg.norm(near, axis=1, keepdims=True)
     async with mcp_client(app, agent="bench") as client:
-        for text in texts[:5]:  # warm the model and the caches
-            await call(client, "memory_search", namespace=NAMESPACE, query=text, top_k=10)
-        searches = []
-        for text in texts:
-            began = time.perf_counter()
-            await call(client, "memory_search", namespace=NAMESPACE, query=text, top_k=10)
-            searches.append((time.perf_counter() - began) * 1000)
-        floor = []
-        for _ in range(queries):
-            began = time.perf_counter()
-            await call(client, "memory_namespaces")
-            floor.append((time.perf_counter() - began) * 1000)
+        await timed_calls(client, "memory_search", search_arguments(texts[:5]))  # warm the model and the caches
+        searches = await timed_calls(client, "memory_search", search_arguments(texts))
+        floor = await timed_calls(client, "memory_namespaces", [{}] * queries)
     embedder = app.service(TextEmbedder)
     embeds = []
     for text in texts:
@@ -199,17 +203,8 @@ async def measure(app: App, n: int, vectors: Any, queries: int, rng: np.random.G
     print(f"  recall@10 of the vector index against an exact scan at {n}: {recall:.3f}")
 
 
-async def timed_calls(client: Client, tool: str, arguments: list[dict[str, Any]]) -> list[float]:
-    latencies = []
-    for each in arguments:
-        began = time.perf_counter()
-        await call(client, tool, **each)
-        latencies.append((time.perf_counter() - began) * 1000)
-    return latencies
-
-
 async def over_a_served_mcp(client: Client, transport: str, n: int, texts: list[str]) -> None:
-    searches = [{"namespace": NAMESPACE, "query": text, "top_k": 10} for text in texts]
+    searches = search_arguments(texts)
     await timed_calls(client, "memory_search", searches[:5])  # loads the model and the saved graph
     await anyio.sleep(3)  # a new server fills its warm sandbox pool: let it finish before timing
     await timed_calls(client, "memory_search", searches[:5])

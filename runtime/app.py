@@ -32,7 +32,7 @@ from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
 from sandbox.engines import Engines
 from scheduler.leases import Leases
-from scheduler.places import adopt_legacy, place_of
+from scheduler.places import settle_place
 from scheduler.pricing import PriceCatalog
 from scheduler.resources import Every, ResourceDuties, Services
 from scheduler.routing import Router
@@ -87,8 +87,7 @@ class App:
         self.store = open_store(settings.db_url)
         self.catalog = PriceCatalog.load(settings.prices_file)
         # This data dir: where the resources this process makes live (scheduler/places.py).
-        place = place_of(settings.home)
-        adopt_legacy(self.store, settings.home, place)
+        place = settle_place(self.store, settings.home)
         self.leases = Leases(self.store, self.catalog, settings.lease_s, place)
         self.services = Services()
         self.scheduler = Scheduler(self.store, self.catalog, self.services, concurrency=settings.workers)

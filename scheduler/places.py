@@ -8,8 +8,8 @@ the *place* that servers record on their worker rows and leases on what they mak
 again on the same data dir under another host name (a container or a Pod made anew
 on the same volume) is the same place, and replicas that share one data dir are one.
 
-Places were once ``host:data dir``; a server adopts the rows recorded under its old
-name when it starts (``adopt_legacy``).
+Places were once ``host:data dir``; the start that gives a data dir its id adopts the
+rows recorded under its old name (``settle_place``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,16 @@ def place_of(home: Path) -> str:
 def legacy_place(home: Path) -> str:
     """What a place was called before data dirs had ids: the host's name and the dir."""
     return f"{socket.gethostname()}:{home.resolve()}"
+
+
+def settle_place(store: Store, home: Path) -> str:
+    """The place of a server starting on ``home``. Only the start that gives the data dir
+    its id has rows under the old name to adopt: later starts read nothing more."""
+    first = not (home / PLACE_FILE).exists()
+    place = place_of(home)
+    if first and place != legacy_place(home):
+        adopt_legacy(store, home, place)
+    return place
 
 
 def adopt_legacy(store: Store, home: Path, place: str) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from scheduler.leases import Leases
 from scheduler.models import Lease
-from scheduler.places import PLACE_FILE, adopt_legacy, legacy_place, place_of
+from scheduler.places import PLACE_FILE, legacy_place, place_of, settle_place
 from scheduler.pricing import PriceCatalog, Rate, Usage
 from scheduler.store import Store
 
@@ -63,8 +63,7 @@ def test_what_a_data_dir_made_under_its_old_name_is_its_own(store: Store, tmp_pa
                 op="on",
                 per_s=Usage.of({"thing.ms": 1}),
             )
-    place = place_of(home)
-    adopt_legacy(store, home, place)
+    place = settle_place(store, home)  # the start that gives the data dir its id
     with store.transaction() as session:
         places = {row.id: row.place for row in session.execute(select(Lease.id, Lease.place))}
     assert places == {"db_mine": place, "db_theirs": "otherhost:/srv/data"}
