@@ -33,6 +33,13 @@ class ModelSpec(BaseModel):
     # llama: a GGUF file.
     path: str | None = None
     threads: int | None = Field(default=None, ge=1, description="CPU threads (default: all cores).")
+    pieces_per_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="llama: the text pieces per second the engine streams in all, shared among the requests it "
+        "decodes together; a request alone gets each token as it comes, many get a few tokens a piece. "
+        "0: every token a piece of its own.",
+    )
     # openai: an OpenAI-compatible endpoint.
     base_url: str | None = None
     api_key: str | None = None

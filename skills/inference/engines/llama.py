@@ -95,7 +95,8 @@ class LlamaEngine:
             if self._batcher is None or self._lanes is None:
                 self._check()
                 threads = self.spec.threads or os.cpu_count() or 1
-                batcher = Batcher(str(self.spec.path), self.spec.context_length, self.spec.slots, threads)
+                spec = self.spec
+                batcher = Batcher(str(spec.path), spec.context_length, spec.slots, threads, spec.pieces_per_s)
                 batcher.start()
                 try:
                     await anyio.to_thread.run_sync(batcher.ready.result)
@@ -121,7 +122,7 @@ class LlamaEngine:
             seq = Sequence(lane, prompt, request)
             batcher.join(seq)
             try:
-                return await seq.follow(on_text)
+                return await seq.follow(on_text, batcher.piece_interval)
             except BaseException:
                 if seq.result is None:
                     # Cancelled (deadline, caller gone) or the caller's listener failed: the

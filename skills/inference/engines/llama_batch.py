@@ -18,7 +18,13 @@ single pass only while their ids are consecutive (``split_equal``), so requests 
 the lowest free lane unless another holds clearly more of their prompt.
 
 Text crosses to the event loop once per step (``call_soon_threadsafe``), never
-blocking the decode on the loop. Usage is what the context did: the prompt's tokens,
+blocking the decode on the loop. It streams on to each caller in pieces paced by
+how many requests share the engine (``Batcher.piece_interval``): every piece costs
+the event loop and the caller's client the same whatever it holds (an MCP progress
+notification, an SSE event), and those cores are the ones that decode, so the
+pieces per second stay about ``pieces_per_s`` in all instead of growing with the
+requests. A request alone gets each token as it comes; the first piece of each
+request is never held back. Usage is what the context did: the prompt's tokens,
 those kept from the lane's cache (never the last: its logits are computed), and
 every token sampled.
 """
@@ -30,7 +36,9 @@ import contextlib
 import ctypes
 import logging
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,14 +104,19 @@ class Sequence:
         self.result: Completion | BaseException | None = None
         self.wake = anyio.Event()
 
-    async def follow(self, on_text: OnText) -> Completion:
-        """Hand each piece of text to ``on_text`` as it comes, then return the completion."""
+    async def follow(self, on_text: OnText, interval: Callable[[], float] = lambda: 0.0) -> Completion:
+        """Hand the text to ``on_text`` as it comes, what came since the last piece in one,
+        at most one piece per ``interval()`` seconds but the first and the last; then
+        return the completion."""
+        sent_at: float | None = None
         while True:
             self.wake = anyio.Event()
-            if self.pieces:
-                pieces, self.pieces = self.pieces, []
-                for piece in pieces:
-                    await on_text(piece)
+            now = time.monotonic()
+            due = sent_at is None or self.result is not None or now - sent_at >= interval()
+            if self.pieces and due:
+                text, self.pieces = "".join(self.pieces), []
+                sent_at = now
+                await on_text(text)
                 continue
             if isinstance(self.result, BaseException):
                 raise self.result
@@ -131,11 +144,12 @@ def deliver(items: list[tuple[Sequence, str, Completion | BaseException | None]]
 class Batcher:
     """The thread that owns a model context and decodes every lane's request together."""
 
-    def __init__(self, path: str, context_length: int, lanes: int, threads: int) -> None:
+    def __init__(self, path: str, context_length: int, lanes: int, threads: int, pieces_per_s: float = 0.0) -> None:
         self.path = path
         self.context_length = context_length
         self.lanes = lanes
         self.threads = threads
+        self.pieces_per_s = pieces_per_s
         self.ready: Future[None] = Future()
         self._cv = threading.Condition()
         self._joining: list[Sequence] = []
@@ -166,6 +180,13 @@ class Batcher:
 
     def busy(self) -> int:
         return len(self._active) + len(self._joining)
+
+    def piece_interval(self) -> float:
+        """Seconds between two pieces of one request's text: none for a request alone,
+        then in step with the others, so that about ``pieces_per_s`` go out in all."""
+        if not self.pieces_per_s:
+            return 0.0
+        return max(self.busy() - 1, 0) / self.pieces_per_s
 
     def close(self) -> None:
         """Stop after the current step, fail what is left, free the context (on its own thread)."""

@@ -1,0 +1,78 @@
+"""How a batched request's text streams to its caller: the engine's pieces paced by how
+many requests share it (no model: the decoding thread's side is played by ``deliver``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from common.errors import Cancelled
+from skills.inference.engines.base import Completion, GenerateRequest, Message
+from skills.inference.engines.llama_batch import Batcher, Lane, Sequence, deliver
+
+pytestmark = pytest.mark.anyio
+
+Step = list[tuple[str, Any]]  # what one decoding step gives a sequence: its text, and its result or None
+DONE = Completion(text="abcde", finish_reason="stop", prompt_tokens=3, cached_tokens=0, completion_tokens=5)
+
+
+def sequence() -> Sequence:
+    request = GenerateRequest(messages=[Message(role="user", content="hi")], max_tokens=8, temperature=0)
+    return Sequence(Lane(0), [1, 2, 3], request)
+
+
+async def follow_while(seq: Sequence, interval: float, steps: list[Step]) -> tuple[list[str], Any]:
+    """Follow ``seq`` while each step's text (and at last its result) is delivered, a step
+    each time the caller waits for the next: the pieces the caller got, and its outcome."""
+    got: list[str] = []
+
+    async def on_text(text: str) -> None:
+        got.append(text)
+
+    async def decode() -> None:
+        for step in steps:
+            await anyio.wait_all_tasks_blocked()
+            deliver([(seq, text, result) for text, result in step])
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(decode)
+        outcome: Any
+        try:
+            outcome = await seq.follow(on_text, lambda: interval)
+        except Cancelled as exc:
+            outcome = exc
+    return got, outcome
+
+
+async def test_without_pacing_each_step_is_a_piece_and_a_steps_text_one_piece() -> None:
+    steps: list[Step] = [[("a", None)], [("b", None), ("c", None)], [("d", None)], [("e", DONE)]]
+    got, outcome = await follow_while(sequence(), 0.0, steps)
+    assert got == ["a", "bc", "d", "e"]
+    assert outcome == DONE
+
+
+async def test_paced_the_first_piece_goes_at_once_and_the_rest_waits_for_the_interval_or_the_end() -> None:
+    steps: list[Step] = [[("a", None)], [("b", None)], [("c", None)], [("d", None)], [("e", DONE)]]
+    got, outcome = await follow_while(sequence(), 3600.0, steps)
+    assert got == ["a", "bcde"], "the first piece at once, the rest with the result"
+    assert "".join(got) == DONE.text and outcome == DONE
+
+
+async def test_text_held_back_is_given_before_a_failure_is_raised() -> None:
+    steps: list[Step] = [[("a", None)], [("b", None)], [("", Cancelled("the generation was cancelled."))]]
+    got, outcome = await follow_while(sequence(), 3600.0, steps)
+    assert got == ["a", "b"]
+    assert isinstance(outcome, Cancelled)
+
+
+async def test_the_interval_is_none_for_a_request_alone_and_grows_with_the_requests() -> None:
+    batcher = Batcher("unused.gguf", 2048, lanes=16, threads=1, pieces_per_s=60.0)
+    intervals = []
+    for n in (1, 2, 16):
+        batcher._active = [sequence() for _ in range(n)]
+        intervals.append(batcher.piece_interval())
+    assert intervals == [0.0, 1 / 60, 15 / 60], "about 60 pieces a second in all, whatever the requests"
+    batcher.pieces_per_s = 0.0
+    assert batcher.piece_interval() == 0.0, "0: every token a piece"
