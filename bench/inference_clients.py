@@ -6,8 +6,10 @@ Definitions (those of vLLM's benchmark_serving, the field's usual reference):
     TTFT   time to first token: from sending the request to receiving its first text
     TPOT   time per output token, per request: (end-to-end latency - TTFT) / (output tokens - 1)
     ITL    inter-token latency: each gap between two successive pieces of streamed text
-           of one request, all requests' gaps pooled (a piece is one token here, but for
-           text held back while it might start a stop sequence)
+           of one request, all requests' gaps pooled. For llama-server a piece is one
+           token; our engine paces its pieces (``pieces_per_s``, default 60 in all), so
+           with many requests at once a piece holds a few tokens and our ITL is the gap
+           between pieces, several tokens' worth
 
 Output tokens are the ones the engine reports (usage), requests per second and output
 tokens per second are over the wall time of the whole run.

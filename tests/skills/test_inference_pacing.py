@@ -23,26 +23,33 @@ def sequence() -> Sequence:
     return Sequence(Lane(0), [1, 2, 3], request)
 
 
-async def follow_while(seq: Sequence, interval: float, steps: list[Step]) -> tuple[list[str], Any]:
+async def follow_while(
+    seq: Sequence, interval: float, steps: list[Step], interval_passes_at: int | None = None
+) -> tuple[list[str], Any]:
     """Follow ``seq`` while each step's text (and at last its result) is delivered, a step
-    each time the caller waits for the next: the pieces the caller got, and its outcome."""
+    each time the caller waits for the next; from step ``interval_passes_at`` on, the
+    interval has passed. The pieces the caller got, and its outcome."""
     got: list[str] = []
+    now = [interval]
 
     async def on_text(text: str) -> None:
         got.append(text)
 
     async def decode() -> None:
-        for step in steps:
+        for i, step in enumerate(steps):
             await anyio.wait_all_tasks_blocked()
+            if i == interval_passes_at:
+                now[0] = 0.0
             deliver([(seq, text, result) for text, result in step])
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(decode)
-        outcome: Any
-        try:
-            outcome = await seq.follow(on_text, lambda: interval)
-        except Cancelled as exc:
-            outcome = exc
+    outcome: Any
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            group.start_soon(decode)
+            try:
+                outcome = await seq.follow(on_text, lambda: now[0])
+            except Cancelled as exc:
+                outcome = exc
     return got, outcome
 
 
@@ -58,6 +65,13 @@ async def test_paced_the_first_piece_goes_at_once_and_the_rest_waits_for_the_int
     got, outcome = await follow_while(sequence(), 3600.0, steps)
     assert got == ["a", "bcde"], "the first piece at once, the rest with the result"
     assert "".join(got) == DONE.text and outcome == DONE
+
+
+async def test_held_text_goes_with_the_first_step_after_the_interval_has_passed() -> None:
+    steps: list[Step] = [[("a", None)], [("b", None)], [("c", None)], [("d", None)], [("e", DONE)]]
+    got, outcome = await follow_while(sequence(), 3600.0, steps, interval_passes_at=3)
+    assert got == ["a", "bcd", "e"]
+    assert outcome == DONE
 
 
 async def test_text_held_back_is_given_before_a_failure_is_raised() -> None:

@@ -36,9 +36,9 @@ class ModelSpec(BaseModel):
     pieces_per_s: float = Field(
         default=60.0,
         ge=0,
-        description="llama: the text pieces per second the engine streams in all, shared among the requests it "
-        "decodes together; a request alone gets each token as it comes, many get a few tokens a piece. "
-        "0: every token a piece of its own.",
+        description="llama: about how many pieces of text a second the engine streams in all once many requests "
+        "share it (each request at most one piece per (requests - 1) / pieces_per_s seconds, its first at once); "
+        "a request alone gets its text as it comes. 0: no pacing, text goes out as soon as the caller takes it.",
     )
     # openai: an OpenAI-compatible endpoint.
     base_url: str | None = None

@@ -23,8 +23,9 @@ how many requests share the engine (``Batcher.piece_interval``): every piece cos
 the event loop and the caller's client the same whatever it holds (an MCP progress
 notification, an SSE event), and those cores are the ones that decode, so the
 pieces per second stay about ``pieces_per_s`` in all instead of growing with the
-requests. A request alone gets each token as it comes; the first piece of each
-request is never held back. Usage is what the context did: the prompt's tokens,
+requests (for many; each request at most one piece per (requests - 1) /
+``pieces_per_s`` seconds). A request alone gets its text as it comes; the first
+piece of each request is never held back. Usage is what the context did: the prompt's tokens,
 those kept from the lane's cache (never the last: its logits are computed), and
 every token sampled.
 """
