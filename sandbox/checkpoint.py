@@ -146,15 +146,27 @@ def _alive(state_file: Path) -> bool:
     return pid_alive(pid)
 
 
+# The engine's upload of a checkpoint to containerd sometimes fails when containerd
+# already holds a blob of the same content (moby/moby#42900, fixed only in Docker 26):
+# nothing was started, and the same start again succeeds.
+UPLOAD_RACE = "already exists"
+RESTORE_ATTEMPTS = 3
+
+
 def restore(api: docker.APIClient, container_id: str) -> None:
     """Start a container from its checkpoint, then let the checkpoint go."""
-    clear_stale_runsc_state(container_id)
-    try:
-        engine = _raw(api)
-        url = engine._url("/containers/{0}/start", container_id)
-        engine._raise_for_status(engine._post(url, params={"checkpoint": CHECKPOINT}))
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise _refused("restore", exc) from exc
+    engine = _raw(api)
+    url = engine._url("/containers/{0}/start", container_id)
+    for attempt in range(1, RESTORE_ATTEMPTS + 1):
+        clear_stale_runsc_state(container_id)
+        try:
+            engine._raise_for_status(engine._post(url, params={"checkpoint": CHECKPOINT}))
+            break
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            detail = str(exc.explanation if isinstance(exc, docker.errors.APIError) else exc)
+            if UPLOAD_RACE in detail and "checkpoint" in detail and attempt < RESTORE_ATTEMPTS:
+                continue
+            raise _refused("restore", exc) from exc
     forget(api, container_id)
 
 

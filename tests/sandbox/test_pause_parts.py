@@ -13,8 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker.errors
 import pytest
 
+from common.errors import BackendUnavailable
 from sandbox import checkpoint
 
 AGENT = str(Path(__file__).resolve().parents[2] / "sandbox" / "agent")
@@ -60,3 +62,46 @@ def test_stale_runsc_state_is_cleared_only_when_its_sandbox_is_gone(
     assert not checkpoint.clear_stale_runsc_state("alive")
     assert live.exists()
     assert not checkpoint.clear_stale_runsc_state("never")
+
+
+class StartsAfter:
+    """The engine's start call, failing ``failures`` times with ``message`` first."""
+
+    def __init__(self, failures: int, message: str) -> None:
+        self.failures, self.message, self.starts, self.deletes = failures, message, 0, 0
+
+    def _url(self, template: str, *parts: str) -> str:
+        return template.format(*parts)
+
+    def _post(self, url: str, params: dict[str, str]) -> str:
+        self.starts += 1
+        if self.starts <= self.failures:
+            raise docker.errors.APIError("500 Server Error", explanation=self.message)
+        return url
+
+    def _raise_for_status(self, response: object) -> None:
+        pass
+
+    def _delete(self, url: str) -> str:
+        self.deletes += 1
+        return url
+
+
+UPLOAD_RACE = "failed to upload checkpoint to containerd: commit failed: content sha256:6393f4: already exists"
+
+
+def test_a_restore_that_meets_the_engines_upload_race_is_tried_again() -> None:
+    engine = StartsAfter(2, UPLOAD_RACE)
+    checkpoint.restore(engine, "c1")  # type: ignore[arg-type]
+    assert (engine.starts, engine.deletes) == (3, 1), "started on the third try, then the checkpoint let go"
+
+
+def test_a_restore_fails_with_the_engines_words_after_its_tries_or_at_once_for_another_error() -> None:
+    racing = StartsAfter(9, UPLOAD_RACE)
+    with pytest.raises(BackendUnavailable, match=r"could not restore the sandbox .*already exists"):
+        checkpoint.restore(racing, "c1")  # type: ignore[arg-type]
+    assert (racing.starts, racing.deletes) == (checkpoint.RESTORE_ATTEMPTS, 0), "the checkpoint is kept"
+    other = StartsAfter(9, "cannot restore: no space left on device")
+    with pytest.raises(BackendUnavailable, match="no space left"):
+        checkpoint.restore(other, "c1")  # type: ignore[arg-type]
+    assert other.starts == 1
