@@ -84,9 +84,13 @@ def _raw(api: docker.APIClient) -> Any:
     return api
 
 
+def _detail(exc: Exception) -> str:
+    """The engine's own words for a failed call."""
+    return str(exc.explanation if isinstance(exc, docker.errors.APIError) else exc)
+
+
 def _refused(action: str, exc: Exception) -> BackendUnavailable:
-    detail = exc.explanation if isinstance(exc, docker.errors.APIError) else str(exc)
-    return BackendUnavailable(f"the engine could not {action} the sandbox ({str(detail)[:300]})")
+    return BackendUnavailable(f"the engine could not {action} the sandbox ({_detail(exc)[:300]})")
 
 
 def checkpoint(api: docker.APIClient, container_id: str) -> int:
@@ -163,7 +167,7 @@ def restore(api: docker.APIClient, container_id: str) -> None:
             engine._raise_for_status(engine._post(url, params={"checkpoint": CHECKPOINT}))
             break
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            detail = str(exc.explanation if isinstance(exc, docker.errors.APIError) else exc)
+            detail = _detail(exc)
             if UPLOAD_RACE in detail and "checkpoint" in detail and attempt < RESTORE_ATTEMPTS:
                 continue
             raise _refused("restore", exc) from exc

@@ -94,8 +94,8 @@ class LlamaEngine:
         async with self._loading:
             if self._batcher is None or self._lanes is None:
                 self._check()
-                threads = self.spec.threads or os.cpu_count() or 1
                 spec = self.spec
+                threads = spec.threads or os.cpu_count() or 1
                 batcher = Batcher(str(spec.path), spec.context_length, spec.slots, threads, spec.pieces_per_s)
                 batcher.start()
                 try:

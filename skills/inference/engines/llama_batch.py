@@ -19,15 +19,15 @@ the lowest free lane unless another holds clearly more of their prompt.
 
 Text crosses to the event loop once per step (``call_soon_threadsafe``), never
 blocking the decode on the loop. It streams on to each caller in pieces paced by
-how many requests share the engine (``Batcher.piece_interval``): every piece costs
-the event loop and the caller's client the same whatever it holds (an MCP progress
-notification, an SSE event), and those cores are the ones that decode, so the
-pieces per second stay about ``pieces_per_s`` in all instead of growing with the
-requests (for many; each request at most one piece per (requests - 1) /
-``pieces_per_s`` seconds). A request alone gets its text as it comes; the first
-piece of each request is never held back. Usage is what the context did: the prompt's tokens,
-those kept from the lane's cache (never the last: its logits are computed), and
-every token sampled.
+how many requests share the engine (``Batcher.piece_interval``): each request at
+most one piece per (requests - 1) / ``pieces_per_s`` seconds, so with many requests
+about ``pieces_per_s`` go out in all instead of a piece per token. A piece costs the
+event loop and the caller's client the same whatever it holds (an MCP progress
+notification, an SSE event), on the cores that decode. A request alone gets its
+text as it comes, and the first piece of each request is never held back.
+
+Usage is what the context did: the prompt's tokens, those kept from the lane's
+cache (never the last: its logits are computed), and every token sampled.
 """
 
 from __future__ import annotations
