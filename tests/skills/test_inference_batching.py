@@ -115,6 +115,27 @@ async def test_each_lane_keeps_its_own_prefix_cache(model_app: App) -> None:
         assert items[f"tokens.cached_input:{DEFAULT_MODEL}"] == usage["cached_tokens"]
 
 
+async def test_a_prompt_starts_from_another_lanes_cache_when_its_own_lane_holds_less(model_app: App) -> None:
+    """A long system prompt computed on one lane is copied to the next request's lane,
+    which never held it, while the first lane is taken."""
+    question = [{"role": "system", "content": POET}, {"role": "user", "content": "How is the day?"}]
+    async with mcp_client(model_app) as client:
+        first = await call(client, "inference_generate", messages=question, max_tokens=4, temperature=0)
+        engine = engine_of(model_app)
+        assert engine.lanes is not None and engine.batcher is not None
+        async with engine.lanes.slot("someone else", affinity=lambda lane: -lane.seq_id) as taken:
+            assert taken.seq_id == 0 and len(taken.tokens) > 100, "the first request's lane, holding its prompt"
+            again = [question[0], {"role": "user", "content": "And tomorrow?"}]
+            second = await call(client, "inference_generate", messages=again, max_tokens=4, temperature=0)
+    assert first["usage"]["cached_tokens"] < 20
+    assert engine.batcher.copies == 1
+    usage = second["usage"]
+    assert usage["cached_tokens"] > 100, "the system prompt came from the first request's lane"
+    items = ledger_items(model_app, second["task_id"])
+    assert items[f"tokens.cached_input:{DEFAULT_MODEL}"] == usage["cached_tokens"]
+    assert items[f"tokens.input:{DEFAULT_MODEL}"] == usage["prompt_tokens"] - usage["cached_tokens"]
+
+
 async def test_a_cancelled_request_leaves_its_lane_while_the_others_go_on(model_app: App) -> None:
     engine = engine_of(model_app)
     tenant = model_app.settings.tenant

@@ -10,7 +10,8 @@ import pytest
 
 from common.errors import Cancelled
 from skills.inference.engines.base import Completion, GenerateRequest, Message
-from skills.inference.engines.llama_batch import Batcher, Lane, Sequence, deliver
+from skills.inference.engines.llama_batch import Batcher, Sequence, deliver
+from skills.inference.engines.llama_lanes import Lane
 
 pytestmark = pytest.mark.anyio
 

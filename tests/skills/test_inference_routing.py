@@ -11,7 +11,7 @@ import pytest
 
 from common.errors import BackendTimeout, BackendUnavailable, InvalidInput
 from skills.inference.engines.base import Completion, Embeddings, GenerateRequest, Message, ModelSpec, OnText
-from skills.inference.engines.llama_batch import Lane, lane_score
+from skills.inference.engines.llama_lanes import COPY_WORTH, Lane, lane_score, prefix_source
 from skills.inference.engines.llama_text import TextOut
 from skills.inference.pool import Pool
 
@@ -204,3 +204,15 @@ def test_a_free_lane_is_chosen_for_a_long_shared_prefix_else_the_lowest() -> Non
     assert best.seq_id == 1
     short = list(range(20))
     assert max(lanes, key=lambda lane: lane_score(lane, short, 16)).seq_id == 0, "a few tokens are not worth a gap"
+
+
+def test_a_prompt_starts_from_the_lane_that_holds_most_of_it_when_that_is_worth_a_copy() -> None:
+    system = list(range(100))
+    prompt = [*system, 500, 501]
+    own, other, stranger = Lane(0, [*system[:10], 7]), Lane(1, [*system, 600, 601]), Lane(2, [8, 8])
+    assert prefix_source(own, [own, other, stranger], prompt) == (other, 100)
+    near = Lane(3, system[: 10 + COPY_WORTH - 1])
+    assert prefix_source(own, [own, near, stranger], prompt) == (own, 10), "a few tokens are not worth a copy"
+    whole = Lane(4, prompt)
+    assert prefix_source(own, [own, whole], prompt) == (whole, len(prompt) - 1), "the last token is computed"
+    assert prefix_source(own, [own], prompt) == (own, 10)

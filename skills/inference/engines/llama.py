@@ -22,7 +22,8 @@ import anyio.to_thread
 
 from common.errors import BackendUnavailable, InvalidInput
 from skills.inference.engines.base import Completion, Embeddings, GenerateRequest, ModelSpec, OnText
-from skills.inference.engines.llama_batch import Batcher, Lane, Sequence, lane_score
+from skills.inference.engines.llama_batch import Batcher, Sequence
+from skills.inference.engines.llama_lanes import Lane, lane_score
 from skills.inference.slots import FairSlots
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -103,7 +104,7 @@ class LlamaEngine:
                 except ValueError as exc:  # llama-cpp-python: "Failed to load model from file"
                     raise BackendUnavailable(f"model {self.spec.name!r} could not be loaded: {exc}.") from exc
                 self._batcher = batcher
-                self._lanes = FairSlots([Lane(i) for i in range(self.spec.slots)])
+                self._lanes = FairSlots(batcher.lane_list)
             return self._batcher, self._lanes
 
     async def generate(self, tenant: str, request: GenerateRequest, on_text: OnText) -> Completion:

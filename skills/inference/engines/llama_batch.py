@@ -2,20 +2,19 @@
 
 The context holds one KV-cache sequence per *lane* (``n_seq_max`` of them, each with
 the model's whole context length, not shared: ``kv_unified`` off). A request takes
-a lane, and with it the lane's cache: the tokens its last request left there, so a
-prompt that starts the same way is not computed again. One thread owns the
-context and repeats one step while any request is active:
+a lane, and with it the lane's cache: the tokens its last request left there, or
+another lane's when that one holds more of the prompt (``llama_lanes``), so a prompt
+that starts the same way is not computed again. One thread owns the context and
+repeats one step while any request is active:
 
-    requests that joined since the last step: trim their lane's cache to the prompt's
-        common prefix, queue the rest of the prompt
+    requests that joined since the last step: start their lane's cache from the lane
+        holding most of the prompt, trim it to the prompt's common prefix, queue the rest
     one batch (``llama_batch``, a seq_id per token): the next token of every request
         that is generating, then prompt tokens of new ones, up to ``n_batch``
     llama_decode, then each request that reached its end samples its next token
     requests that finished or were cancelled leave; their lane keeps its cache
 
-Tokens go into the batch in lane order: llama.cpp computes the lanes of one step in a
-single pass only while their ids are consecutive (``split_equal``), so requests take
-the lowest free lane unless another holds clearly more of their prompt.
+Tokens go into the batch in lane order, lowest free lanes first (``llama_lanes``).
 
 Text crosses to the event loop once per step (``call_soon_threadsafe``), never
 blocking the decode on the loop. It streams on to each caller in pieces paced by
@@ -41,13 +40,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
 from common.errors import BackendUnavailable, Cancelled
 from skills.inference.engines.base import Completion, GenerateRequest, OnText
+from skills.inference.engines.llama_lanes import Lane, prefix_source
 from skills.inference.engines.llama_text import ChatPrompt, TextOut, new_sampler
 
 log = logging.getLogger("cloudskills.inference")
@@ -56,32 +55,6 @@ log = logging.getLogger("cloudskills.inference")
 # generating ones leave); llama.cpp splits it into passes of N_UBATCH.
 N_BATCH = 512
 N_UBATCH = 512
-# A lane holding at most this many more prompt tokens than the lowest free lane is not
-# worth breaking the run of consecutive lanes for.
-REUSE_WORTH = 32
-
-
-@dataclass
-class Lane:
-    seq_id: int
-    # The tokens this lane's KV-cache sequence holds, as of its last request.
-    tokens: list[int] = field(default_factory=list)
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def lane_score(lane: Lane, prompt: list[int], lanes: int) -> int:
-    """How much a free lane is worth to a prompt: its reusable prefix (in steps of
-    REUSE_WORTH), then the lower id."""
-    reuse = min(common_prefix(lane.tokens, prompt), max(len(prompt) - 1, 0))
-    return (reuse // REUSE_WORTH) * lanes + (lanes - 1 - lane.seq_id)
 
 
 class Sequence:
@@ -149,6 +122,7 @@ class Batcher:
         self.path = path
         self.context_length = context_length
         self.lanes = lanes
+        self.lane_list = [Lane(i) for i in range(lanes)]
         self.threads = threads
         self.pieces_per_s = pieces_per_s
         self.ready: Future[None] = Future()
@@ -160,9 +134,11 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
         self.prompt: ChatPrompt | None = None
         self.n_ctx_seq = context_length
-        # What it has done: steps decoded, and the most requests one step decoded together.
+        # What it has done: steps decoded, the most requests one step decoded together, and
+        # prompts started from another lane's cache.
         self.steps = 0
         self.widest = 0
+        self.copies = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -284,8 +260,13 @@ class Batcher:
             self._outbox.append((seq, "", Cancelled("the generation was cancelled.")))
             return
         lane, prompt = seq.lane, seq.prompt
-        # The prompt's last token is always computed: its logits give the first token.
-        keep = min(common_prefix(lane.tokens, prompt), len(prompt) - 1)
+        source, keep = prefix_source(lane, self.lane_list, prompt)
+        if source is not lane:
+            # Another lane holds more of the prompt: its whole stream is copied into this
+            # lane's at the next decode, before the batch, as it stands after this step.
+            llama_cpp.llama_memory_seq_cp(self.memory, source.seq_id, lane.seq_id, -1, -1)
+            lane.tokens = list(source.tokens)
+            self.copies += 1
         if not llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, -1, -1)
             keep = 0
