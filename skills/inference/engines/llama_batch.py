@@ -43,6 +43,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import anyio
+import numpy as np
 
 from common.errors import BackendUnavailable, Cancelled
 from skills.inference.engines.base import Completion, GenerateRequest, OnText
@@ -237,6 +238,7 @@ class Batcher:
         self.ctx = self.context.ctx
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.vocab = self.model.vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
         self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self.ctx))
         self.batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
         self.n_batch = int(params.n_batch)
@@ -324,7 +326,11 @@ class Batcher:
     def _sample(self, seq: Sequence, index: int) -> None:
         import llama_cpp
 
-        token = int(llama_cpp.llama_sampler_sample(seq.sampler.sampler, self.ctx, index))
+        if seq.sampler is None:  # greedy
+            row = llama_cpp.llama_get_logits_ith(self.ctx, index)
+            token = int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
+        else:
+            token = int(llama_cpp.llama_sampler_sample(seq.sampler.sampler, self.ctx, index))
         seq.sampled += 1
         if llama_cpp.llama_vocab_is_eog(self.vocab, token):
             self._finish(seq, "stop")

@@ -1,0 +1,86 @@
+"""The batch engine's steps on the real model, driven one at a time on the test's thread:
+a lane started from another lane's cache holds exactly what that lane held, and greedy
+picks what llama.cpp's greedy sampler picks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from skills.inference.engines.base import GenerateRequest, Message
+from skills.inference.engines.llama import default_model_path
+from skills.inference.engines.llama_batch import Batcher, Sequence
+
+pytestmark = [pytest.mark.anyio, pytest.mark.model]
+
+SYSTEM = "You are a poet who answers every question with a short rhyme about the weather. " * 8
+
+
+def last_logits(batcher: Batcher) -> Any:
+    import llama_cpp
+
+    row = llama_cpp.llama_get_logits_ith(batcher.ctx, -1)
+    return np.ctypeslib.as_array(row, shape=(batcher.n_vocab,)).copy()
+
+
+QUESTION = [Message(role="system", content=SYSTEM), Message(role="user", content="How is the day?")]
+
+
+@pytest.fixture
+def batcher() -> Iterator[Batcher]:
+    engine = Batcher(str(default_model_path()), 2048, 4, 2)
+    engine._load()  # no thread: the test steps it
+    try:
+        yield engine
+    finally:
+        engine._free()
+
+
+async def test_a_copied_prefix_gives_the_same_logits_as_the_lane_it_came_from(batcher: Batcher) -> None:
+    assert batcher.prompt is not None
+    request = GenerateRequest(messages=QUESTION, max_tokens=1, temperature=0)
+    prompt = batcher.prompt.tokens(request.messages)
+    first, copied, own = batcher.lane_list[0], batcher.lane_list[1], batcher.lane_list[0]
+
+    def decode_once(lane_taken: Any) -> Sequence:
+        seq = Sequence(lane_taken, prompt, request)
+        batcher._admit(seq)
+        batcher._step()
+        assert seq not in batcher._active, "one token, then done"
+        return seq
+
+    decode_once(first)
+    assert batcher.copies == 0 and first.tokens == prompt
+    on_copy = decode_once(copied)
+    copied_logits = last_logits(batcher)
+    assert batcher.copies == 1 and on_copy.cached == len(prompt) - 1
+    on_own = decode_once(own)
+    own_logits = last_logits(batcher)
+    assert batcher.copies == 1, "its own lane held the prompt: nothing to copy"
+    assert on_own.cached == len(prompt) - 1
+    # The same last token on the same cached keys and values, in a batch of the same shape.
+    assert np.array_equal(copied_logits, own_logits)
+
+
+async def test_greedy_takes_the_token_llama_cpps_greedy_sampler_takes(batcher: Batcher) -> None:
+    import llama_cpp
+    from llama_cpp import _internals
+
+    assert batcher.prompt is not None
+    request = GenerateRequest(messages=QUESTION, max_tokens=8, temperature=0)
+    seq = Sequence(batcher.lane_list[0], batcher.prompt.tokens(request.messages), request)
+    batcher._admit(seq)
+    greedy: Any = _internals.LlamaSampler()  # type: ignore[no-untyped-call]
+    greedy.add_greedy()
+    try:
+        while seq in batcher._active:
+            batcher._step()
+            if seq in batcher._active:
+                expected = int(llama_cpp.llama_sampler_sample(greedy.sampler, batcher.ctx, -1))
+                assert seq.feed == [expected]
+    finally:
+        greedy.close()
+    assert seq.sampled > 1
