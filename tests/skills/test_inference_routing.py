@@ -11,7 +11,7 @@ import pytest
 
 from common.errors import BackendTimeout, BackendUnavailable, InvalidInput
 from skills.inference.engines.base import Completion, Embeddings, GenerateRequest, Message, ModelSpec, OnText
-from skills.inference.engines.llama_lanes import COPY_WORTH, Lane, lane_score, prefix_source
+from skills.inference.engines.llama_lanes import COPY_WORTH, Lane, common_prefix, lane_score, prefix_source
 from skills.inference.engines.llama_text import TextOut
 from skills.inference.pool import Pool
 
@@ -216,3 +216,10 @@ def test_a_prompt_starts_from_the_lane_that_holds_most_of_it_when_that_is_worth_
     whole = Lane(4, prompt)
     assert prefix_source(own, [own, whole], prompt) == (whole, len(prompt) - 1), "the last token is computed"
     assert prefix_source(own, [own], prompt) == (own, 10)
+
+
+def test_common_prefix_lengths() -> None:
+    cases = [([], [], 0), ([1], [], 0), ([1, 2, 3], [1, 2, 3], 3), ([1, 2, 3], [1, 2], 2), ([1, 2, 3], [1, 9, 3], 1)]
+    cases += [([5], [6], 0), (list(range(5000)), [*range(4321), -1], 4321)]
+    for a, b, n in cases:
+        assert common_prefix(a, b) == n == common_prefix(b, a)

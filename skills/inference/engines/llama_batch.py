@@ -265,9 +265,8 @@ class Batcher:
         source, keep = prefix_source(lane, self.lane_list, prompt)
         if source is not lane:
             # Another lane holds more of the prompt: its whole stream is copied into this
-            # lane's at the next decode, before the batch, as it stands after this step.
+            # lane's at the start of the next decode, before any cell is written.
             llama_cpp.llama_memory_seq_cp(self.memory, source.seq_id, lane.seq_id, -1, -1)
-            lane.tokens = list(source.tokens)
             self.copies += 1
         if not llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, -1, -1)

@@ -31,12 +31,16 @@ class Lane:
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    """The length of their common start, by bisection on slices compared in C: every lane
+    is scored for every request, and prompts run to thousands of tokens."""
+    same, differ = 0, min(len(a), len(b)) + 1  # a[:same] == b[:same]; a[:differ] != b[:differ]
+    while differ - same > 1:
+        mid = (same + differ) // 2
+        if a[:mid] == b[:mid]:
+            same = mid
+        else:
+            differ = mid
+    return same
 
 
 def reusable(tokens: list[int], prompt: list[int]) -> int:
