@@ -19,13 +19,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.model]
 SYSTEM = "You are a poet who answers every question with a short rhyme about the weather. " * 8
 
 
-def last_logits(batcher: Batcher) -> Any:
-    import llama_cpp
-
-    row = llama_cpp.llama_get_logits_ith(batcher.ctx, -1)
-    return np.ctypeslib.as_array(row, shape=(batcher.n_vocab,)).copy()
-
-
 QUESTION = [Message(role="system", content=SYSTEM), Message(role="user", content="How is the day?")]
 
 
@@ -43,7 +36,7 @@ async def test_a_copied_prefix_gives_the_same_logits_as_the_lane_it_came_from(ba
     assert batcher.prompt is not None
     request = GenerateRequest(messages=QUESTION, max_tokens=1, temperature=0)
     prompt = batcher.prompt.tokens(request.messages)
-    first, copied, own = batcher.lane_list[0], batcher.lane_list[1], batcher.lane_list[0]
+    first, copied, own = batcher.lanes[0], batcher.lanes[1], batcher.lanes[0]
 
     def decode_once(lane_taken: Any) -> Sequence:
         seq = Sequence(lane_taken, prompt, request)
@@ -55,10 +48,10 @@ async def test_a_copied_prefix_gives_the_same_logits_as_the_lane_it_came_from(ba
     decode_once(first)
     assert batcher.copies == 0 and first.tokens == prompt
     on_copy = decode_once(copied)
-    copied_logits = last_logits(batcher)
+    copied_logits = batcher.logits(-1).copy()
     assert batcher.copies == 1 and on_copy.cached == len(prompt) - 1
     on_own = decode_once(own)
-    own_logits = last_logits(batcher)
+    own_logits = batcher.logits(-1).copy()
     assert batcher.copies == 1, "its own lane held the prompt: nothing to copy"
     assert on_own.cached == len(prompt) - 1
     # The same last token on the same cached keys and values, in a batch of the same shape.
@@ -71,7 +64,7 @@ async def test_greedy_takes_the_token_llama_cpps_greedy_sampler_takes(batcher: B
 
     assert batcher.prompt is not None
     request = GenerateRequest(messages=QUESTION, max_tokens=8, temperature=0)
-    seq = Sequence(batcher.lane_list[0], batcher.prompt.tokens(request.messages), request)
+    seq = Sequence(batcher.lanes[0], batcher.prompt.tokens(request.messages), request)
     batcher._admit(seq)
     greedy: Any = _internals.LlamaSampler()  # type: ignore[no-untyped-call]
     greedy.add_greedy()

@@ -104,7 +104,7 @@ class LlamaEngine:
                 except ValueError as exc:  # llama-cpp-python: "Failed to load model from file"
                     raise BackendUnavailable(f"model {self.spec.name!r} could not be loaded: {exc}.") from exc
                 self._batcher = batcher
-                self._lanes = FairSlots(batcher.lane_list)
+                self._lanes = FairSlots(batcher.lanes)
             return self._batcher, self._lanes
 
     async def generate(self, tenant: str, request: GenerateRequest, on_text: OnText) -> Completion:

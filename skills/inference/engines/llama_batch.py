@@ -122,8 +122,7 @@ class Batcher:
     def __init__(self, path: str, context_length: int, lanes: int, threads: int, pieces_per_s: float = 0.0) -> None:
         self.path = path
         self.context_length = context_length
-        self.lanes = lanes
-        self.lane_list = [Lane(i) for i in range(lanes)]
+        self.lanes = [Lane(i) for i in range(lanes)]
         self.threads = threads
         self.pieces_per_s = pieces_per_s
         self.ready: Future[None] = Future()
@@ -227,9 +226,9 @@ class Batcher:
         model_params = llama_cpp.llama_model_default_params()
         self.model = internals.LlamaModel(path_model=self.path, params=model_params, verbose=True)
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = self.context_length * self.lanes
-        params.n_seq_max = self.lanes
-        params.n_batch = max(N_BATCH, self.lanes)
+        params.n_ctx = self.context_length * len(self.lanes)
+        params.n_seq_max = len(self.lanes)
+        params.n_batch = max(N_BATCH, len(self.lanes))
         params.n_ubatch = N_UBATCH
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = False
@@ -262,7 +261,7 @@ class Batcher:
             self._outbox.append((seq, "", Cancelled("the generation was cancelled.")))
             return
         lane, prompt = seq.lane, seq.prompt
-        source, keep = prefix_source(lane, self.lane_list, prompt)
+        source, keep = prefix_source(lane, self.lanes, prompt)
         if source is not lane:
             # Another lane holds more of the prompt: its whole stream is copied into this
             # lane's at the start of the next decode, before any cell is written.
@@ -326,8 +325,7 @@ class Batcher:
         import llama_cpp
 
         if seq.sampler is None:  # greedy
-            row = llama_cpp.llama_get_logits_ith(self.ctx, index)
-            token = int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
+            token = int(self.logits(index).argmax())
         else:
             token = int(llama_cpp.llama_sampler_sample(seq.sampler.sampler, self.ctx, index))
         seq.sampled += 1
@@ -343,6 +341,14 @@ class Batcher:
             self._finish(seq, "length")
         else:
             seq.feed = [token]
+
+    def logits(self, index: int) -> Any:
+        """The last decode's logits for the batch's token ``index``: a numpy view of
+        llama.cpp's buffer, valid until the next decode."""
+        import llama_cpp
+
+        row = llama_cpp.llama_get_logits_ith(self.ctx, index)
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
 
     def _piece(self, token: int) -> bytes:
         import llama_cpp
