@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 from common.errors import CloudSkillsError
 from runtime import openai_wire as wire
 from runtime.app import App, PreparedCall
+from runtime.bearer import verified_caller
 from runtime.tenants import Caller, caller_of_key
 
 log = logging.getLogger("cloudskills.openai")
@@ -49,8 +50,10 @@ def error_response(refusal: wire.Refused) -> JSONResponse:
 
 def caller_of(app: App, request: Request) -> Caller:
     """The tenant (and agent) of the request's bearer key, as for /mcp."""
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    caller = caller_of_key(app.store, key.strip()) if scheme.lower() == "bearer" else None
+    caller = verified_caller(request.scope)
+    if caller is None:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        caller = caller_of_key(app.store, key.strip()) if scheme.lower() == "bearer" else None
     if caller is None:
         raise wire.Refused(
             401,

@@ -16,7 +16,6 @@ from typing import Any
 import anyio
 import uvicorn
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.context import Context
@@ -28,12 +27,13 @@ from starlette.applications import Starlette
 from common.errors import CloudSkillsError, Forbidden
 from runtime import logs
 from runtime.app import App
+from runtime.bearer import KeyVerifier, caller_of_token
 from runtime.confirm import confirm
 from runtime.mcp_skills import SkillsExtension
 from runtime.mcp_tasks import TasksExtension, tool_error, tool_result
 from runtime.openai_api import openai_routes
 from runtime.stdio import exit_at_once, run_stdio
-from runtime.tenants import caller_of_key, check_agent
+from runtime.tenants import check_agent
 from runtime.web import metrics_app, split_address, web_routes
 from scheduler.tasks import Progress
 
@@ -45,28 +45,6 @@ INSTRUCTIONS = (
     "about each error, references/EXAMPLE.md shows a typical session. Every call is a task billed by the task "
     "and by what it used; billing_usage shows the charges."
 )
-
-
-AGENT_CLAIM = "agent"
-
-
-class KeyVerifier(TokenVerifier):
-    """Bearer tokens are our API keys: a live key stands for its tenant (and its agent)."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        caller = caller_of_key(self.app.store, token)
-        if caller is None:
-            return None
-        return AccessToken(
-            token=token,
-            client_id=caller.tenant_id,
-            scopes=[],
-            subject=caller.tenant_id,
-            claims={AGENT_CLAIM: caller.agent},
-        )
 
 
 def http_auth(base_url: str) -> AuthSettings:
@@ -146,8 +124,7 @@ class CloudSkillsServer(MCPServer[Any]):
         if self.tenant_id is not None:
             return self.agent
         token = get_access_token()
-        agent = (token.claims or {}).get(AGENT_CLAIM) if token is not None else None
-        return agent if isinstance(agent, str) else None
+        return caller_of_token(token).agent if token is not None else None
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None

@@ -222,6 +222,19 @@ async def test_missing_wrong_and_revoked_keys_get_401(api: Api) -> None:
     assert body["code"] == "invalid_api_key" and "Bearer" in body["message"]
 
 
+async def test_an_agents_key_acts_as_that_agent(api: Api) -> None:
+    """The key is verified once per request (by the middleware that guards /mcp as well);
+    what it found, the tenant and the agent, is what the task acts for."""
+    planner = create_key(api.store, "local", agent="planner")
+    answer = await api.client(planner.key).chat.completions.create(
+        model=DEFAULT_MODEL, messages=QUESTION, max_tokens=2, temperature=0
+    )
+    made = task(api.store, answer.id.removeprefix("chatcmpl-"))
+    assert (made.tenant_id, made.agent) == ("local", "planner")
+    plain = await api.client().chat.completions.create(model=DEFAULT_MODEL, messages=QUESTION, max_tokens=2)
+    assert task(api.store, plain.id.removeprefix("chatcmpl-")).agent is None
+
+
 async def test_bad_requests_are_openai_errors(api: Api) -> None:
     client = api.client()
     with pytest.raises(openai.NotFoundError) as unknown:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from sqlalchemy import select
 
 from common.errors import InvalidInput
 from runtime.app import App
-from runtime.server import AGENT_CLAIM, KeyVerifier
+from runtime.bearer import AGENT_CLAIM, KeyVerifier, verified_caller
 from runtime.settings import Settings, load_settings
 from runtime.tenants import caller_of_key, create_key, create_tenant, tenant_of_key
 from scheduler.models import LedgerEntry, Task
@@ -39,6 +40,9 @@ async def test_a_key_names_its_agent_and_bad_names_are_refused(plain_app: App) -
     assert caller_of_key(plain_app.store, plain.key).agent is None  # type: ignore[union-attr]
     token = await KeyVerifier(plain_app).verify_token(planner.key)
     assert token is not None and token.client_id == "acme" and (token.claims or {})[AGENT_CLAIM] == "planner"
+    # What the middleware verified is what a /v1 route reads from the request's scope.
+    assert verified_caller({"user": AuthenticatedUser(token)}) == caller_of_key(plain_app.store, planner.key)
+    assert verified_caller({}) is None
     for bad in ("shared", "Planner", "two words", "x" * 65, "-lead"):
         with pytest.raises(InvalidInput, match="cannot name an agent"):
             create_key(plain_app.store, "acme", bad)
