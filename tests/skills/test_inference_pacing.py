@@ -3,6 +3,7 @@ many requests share it (no model: the decoding thread's side is played by ``deli
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -91,3 +92,17 @@ async def test_the_interval_is_none_for_a_request_alone_and_grows_with_the_reque
     assert intervals == [0.0, 1 / 60, 15 / 60], "about 60 pieces a second in all, whatever the requests"
     batcher.pieces_per_s = 0.0
     assert batcher.piece_interval() == 0.0, "0: every token a piece"
+
+
+async def test_a_step_whose_text_is_not_due_leaves_the_caller_asleep() -> None:
+    """Each step's text crosses to the event loop, but a caller whose next piece is not due
+    is not woken for it (with many requests, most steps are not a piece of most of them)."""
+    seq = sequence()
+    seq.interval = lambda: 3600.0
+    deliver([(seq, "a", None)])
+    assert seq.wake.is_set(), "the first piece is due at once"
+    seq.sent_at, seq.wake = time.monotonic(), anyio.Event()
+    deliver([(seq, "b", None)])
+    assert not seq.wake.is_set() and seq.pieces == ["a", "b"]
+    deliver([(seq, "c", DONE)])
+    assert seq.wake.is_set(), "the result is always due"

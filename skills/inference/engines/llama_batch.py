@@ -78,19 +78,20 @@ class Sequence:
         self.pieces: list[str] = []
         self.result: Completion | BaseException | None = None
         self.wake = anyio.Event()
+        self.sent_at: float | None = None  # when the last piece went to the caller
+        self.interval: Callable[[], float] = lambda: 0.0
 
     async def follow(self, on_text: OnText, interval: Callable[[], float] = lambda: 0.0) -> Completion:
         """Hand the text to ``on_text`` as it comes, what came since the last piece in one,
         at most one piece per ``interval()`` seconds but the first and the last; then
         return the completion."""
-        sent_at: float | None = None
+        self.interval = interval
         while True:
             self.wake = anyio.Event()
             now = time.monotonic()
-            due = sent_at is None or self.result is not None or now - sent_at >= interval()
-            if self.pieces and due:
+            if self.pieces and self.due(now):
                 text, self.pieces = "".join(self.pieces), []
-                sent_at = now
+                self.sent_at = now
                 await on_text(text)
                 continue
             if isinstance(self.result, BaseException):
@@ -98,6 +99,11 @@ class Sequence:
             if self.result is not None:
                 return self.result
             await self.wake.wait()
+
+    def due(self, now: float) -> bool:
+        """Whether text that came may go to the caller now: its first piece, its last, or
+        ``interval()`` after the one before."""
+        return self.sent_at is None or self.result is not None or now - self.sent_at >= self.interval()
 
     async def stopped(self) -> None:
         """Wait until the thread has let go of the sequence (after ``cancelled``)."""
@@ -107,13 +113,16 @@ class Sequence:
 
 
 def deliver(items: list[tuple[Sequence, str, Completion | BaseException | None]]) -> None:
-    """On the event loop: what one step produced for its sequences."""
+    """On the event loop: what one step produced for its sequences. A sequence whose next
+    piece is not due yet is not woken: its text waits for a later step's."""
+    now = time.monotonic()
     for seq, text, result in items:
         if text:
             seq.pieces.append(text)
         if result is not None:
             seq.result = result
-        seq.wake.set()
+        if seq.due(now):
+            seq.wake.set()
 
 
 class Batcher:
