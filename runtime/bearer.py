@@ -45,6 +45,6 @@ def caller_of_token(token: AccessToken) -> Caller:
 
 def verified_caller(scope: Mapping[str, Any]) -> Caller | None:
     """The caller the middleware verified this request's key as; None if it found no live key
-    (or no middleware ran: the route then verifies the key itself)."""
+    (or no middleware ran: /v1 is mounted only inside the MCP app, so that fails closed)."""
     token = getattr(scope.get("user"), "access_token", None)
     return caller_of_token(token) if isinstance(token, AccessToken) else None

@@ -35,7 +35,7 @@ from common.errors import CloudSkillsError
 from runtime import openai_wire as wire
 from runtime.app import App, PreparedCall
 from runtime.bearer import verified_caller
-from runtime.tenants import Caller, caller_of_key
+from runtime.tenants import Caller
 
 log = logging.getLogger("cloudskills.openai")
 
@@ -48,12 +48,9 @@ def error_response(refusal: wire.Refused) -> JSONResponse:
     return JSONResponse(refusal.body(), status_code=refusal.status, headers=headers)
 
 
-def caller_of(app: App, request: Request) -> Caller:
+def caller_of(request: Request) -> Caller:
     """The tenant (and agent) of the request's bearer key, as for /mcp."""
     caller = verified_caller(request.scope)
-    if caller is None:
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        caller = caller_of_key(app.store, key.strip()) if scheme.lower() == "bearer" else None
     if caller is None:
         raise wire.Refused(
             401,
@@ -98,13 +95,13 @@ def handled(
 
 
 async def models(app: App, request: Request) -> Response:
-    caller = caller_of(app, request)
+    caller = caller_of(request)
     outcome = await app.call(caller.tenant_id, "inference_models", {}, agent=caller.agent)
     return JSONResponse(wire.model_list(outcome.unwrap()))
 
 
 async def embeddings(app: App, request: Request) -> Response:
-    caller = caller_of(app, request)
+    caller = caller_of(request)
     body: wire.EmbeddingRequest = await body_as(request, wire.EmbeddingRequest)
     texts = [body.input] if isinstance(body.input, str) else body.input
     arguments = {"model": body.model, "input": texts}
@@ -113,7 +110,7 @@ async def embeddings(app: App, request: Request) -> Response:
 
 
 async def chat_completions(app: App, request: Request) -> Response:
-    caller = caller_of(app, request)
+    caller = caller_of(request)
     body: wire.ChatRequest = await body_as(request, wire.ChatRequest)
     prepared = app.prepare("inference_generate", wire.generate_arguments(body))
     return ChatResponse(app, caller, prepared, body)
