@@ -164,7 +164,9 @@ def direct(concurrency: int, requests: int, max_tokens: int) -> dict[str, Any]:
     from llama_cpp import Llama
 
     from skills.inference.engines.llama import default_model_path
+    from skills.inference.engines.llama_cpu import use_everywhere
 
+    use_everywhere()  # as our engine loads it: no AMX buffers where they crash
     llama = Llama(model_path=str(default_model_path()), n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
     llama.create_chat_completion(messages=cast(Any, messages(0)), max_tokens=4)  # loaded and warm
     turn = threading.Lock()

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx2
 
+from skills.inference.engines.llama_cpu import amx_compiled
+
 
 def cache_dir(version: str) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -80,6 +82,14 @@ def ensure_llama_server(version: str | None = None, log: bool = True) -> Path:
     return binary
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX, and so a native build of llama-server its kernels."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def serving(binary: Path, model: Path, parallel: int, context_per_slot: int, threads: int) -> Iterator[tuple[str, int]]:
     """``llama-server`` on a free loopback port with ``parallel`` slots of ``context_per_slot``
@@ -90,6 +100,9 @@ def serving(binary: Path, model: Path, parallel: int, context_per_slot: int, thr
     command = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     command += ["-np", str(parallel), "-c", str(parallel * context_per_slot), "-t", str(threads)]
     command += ["-tb", str(threads), "--no-webui"]
+    if amx_compiled() or cpu_has_amx():
+        # As our engine loads the model: no AMX buffers, whose matrix product crashes (llama_cpu).
+        command += ["--no-repack"]
     with tempfile.TemporaryFile() as log:
         # A session of its own: on a kernel that shares the CPU between sessions (autogroups),
         # each engine competes on the same terms, not with the benchmark's own client.

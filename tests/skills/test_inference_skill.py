@@ -51,7 +51,7 @@ def free_port() -> int:
 def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server on the default GGUF."""
     port = free_port()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path())]
+    command = [sys.executable, "-m", "tests.llama_cpp_server", "--model", str(model_path())]
     command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "false"]
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     with open(log, "w") as out:

@@ -23,6 +23,7 @@ import anyio.to_thread
 from common.errors import BackendUnavailable, InvalidInput
 from skills.inference.engines.base import Completion, Embeddings, GenerateRequest, ModelSpec, OnText
 from skills.inference.engines.llama_batch import Batcher, Sequence
+from skills.inference.engines.llama_cpu import use_everywhere
 from skills.inference.engines.llama_lanes import Lane, lane_score
 from skills.inference.slots import FairSlots
 
@@ -157,6 +158,7 @@ class LlamaEngine:
     def _load_embedder(self) -> Any:
         from llama_cpp import Llama
 
+        use_everywhere()  # no AMX buffers where they crash (llama_cpu)
         return Llama(
             model_path=str(self.spec.path),
             n_ctx=self.spec.context_length,

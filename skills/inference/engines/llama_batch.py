@@ -47,6 +47,7 @@ import numpy as np
 
 from common.errors import BackendUnavailable, Cancelled
 from skills.inference.engines.base import Completion, GenerateRequest, OnText
+from skills.inference.engines.llama_cpu import model_params
 from skills.inference.engines.llama_lanes import Lane, prefix_source
 from skills.inference.engines.llama_text import ChatPrompt, TextOut, new_sampler
 
@@ -232,8 +233,7 @@ class Batcher:
         quiet = logging.getLogger("llama-cpp-python")
         if quiet.level == logging.NOTSET:
             quiet.setLevel(logging.ERROR)
-        model_params = llama_cpp.llama_model_default_params()
-        self.model = internals.LlamaModel(path_model=self.path, params=model_params, verbose=True)
+        self.model = internals.LlamaModel(path_model=self.path, params=model_params(), verbose=True)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.context_length * len(self.lanes)
         params.n_seq_max = len(self.lanes)

@@ -1,0 +1,60 @@
+"""The model parameters every llama.cpp model we load uses, whatever the CPU.
+
+llama.cpp puts a model's weights in an *extra* buffer type where one suits the CPU: the
+AMX buffer on CPUs with Intel AMX (Sapphire Rapids and later), when ggml was compiled with
+AMX, as a native build of llama-cpp-python is on such a machine; elsewhere the repack
+buffer (Q4_0, IQ4_NL, Q8_0 weights laid out for AVX2/AVX-512). ggml's AMX matrix product
+loads a tile configuration the compiler left half uninitialised, and the first decode dies
+of a general protection fault: the process is gone, llama-server's alike (llama.cpp issue
+20824; its fix, pull request 26954, has not landed in the llama.cpp that llama-cpp-python
+0.3 vendors). So where AMX is compiled in, no extra buffer type is used (llama-server's
+``--no-repack``): the weights stay in plain CPU buffers, and the AVX-512 kernels compute.
+Elsewhere they stay on.
+
+The low-level path (``llama_batch``) takes ``model_params()``; llama-cpp-python's ``Llama``
+(the embedding context, its server) reads ``llama_model_default_params``, which
+``use_everywhere`` makes this module's.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+_lock = threading.Lock()
+_library_defaults: Any = None  # llama-cpp-python's own llama_model_default_params
+
+
+@functools.cache
+def amx_compiled() -> bool:
+    """Whether this llama.cpp's ggml has AMX kernels (and so an AMX buffer type)."""
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+def model_params() -> Any:
+    """llama.cpp's default model parameters, without extra buffer types where AMX is compiled in."""
+    params = library_defaults()()
+    if amx_compiled():
+        params.use_extra_bufts = False
+    return params
+
+
+def use_everywhere() -> None:
+    """Make ``model_params`` the defaults llama-cpp-python's ``Llama`` loads a model with (idempotent)."""
+    from llama_cpp import llama_cpp as bindings
+
+    library_defaults()  # kept aside before it is replaced
+    bindings.llama_model_default_params = model_params
+
+
+def library_defaults() -> Any:
+    global _library_defaults
+    from llama_cpp import llama_cpp as bindings
+
+    with _lock:
+        if _library_defaults is None:
+            _library_defaults = bindings.llama_model_default_params
+        return _library_defaults
