@@ -1,6 +1,6 @@
 """The batch engine's steps on the real model, driven one at a time on the test's thread:
 a lane started from another lane's cache holds exactly what that lane held, and greedy
-picks what llama.cpp's greedy sampler picks."""
+picks what llama.cpp's greedy sampler picks, for one request or several in a step."""
 
 from __future__ import annotations
 
@@ -77,3 +77,33 @@ async def test_greedy_takes_the_token_llama_cpps_greedy_sampler_takes(batcher: B
     finally:
         greedy.close()
     assert seq.sampled > 1
+
+
+async def test_greedy_picks_each_requests_token_in_a_step_of_several(batcher: Batcher) -> None:
+    """Every output row of a step read in one pass over the logits: each greedy request gets
+    its own row's token, beside one that draws with its sampler."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    assert batcher.prompt is not None
+    asks = ["How is the day?", "Will it rain tomorrow?", "Is it windy?"]
+    seqs = []
+    for lane, (ask, temperature) in enumerate(zip(asks, [0.0, 0.8, 0.0], strict=True)):
+        messages = [Message(role="system", content=SYSTEM), Message(role="user", content=ask)]
+        request = GenerateRequest(messages=messages, max_tokens=6, temperature=temperature, seed=7)
+        seqs.append(Sequence(batcher.lanes[lane], batcher.prompt.tokens(request.messages), request))
+        batcher._admit(seqs[-1])
+    greedy: Any = _internals.LlamaSampler()  # type: ignore[no-untyped-call]
+    greedy.add_greedy()
+    checked = 0
+    try:
+        while batcher._active:
+            batcher._step()
+            assert len(batcher.outputs) > 1 or len(batcher._active) <= 1
+            for seq, index in batcher.outputs:
+                if seq.request.temperature == 0 and seq in batcher._active:
+                    assert seq.feed == [int(llama_cpp.llama_sampler_sample(greedy.sampler, batcher.ctx, index))]
+                    checked += 1
+    finally:
+        greedy.close()
+    assert checked >= 4

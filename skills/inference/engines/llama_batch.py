@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import threading
 import time
@@ -49,7 +48,7 @@ from common.errors import BackendUnavailable, Cancelled
 from skills.inference.engines.base import Completion, GenerateRequest, OnText
 from skills.inference.engines.llama_cpu import model_params
 from skills.inference.engines.llama_lanes import Lane, prefix_source
-from skills.inference.engines.llama_text import ChatPrompt, TextOut, new_sampler
+from skills.inference.engines.llama_text import ChatPrompt, TextOut, Vocabulary, new_sampler
 
 log = logging.getLogger("cloudskills.inference")
 
@@ -149,6 +148,7 @@ class Batcher:
         self.steps = 0
         self.widest = 0
         self.copies = 0
+        self.outputs: list[tuple[Sequence, int]] = []  # the last step's: a request, its row's batch index
 
     def start(self) -> None:
         self._thread.start()
@@ -250,7 +250,7 @@ class Batcher:
         self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self.ctx))
         self.batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
         self.n_batch = int(params.n_batch)
-        self.piece = ctypes.create_string_buffer(256)
+        self.vocabulary = Vocabulary(self.vocab)
         self.prompt = ChatPrompt(self.model)
 
     def _free(self) -> None:
@@ -327,21 +327,21 @@ class Batcher:
             seq.lane.tokens.extend(seq.feed[:n])
             seq.n_past += n
             seq.feed = seq.feed[n:]
-        for seq, index in outputs:
-            self._sample(seq, index)
+        self.outputs = outputs
+        greedy = self.greedy(len(outputs)) if any(seq.sampler is None for seq, _ in outputs) else []
+        for i, (seq, index) in enumerate(outputs):
+            if seq.sampler is None:
+                self._take(seq, greedy[i])
+            else:
+                self._take(seq, int(llama_cpp.llama_sampler_sample(seq.sampler.sampler, self.ctx, index)))
 
-    def _sample(self, seq: Sequence, index: int) -> None:
-        import llama_cpp
-
-        if seq.sampler is None:  # greedy
-            token = int(self.logits(index).argmax())
-        else:
-            token = int(llama_cpp.llama_sampler_sample(seq.sampler.sampler, self.ctx, index))
+    def _take(self, seq: Sequence, token: int) -> None:
+        """A request's next token: the end, or its text and the next step's input."""
         seq.sampled += 1
-        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+        if self.vocabulary.ends(token):
             self._finish(seq, "stop")
             return
-        text = seq.out.add(self._piece(token))
+        text = seq.out.add(self.vocabulary.text(token))
         if text:
             self._outbox.append((seq, text, None))
         if seq.out.stopped:
@@ -359,14 +359,14 @@ class Batcher:
         row = llama_cpp.llama_get_logits_ith(self.ctx, index)
         return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
 
-    def _piece(self, token: int) -> bytes:
+    def greedy(self, rows: int) -> list[int]:
+        """The most likely next token of each of the last decode's ``rows`` outputs, in batch
+        order, in one pass over llama.cpp's logits (numpy's argmax: the first of equals, as
+        llama.cpp's greedy sampler)."""
         import llama_cpp
 
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, self.piece, len(self.piece), 0, False)
-        if n < 0:
-            self.piece = ctypes.create_string_buffer(-n)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, self.piece, len(self.piece), 0, False)
-        return self.piece.raw[:n]
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.ctx), shape=(rows, self.n_vocab))
+        return [int(token) for token in logits.argmax(axis=1)]
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         rest = seq.out.finish()

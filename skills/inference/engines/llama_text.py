@@ -10,6 +10,7 @@ temperature and a seeded draw), or greedy (the highest logit) at temperature 0.
 from __future__ import annotations
 
 import codecs
+import ctypes
 from typing import Any
 
 from skills.inference.engines.base import Message, as_dicts
@@ -41,6 +42,42 @@ class ChatPrompt:
 
     def prefix_tokens(self, text: str) -> list[int]:
         return [int(t) for t in self.model.tokenize(text.encode(), add_bos=False, special=False)]
+
+
+class Vocabulary:
+    """What the decoding thread asks of the vocabulary for every token it samples: its text,
+    and whether it ends a generation. Each token is asked of llama.cpp once and kept: every
+    foreign call lets go of the GIL, and taking it back waits while the event loop's thread
+    runs, with the step's other requests waiting too."""
+
+    def __init__(self, vocab: Any) -> None:
+        self.vocab = vocab
+        self._texts: dict[int, bytes] = {}
+        self._ends: dict[int, bool] = {}
+        self._buffer = ctypes.create_string_buffer(256)
+
+    def text(self, token: int) -> bytes:
+        text = self._texts.get(token)
+        if text is None:
+            text = self._texts[token] = self._piece(token)
+        return text
+
+    def ends(self, token: int) -> bool:
+        end = self._ends.get(token)
+        if end is None:
+            import llama_cpp
+
+            end = self._ends[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        return end
+
+    def _piece(self, token: int) -> bytes:
+        import llama_cpp
+
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._buffer, len(self._buffer), 0, False)
+        if n < 0:
+            self._buffer = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self._buffer, len(self._buffer), 0, False)
+        return self._buffer.raw[:n]
 
 
 def new_sampler(temperature: float, seed: int | None) -> Any:
