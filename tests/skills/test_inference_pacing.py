@@ -4,7 +4,7 @@ and where its prompt is tokenized on the way in."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from typing import Any
 
 import anyio
@@ -17,7 +17,7 @@ from skills.inference.engines.llama_lanes import Lane
 
 pytestmark = pytest.mark.anyio
 
-Step = list[tuple[str, Any]]  # what one decoding step gives a sequence: its text, and its result or None
+Step = list[tuple[str, Any]]  # what the thread hands over for a sequence at once: its text, and its result or None
 DONE = Completion(text="abcde", finish_reason="stop", prompt_tokens=3, cached_tokens=0, completion_tokens=5)
 
 
@@ -26,60 +26,49 @@ def sequence() -> Sequence:
     return Sequence(Lane(0), [1, 2, 3], request)
 
 
-async def follow_while(
-    seq: Sequence, interval: float, steps: list[Step], interval_passes_at: int | None = None
-) -> tuple[list[str], Any]:
-    """Follow ``seq`` while each step's text (and at last its result) is delivered, a step
-    each time the caller waits for the next; from step ``interval_passes_at`` on, the
-    interval has passed. The pieces the caller got, and its outcome."""
+async def follow_while(seq: Sequence, steps: list[Step], busy_at: int | None = None) -> tuple[list[str], Any]:
+    """Follow ``seq`` while each hand-over (and at last its result) is delivered, one each
+    time the caller waits for the next; from its piece number ``busy_at`` on, the caller
+    stays busy sending it until the last hand-over. The pieces the caller got, and its
+    outcome."""
     got: list[str] = []
-    now = [interval]
+    busy = anyio.Event()
 
     async def on_text(text: str) -> None:
         got.append(text)
+        if len(got) == busy_at:
+            await busy.wait()
 
     async def decode() -> None:
-        for i, step in enumerate(steps):
+        for step in steps:
             await anyio.wait_all_tasks_blocked()
-            if i == interval_passes_at:
-                now[0] = 0.0
             deliver([(seq, text, result) for text, result in step])
+        busy.set()
 
     outcome: Any
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
             group.start_soon(decode)
             try:
-                outcome = await seq.follow(on_text, lambda: now[0])
+                outcome = await seq.follow(on_text)
             except Cancelled as exc:
                 outcome = exc
     return got, outcome
 
 
-async def test_without_pacing_each_step_is_a_piece_and_a_steps_text_one_piece() -> None:
+async def test_each_hand_over_is_a_piece_and_what_came_while_the_caller_was_busy_one_piece() -> None:
     steps: list[Step] = [[("a", None)], [("b", None), ("c", None)], [("d", None)], [("e", DONE)]]
-    got, outcome = await follow_while(sequence(), 0.0, steps)
+    got, outcome = await follow_while(sequence(), steps)
     assert got == ["a", "bc", "d", "e"]
     assert outcome == DONE
-
-
-async def test_paced_the_first_piece_goes_at_once_and_the_rest_waits_for_the_interval_or_the_end() -> None:
-    steps: list[Step] = [[("a", None)], [("b", None)], [("c", None)], [("d", None)], [("e", DONE)]]
-    got, outcome = await follow_while(sequence(), 3600.0, steps)
-    assert got == ["a", "bcde"], "the first piece at once, the rest with the result"
-    assert "".join(got) == DONE.text and outcome == DONE
-
-
-async def test_held_text_goes_with_the_first_step_after_the_interval_has_passed() -> None:
-    steps: list[Step] = [[("a", None)], [("b", None)], [("c", None)], [("d", None)], [("e", DONE)]]
-    got, outcome = await follow_while(sequence(), 3600.0, steps, interval_passes_at=3)
-    assert got == ["a", "bcd", "e"]
+    got, outcome = await follow_while(sequence(), steps, busy_at=2)
+    assert got == ["a", "bc", "de"], "d came while the caller was still sending bc"
     assert outcome == DONE
 
 
-async def test_text_held_back_is_given_before_a_failure_is_raised() -> None:
-    steps: list[Step] = [[("a", None)], [("b", None)], [("", Cancelled("the generation was cancelled."))]]
-    got, outcome = await follow_while(sequence(), 3600.0, steps)
+async def test_text_handed_over_is_given_before_a_failure_is_raised() -> None:
+    steps: list[Step] = [[("a", None)], [("b", None), ("", Cancelled("the generation was cancelled."))]]
+    got, outcome = await follow_while(sequence(), steps)
     assert got == ["a", "b"]
     assert isinstance(outcome, Cancelled)
 
@@ -95,18 +84,47 @@ async def test_the_interval_is_none_for_a_request_alone_and_grows_with_the_reque
     assert batcher.piece_interval() == 0.0, "0: every token a piece"
 
 
-async def test_a_step_whose_text_is_not_due_leaves_the_caller_asleep() -> None:
-    """Each step's text crosses to the event loop, but a caller whose next piece is not due
-    is not woken for it (with many requests, most steps are not a piece of most of them)."""
-    seq = sequence()
-    seq.interval = lambda: 3600.0
-    deliver([(seq, "a", None)])
-    assert seq.wake.is_set(), "the first piece is due at once"
-    seq.sent_at, seq.wake = time.monotonic(), anyio.Event()
-    deliver([(seq, "b", None)])
-    assert not seq.wake.is_set() and seq.pieces == ["a", "b"]
-    deliver([(seq, "c", DONE)])
-    assert seq.wake.is_set(), "the result is always due"
+async def test_the_thread_hands_text_over_at_the_interval_all_requests_in_one_wake_first_text_and_ends_at_once() -> (
+    None
+):
+    """Between two hand-overs the text waits on the thread's side and the event loop sleeps:
+    a wake costs the decode a core and the GIL, so one carries every request's text."""
+    batcher = Batcher("unused.gguf", 2048, lanes=16, threads=1, pieces_per_s=1 / 3600)
+    a, b = sequence(), sequence()
+    batcher._active = [a, b]
+    wakes: list[int] = []
+    loop: Any = asyncio.get_running_loop()
+    real = loop.call_soon_threadsafe
+
+    def counted(callback: Any, items: list[Any]) -> Any:
+        wakes.append(len(items))
+        return real(callback, items)
+
+    loop.call_soon_threadsafe = counted
+
+    async def step(*items: tuple[Sequence, str, Any]) -> None:
+        batcher._outbox.extend(items)
+        batcher._flush()
+        await anyio.wait_all_tasks_blocked()
+
+    try:
+        await step((a, "a1", None), (b, "b1", None))
+        assert wakes == [2] and a.pieces == ["a1"] and b.pieces == ["b1"], "first text at once"
+        await step((a, "a2", None), (b, "b2", None))
+        await step((a, "a3", None))
+        assert wakes == [2] and a.pieces == ["a1"], "held within the interval (an hour)"
+        batcher.handed_at -= 3600
+        await step((b, "b3", None))
+        assert wakes == [2, 4] and a.pieces == ["a1", "a2", "a3"] and b.pieces == ["b1", "b2", "b3"]
+        await step((a, "a4", None))
+        await step((b, "", DONE))
+        assert wakes == [2, 4, 2] and b.result == DONE and a.pieces[-1] == "a4", "an end goes at once, with what waits"
+        c = sequence()
+        batcher._active.append(c)
+        await step((c, "c1", None))
+        assert wakes == [2, 4, 2, 1] and c.pieces == ["c1"], "a newcomer's first text goes at once"
+    finally:
+        loop.call_soon_threadsafe = real
 
 
 async def test_a_short_prompt_is_tokenized_on_the_event_loop_and_a_long_one_on_a_worker_thread() -> None:

@@ -127,7 +127,7 @@ class LlamaEngine:
             seq = Sequence(lane, prompt, request)
             batcher.join(seq)
             try:
-                return await seq.follow(on_text, batcher.piece_interval)
+                return await seq.follow(on_text)
             except BaseException:
                 if seq.result is None:
                     # Cancelled (deadline, caller gone) or the caller's listener failed: the

@@ -16,14 +16,16 @@ repeats one step while any request is active:
 
 Tokens go into the batch in lane order, lowest free lanes first (``llama_lanes``).
 
-Text crosses to the event loop once per step (``call_soon_threadsafe``), never
-blocking the decode on the loop. It streams on to each caller in pieces paced by
-how many requests share the engine (``Batcher.piece_interval``): each request at
-most one piece per (requests - 1) / ``pieces_per_s`` seconds, so with many requests
-about ``pieces_per_s`` go out in all instead of a piece per token. A piece costs the
-event loop and the caller's client the same whatever it holds (an MCP progress
-notification, an SSE event), on the cores that decode. A request alone gets its
-text as it comes, and the first piece of each request is never held back.
+Text crosses to the event loop (``call_soon_threadsafe``), never blocking the decode
+on the loop, paced by how many requests share the engine (``Batcher.piece_interval``):
+a step hands over what it and the steps before it produced once (requests - 1) /
+``pieces_per_s`` seconds have passed since the last hand-over, so with many requests
+about ``pieces_per_s`` pieces go out in all instead of a piece per token. A request's
+first text and its end are handed over at once. Each hand-over wakes the event loop,
+which takes the GIL and a core from the decode, and each piece costs the loop and the
+caller's client the same whatever it holds (an MCP progress notification, an SSE
+event): one wake carries every request's text. A request alone gets its text as it
+comes.
 
 Usage is what the context did: the prompt's tokens, those kept from the lane's
 cache (never the last: its logits are computed), and every token sampled.
@@ -37,7 +39,6 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -74,24 +75,19 @@ class Sequence:
         self.sampled = 0
         self.out = TextOut(request.stop)
         self.sampler: Any = None
+        self.handed = False  # whether any of its text has crossed to the loop yet
         # The event loop's side, written only on the loop (see deliver).
         self.pieces: list[str] = []
         self.result: Completion | BaseException | None = None
         self.wake = anyio.Event()
-        self.sent_at: float | None = None  # when the last piece went to the caller
-        self.interval: Callable[[], float] = lambda: 0.0
 
-    async def follow(self, on_text: OnText, interval: Callable[[], float] = lambda: 0.0) -> Completion:
-        """Hand the text to ``on_text`` as it comes, what came since the last piece in one,
-        at most one piece per ``interval()`` seconds but the first and the last; then
-        return the completion."""
-        self.interval = interval
+    async def follow(self, on_text: OnText) -> Completion:
+        """Hand the text to ``on_text`` as the thread hands it over, what came while the
+        caller was busy in one piece; then return the completion."""
         while True:
             self.wake = anyio.Event()
-            now = time.monotonic()
-            if self.pieces and self.due(now):
+            if self.pieces:
                 text, self.pieces = "".join(self.pieces), []
-                self.sent_at = now
                 await on_text(text)
                 continue
             if isinstance(self.result, BaseException):
@@ -99,11 +95,6 @@ class Sequence:
             if self.result is not None:
                 return self.result
             await self.wake.wait()
-
-    def due(self, now: float) -> bool:
-        """Whether text that came may go to the caller now: its first piece, its last, or
-        ``interval()`` after the one before."""
-        return self.sent_at is None or self.result is not None or now - self.sent_at >= self.interval()
 
     async def stopped(self) -> None:
         """Wait until the thread has let go of the sequence (after ``cancelled``)."""
@@ -113,16 +104,13 @@ class Sequence:
 
 
 def deliver(items: list[tuple[Sequence, str, Completion | BaseException | None]]) -> None:
-    """On the event loop: what one step produced for its sequences. A sequence whose next
-    piece is not due yet is not woken: its text waits for a later step's."""
-    now = time.monotonic()
+    """On the event loop: what the thread handed over for its sequences."""
     for seq, text, result in items:
         if text:
             seq.pieces.append(text)
         if result is not None:
             seq.result = result
-        if seq.due(now):
-            seq.wake.set()
+        seq.wake.set()
 
 
 class Batcher:
@@ -149,6 +137,7 @@ class Batcher:
         self.widest = 0
         self.copies = 0
         self.outputs: list[tuple[Sequence, int]] = []  # the last step's: a request, its row's batch index
+        self.handed_at = 0.0  # when the thread last handed text over (time.monotonic)
 
     def start(self) -> None:
         self._thread.start()
@@ -169,8 +158,8 @@ class Batcher:
         return len(self._active) + len(self._joining)
 
     def piece_interval(self) -> float:
-        """Seconds between two pieces of one request's text: none for a request alone,
-        then in step with the others, so that about ``pieces_per_s`` go out in all."""
+        """Seconds between two hand-overs of text: none for a request alone, then in step
+        with the requests, so that about ``pieces_per_s`` pieces go out in all."""
         if not self.pieces_per_s:
             return 0.0
         return max(self.busy() - 1, 0) / self.pieces_per_s
@@ -387,11 +376,20 @@ class Batcher:
         self._outbox.append((seq, text, result))
 
     def _flush(self) -> None:
+        """Hand the outbox to the event loop: at once when it holds a request's first text
+        or an end, else once ``piece_interval()`` has passed since the last hand-over
+        (until then the text waits here, and the loop sleeps)."""
         if not self._outbox:
             return
+        now = time.monotonic()
+        urgent = any(result is not None or not seq.handed for seq, _, result in self._outbox)
+        if not urgent and now - self.handed_at < self.piece_interval():
+            return
+        self.handed_at = now
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, str, Completion | BaseException | None]]]
         by_loop = defaultdict(list)
         for item in self._outbox:
+            item[0].handed = True
             by_loop[item[0].loop].append(item)
         self._outbox = []
         for loop, items in by_loop.items():
