@@ -35,7 +35,7 @@ from runtime.openai_api import openai_routes
 from runtime.stdio import exit_at_once, run_stdio
 from runtime.tenants import check_agent
 from runtime.web import metrics_app, split_address, web_routes
-from scheduler.tasks import Progress
+from scheduler.tasks import Progress, RateLimited
 
 log = logging.getLogger("cloudskills.server")
 
@@ -146,6 +146,11 @@ class CloudSkillsServer(MCPServer[Any]):
         return tool_result(outcome.unwrap())
 
 
+# The MCP spec asks senders to rate-limit progress notifications: at most ten a second per
+# call. Streamed text comes in fewer, larger pieces (a /v1 stream is not limited).
+MCP_PROGRESS_EVERY = 0.1
+
+
 def progress_to(context: Context[Any, Any] | None) -> Progress | None:
     """MCP progress notifications for the call's client (sent only if it asked for them)."""
     if context is None:
@@ -154,7 +159,7 @@ def progress_to(context: Context[Any, Any] | None) -> Progress | None:
     async def report(progress: float, message: str | None) -> None:
         await context.report_progress(progress, None, message)
 
-    return report
+    return RateLimited(report, MCP_PROGRESS_EVERY)
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,7 @@ when it settles.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,20 @@ T = TypeVar("T")
 
 # progress so far (a count, e.g. tokens) and a message (e.g. the text just produced)
 Progress = Callable[[float, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """A progress listener that wants at most one report per ``every`` seconds: MCP's, whose
+    spec asks senders to rate-limit progress notifications (each costs the server and the
+    client the same whatever it holds). A handler that streams text gathers what comes in
+    between into one report (``TextReports``)."""
+
+    listener: Progress
+    every: float
+
+    async def __call__(self, progress: float, message: str | None) -> None:
+        await self.listener(progress, message)
 
 
 def new_id(prefix: str) -> str:
@@ -55,6 +70,11 @@ class TaskContext:
         """The process's service of this type (``ctx.service(SomeManager)``)."""
         assert self.services is not None, "this task runs without the process's services"
         return self.services.get(kind)
+
+    @property
+    def progress_every(self) -> float:
+        """The fewest seconds the listener wants between two reports (0: as they come)."""
+        return self.progress.every if isinstance(self.progress, RateLimited) else 0.0
 
     async def report(self, progress: float, message: str | None = None) -> None:
         if self.progress is not None:
@@ -118,3 +138,30 @@ class TaskOutcome:
 def outcome_of(task: Task) -> TaskOutcome:
     error = error_from_code(task.error_code, task.error_message or "") if task.error_code else None
     return TaskOutcome(task.id, task.state, task.result, error, task.cost_micros)
+
+
+class TextReports:
+    """Text a task streams to its listener as it is produced: a report per piece, but at
+    most one per ``ctx.progress_every`` seconds, what comes in between joined into the
+    next (the first at once); ``flush`` sends what waits. The progress is the count of
+    reports sent."""
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+        self.held: list[str] = []
+        self.sent = 0
+        self.sent_at = 0.0
+
+    async def add(self, text: str) -> None:
+        self.held.append(text)
+        if not self.sent or time.monotonic() - self.sent_at >= self.ctx.progress_every:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.held:
+            return
+        text = "".join(self.held)
+        self.held.clear()
+        self.sent += 1
+        self.sent_at = time.monotonic()
+        await self.ctx.report(self.sent, text)

@@ -46,12 +46,32 @@ from scheduler.store import Store
 from scheduler.task_details import Details, summarize
 from scheduler.task_recovery import judge
 from scheduler.task_rows import CLAIM, FINISH, INSERT_TASK, PRUNE, SETTLING, Claimed
-from scheduler.task_types import OpBinding, Progress, TaskContext, TaskOutcome, as_json, new_id, outcome_of
+from scheduler.task_types import (
+    OpBinding,
+    Progress,
+    RateLimited,
+    TaskContext,
+    TaskOutcome,
+    TextReports,
+    as_json,
+    new_id,
+    outcome_of,
+)
 
 if TYPE_CHECKING:
     from scheduler.routing import Router
 
-__all__ = ["OpBinding", "Progress", "Scheduler", "TaskContext", "TaskOutcome", "new_id", "outcome_of"]
+__all__ = [
+    "OpBinding",
+    "Progress",
+    "RateLimited",
+    "Scheduler",
+    "TaskContext",
+    "TaskOutcome",
+    "TextReports",
+    "new_id",
+    "outcome_of",
+]
 
 log = logging.getLogger("cloudskills.scheduler")
 

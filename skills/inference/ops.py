@@ -6,7 +6,7 @@ import time
 
 from common.errors import InvalidInput
 from scheduler.pricing import PriceCatalog, Usage, format_money
-from scheduler.tasks import TaskContext
+from scheduler.tasks import TaskContext, TextReports
 from skills.base import Money
 from skills.inference import models as m
 from skills.inference.catalog import ModelCatalog
@@ -107,16 +107,15 @@ async def generate(ctx: TaskContext, args: m.GenerateInput) -> m.GenerateOutput:
     )
     started = time.monotonic()
     first: list[float] = []
-    produced = 0
+    reports = TextReports(ctx)  # MCP's at most ten a second
 
     async def on_text(text: str) -> None:
-        nonlocal produced
         if not first:
             first.append(time.monotonic())
-        produced += 1
-        await ctx.report(produced, text)
+        await reports.add(text)
 
     completion = await engine.generate(ctx.tenant_id, request, on_text)
+    await reports.flush()
     ctx.add_usage(
         Usage.tokens(
             args.model,
