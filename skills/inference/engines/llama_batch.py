@@ -17,9 +17,10 @@ repeats one step while any request is active:
 Tokens go into the batch in lane order, lowest free lanes first (``llama_lanes``).
 
 Text crosses to the event loop (``call_soon_threadsafe``), never blocking the decode
-on the loop, paced by how many requests share the engine (``Batcher.piece_interval``):
-a step hands over what it and the steps before it produced once (requests - 1) /
-``pieces_per_s`` seconds have passed since the last hand-over, so with many requests
+on the loop, once the next step's batch is built, just before llama_decode lets go of
+the GIL. It is paced by how many requests share the engine (``Batcher.piece_interval``):
+what the steps produced goes over once (requests - 1) / ``pieces_per_s`` seconds have
+passed since the last hand-over, so with many requests
 about ``pieces_per_s`` pieces go out in all instead of a piece per token. A request's
 first text and its end are handed over at once. Each hand-over wakes the event loop,
 which takes the GIL and a core from the decode, and each piece costs the loop and the
@@ -195,8 +196,9 @@ class Batcher:
                 for seq in [s for s in self._active if s.cancelled]:
                     self._leave(seq, Cancelled("the generation was cancelled."))
                 if self._active:
-                    self._step()
-                self._flush()
+                    self._step()  # hands the outbox over just before it decodes
+                if not self._active:
+                    self._flush()
         except Exception as exc:
             log.exception("the batch decoder failed")
             failure = BackendUnavailable(f"the model's engine failed ({type(exc).__name__}); try again.")
@@ -301,6 +303,9 @@ class Batcher:
                     outputs.append((seq, count))
                 count += 1
         batch.n_tokens = count
+        # The last step's text goes to the loop now, while the decode lets go of the GIL: the
+        # loop wakes to a free GIL, and the decode never waits for it in the gap between steps.
+        self._flush()
         rc = llama_cpp.llama_decode(self.ctx, batch)
         stepped = [s for s in self._active if id(s) in take]
         self.steps += 1
@@ -339,14 +344,6 @@ class Batcher:
             self._finish(seq, "length")
         else:
             seq.feed = [token]
-
-    def logits(self, index: int) -> Any:
-        """The last decode's logits for the batch's token ``index``: a numpy view of
-        llama.cpp's buffer, valid until the next decode."""
-        import llama_cpp
-
-        row = llama_cpp.llama_get_logits_ith(self.ctx, index)
-        return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
 
     def greedy(self, rows: int) -> list[int]:
         """The most likely next token of each of the last decode's ``rows`` outputs, in batch
