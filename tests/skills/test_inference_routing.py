@@ -11,7 +11,15 @@ import pytest
 
 from common.errors import BackendTimeout, BackendUnavailable, InvalidInput
 from skills.inference.engines.base import Completion, Embeddings, GenerateRequest, Message, ModelSpec, OnText
-from skills.inference.engines.llama_lanes import COPY_WORTH, Lane, common_prefix, lane_score, prefix_source
+from skills.inference.engines.llama_lanes import (
+    COPY_WORTH,
+    Lane,
+    common_prefix,
+    lane_score,
+    match_lanes,
+    prefix_source,
+    share_lanes,
+)
 from skills.inference.engines.llama_text import TextOut
 from skills.inference.pool import Pool
 
@@ -216,6 +224,27 @@ def test_a_prompt_starts_from_the_lane_that_holds_most_of_it_when_that_is_worth_
     whole = Lane(4, prompt)
     assert prefix_source(own, [own, whole], prompt) == (whole, len(prompt) - 1), "the last token is computed"
     assert prefix_source(own, [own], prompt) == (own, 10)
+
+
+def test_requests_that_joined_together_trade_lanes_for_those_holding_their_prompts() -> None:
+    system = list(range(40))
+    lighthouse, dragon = [*system, 1, 2, 3, 4, 5], [*system, 6, 7, 8, 9, 10]
+    # The second wave arrived in the other order: each request took the other's lane.
+    lanes = [Lane(3, lighthouse), Lane(4, dragon), Lane(5, [])]
+    prompts = [[*dragon, 99], [*lighthouse, 98], [*system, 11]]
+    assert match_lanes(prompts, lanes) == [1, 0, 2]
+    share_lanes(lanes, prompts)
+    assert [(lane.seq_id, lane.tokens) for lane in lanes] == [(4, dragon), (3, lighthouse), (5, [])]
+
+
+def test_lanes_are_kept_among_equals_and_by_a_request_alone() -> None:
+    lanes = [Lane(0, [1, 2]), Lane(1, [1, 2]), Lane(2, [])]
+    prompts = [[1, 2, 3], [1, 2, 4], [5]]
+    assert match_lanes(prompts, lanes) == [0, 1, 2], "equal prefixes: each keeps its own lane"
+    alone = [Lane(7, [9, 9, 9])]
+    share_lanes(alone, [[1]])
+    assert (alone[0].seq_id, alone[0].tokens) == (7, [9, 9, 9])
+    share_lanes([], [])
 
 
 def test_common_prefix_lengths() -> None:

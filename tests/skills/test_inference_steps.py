@@ -13,6 +13,7 @@ import pytest
 from skills.inference.engines.base import GenerateRequest, Message
 from skills.inference.engines.llama import default_model_path
 from skills.inference.engines.llama_batch import Batcher, Sequence
+from skills.inference.engines.llama_lanes import reusable
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
@@ -64,6 +65,35 @@ async def test_a_copied_prefix_gives_the_same_logits_as_the_lane_it_came_from(ba
     assert on_own.cached == len(prompt) - 1
     # The same last token on the same cached keys and values, in a batch of the same shape.
     assert np.array_equal(copied_logits, own_logits)
+
+
+async def test_requests_that_join_together_decode_on_the_lanes_holding_their_prompts(batcher: Batcher) -> None:
+    """A second wave that took each other's lanes (their prompts differ from the other's by a
+    few tokens, too few for a copy) trades them on joining: each starts from its last turn."""
+    assert batcher.prompt is not None
+
+    def ask(topic: str, number: int) -> Sequence:
+        messages = [Message(role="system", content=SYSTEM), Message(role="user", content=f"{topic}, number {number}.")]
+        request = GenerateRequest(messages=messages, max_tokens=1, temperature=0)
+        return Sequence(batcher.lanes[0], batcher.prompt.tokens(messages), request)  # type: ignore[union-attr]
+
+    def run(*seqs: Sequence) -> None:
+        batcher._take_in(list(seqs))
+        while batcher._active:
+            batcher._step()
+
+    first, second = ask("A lighthouse", 1), ask("A dragon", 2)
+    second.lane = batcher.lanes[1]
+    run(first, second)
+    streams = {first.lane.seq_id: first.prompt, second.lane.seq_id: second.prompt}
+    dragon, lighthouse = ask("A dragon", 8), ask("A lighthouse", 9)
+    dragon.lane, lighthouse.lane = first.lane, second.lane  # each on the other's lane
+    run(dragon, lighthouse)
+    for seq, before in ((dragon, second.prompt), (lighthouse, first.prompt)):
+        assert streams[seq.lane.seq_id] == before, "it decoded on the lane holding its last turn"
+        assert seq.cached == reusable(before, seq.prompt) > reusable(first.prompt, second.prompt)
+    assert batcher.copies == 0, "within COPY_WORTH: nothing was copied"
+    assert sorted(lane.seq_id for lane in batcher.lanes) == list(range(len(batcher.lanes)))
 
 
 async def test_greedy_takes_the_token_llama_cpps_greedy_sampler_takes(batcher: Batcher) -> None:

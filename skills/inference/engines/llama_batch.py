@@ -7,8 +7,9 @@ another lane's when that one holds more of the prompt (``llama_lanes``), so a pr
 that starts the same way is not computed again. One thread owns the context and
 repeats one step while any request is active:
 
-    requests that joined since the last step: start their lane's cache from the lane
-        holding most of the prompt, trim it to the prompt's common prefix, queue the rest
+    requests that joined since the last step: trade lanes among themselves for those
+        holding more of their prompts, start each lane's cache from the lane holding most
+        of its prompt, trim it to the prompt's common prefix, queue the rest
     one batch (``llama_batch``, a seq_id per token): the next token of every request
         that is generating, then prompt tokens of new ones, up to ``n_batch``
     llama_decode, then each request that reached its end samples its next token
@@ -49,7 +50,7 @@ import numpy as np
 from common.errors import BackendUnavailable, Cancelled
 from skills.inference.engines.base import Completion, GenerateRequest, OnText
 from skills.inference.engines.llama_cpu import model_params
-from skills.inference.engines.llama_lanes import Lane, prefix_source
+from skills.inference.engines.llama_lanes import Lane, prefix_source, share_lanes
 from skills.inference.engines.llama_text import ChatPrompt, TextOut, Vocabulary, new_sampler
 
 log = logging.getLogger("cloudskills.inference")
@@ -161,9 +162,7 @@ class Batcher:
     def piece_interval(self) -> float:
         """Seconds between two hand-overs of text: none for a request alone, then in step
         with the requests, so that about ``pieces_per_s`` pieces go out in all."""
-        if not self.pieces_per_s:
-            return 0.0
-        return max(self.busy() - 1, 0) / self.pieces_per_s
+        return max(self.busy() - 1, 0) / self.pieces_per_s if self.pieces_per_s else 0.0
 
     def close(self) -> None:
         """Stop after the current step, fail what is left, free the context (on its own thread)."""
@@ -191,8 +190,7 @@ class Batcher:
                     if self._closing:
                         break
                     joining, self._joining = self._joining, []
-                for seq in joining:
-                    self._admit(seq)
+                self._take_in(joining)
                 for seq in [s for s in self._active if s.cancelled]:
                     self._leave(seq, Cancelled("the generation was cancelled."))
                 if self._active:
@@ -253,6 +251,12 @@ class Batcher:
         self.context.close()
         self.model.close()
         self.ctx = None
+
+    def _take_in(self, joining: list[Sequence]) -> None:
+        joined = [seq for seq in joining if not seq.cancelled]
+        share_lanes([seq.lane for seq in joined], [seq.prompt for seq in joined])
+        for seq in joining:
+            self._admit(seq)
 
     def _admit(self, seq: Sequence) -> None:
         import llama_cpp

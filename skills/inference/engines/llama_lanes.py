@@ -2,7 +2,10 @@
 
 Each lane is one KV-cache sequence, in a stream of its own (``kv_unified`` off), and
 remembers the tokens its cells hold. A request takes a free lane (``lane_score``): the
-lowest one, unless another holds clearly more of its prompt. Its prompt then starts from
+lowest one, unless another holds clearly more of its prompt. Requests that join the
+engine together then share out their lanes by what each lane holds of each prompt
+(``match_lanes``): a burst after an idle spell finds, within the same run of lanes, the
+lanes its requests' last turns left. Its prompt then starts from
 the longest prefix any lane holds (``prefix_source``): its own lane's, or another's,
 free or still generating, copied whole into its lane. Agents that share a long system
 prompt compute it once, not once per lane.
@@ -62,3 +65,37 @@ def prefix_source(lane: Lane, lanes: list[Lane], prompt: list[int]) -> tuple[Lan
     others = [(reusable(other.tokens, prompt), other) for other in lanes if other is not lane]
     offered, source = max(others, key=lambda pair: pair[0], default=(0, lane))
     return (source, offered) if offered >= own + COPY_WORTH else (lane, own)
+
+
+def match_lanes(prompts: list[list[int]], lanes: list[Lane]) -> list[int]:
+    """For requests that joined together, request i on ``lanes[i]``: which of those lanes
+    each should decode on, longest reusable prefixes first, a request keeping its own lane
+    among equals. The set of lanes stays the same, and so does the run of busy lanes."""
+    pairs = sorted(
+        (
+            (reusable(lane.tokens, prompt), i == j, -i, -j)
+            for i, prompt in enumerate(prompts)
+            for j, lane in enumerate(lanes)
+        ),
+        reverse=True,
+    )
+    chosen: dict[int, int] = {}
+    used: set[int] = set()
+    for _, _, request, lane in pairs:
+        if -request in chosen or -lane in used:
+            continue
+        chosen[-request] = -lane
+        used.add(-lane)
+    return [chosen[i] for i in range(len(prompts))]
+
+
+def share_lanes(lanes: list[Lane], prompts: list[list[int]]) -> None:
+    """Requests that joined together, request i on ``lanes[i]``, trade lanes as
+    ``match_lanes`` says. The lanes swap their contents (stream and tokens), not their
+    holders: the Lane a request's caller holds, and gives back when it ends, stays the one
+    it decodes on."""
+    if len(lanes) < 2:
+        return
+    held = [(lane.seq_id, lane.tokens) for lane in lanes]
+    for lane, taken in zip(lanes, match_lanes(prompts, lanes), strict=True):
+        lane.seq_id, lane.tokens = held[taken]
