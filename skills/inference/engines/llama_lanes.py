@@ -71,21 +71,22 @@ def match_lanes(prompts: list[list[int]], lanes: list[Lane]) -> list[int]:
     """For requests that joined together, request i on ``lanes[i]``: which of those lanes
     each should decode on, longest reusable prefixes first, a request keeping its own lane
     among equals. The set of lanes stays the same, and so does the run of busy lanes."""
+    # (prefix it saves, whether it is the request's own lane, request, lane): most saved
+    # first, then its own lane, then the lower indexes.
     pairs = sorted(
         (
-            (reusable(lane.tokens, prompt), i == j, -i, -j)
+            (reusable(lane.tokens, prompt), i == j, i, j)
             for i, prompt in enumerate(prompts)
             for j, lane in enumerate(lanes)
         ),
-        reverse=True,
+        key=lambda pair: (-pair[0], not pair[1], pair[2], pair[3]),
     )
     chosen: dict[int, int] = {}
     used: set[int] = set()
     for _, _, request, lane in pairs:
-        if -request in chosen or -lane in used:
-            continue
-        chosen[-request] = -lane
-        used.add(-lane)
+        if request not in chosen and lane not in used:
+            chosen[request] = lane
+            used.add(lane)
     return [chosen[i] for i in range(len(prompts))]
 
 
