@@ -96,6 +96,31 @@ async def test_requests_that_join_together_decode_on_the_lanes_holding_their_pro
     assert sorted(lane.seq_id for lane in batcher.lanes) == list(range(len(batcher.lanes)))
 
 
+async def test_a_cached_prompt_gets_its_token_before_a_long_prompt_that_joined_with_it(batcher: Batcher) -> None:
+    """The long prompt joined first; the retry of a cached prompt decodes alone, then the long
+    one goes next, though another cached prompt joined (llama_plan)."""
+    assert batcher.prompt is not None
+    short = batcher.prompt.tokens(QUESTION)
+    essay = [Message(role="system", content="Answer in French, at length. " * 40), Message(role="user", content="Why?")]
+    long = batcher.prompt.tokens(essay)
+    request = GenerateRequest(messages=QUESTION, max_tokens=1, temperature=0)
+    warm = Sequence(batcher.lanes[0], short, request)
+    batcher._take_in([warm])
+    batcher._step()  # lane 0 now holds the short prompt
+    slow = Sequence(batcher.lanes[1], long, GenerateRequest(messages=essay, max_tokens=1, temperature=0))
+    quick = Sequence(batcher.lanes[0], short, request)
+    batcher._take_in([slow, quick])
+    assert len(slow.feed) > 200 and len(quick.feed) == 1
+    batcher._step()
+    assert quick.sampled == 1 and quick not in batcher._active, "its first token came after a one-token step"
+    assert slow.n_past == slow.cached and slow.put_off, "the long prompt waited"
+    again = Sequence(batcher.lanes[2], short, request)  # copied from lane 0: one token left
+    batcher._take_in([again])
+    batcher._step()
+    assert slow.sampled == 1 and again.sampled == 1, "the long prompt went in the next step, beside the new one"
+    assert batcher._active == []
+
+
 async def test_greedy_takes_the_token_llama_cpps_greedy_sampler_takes(batcher: Batcher) -> None:
     import llama_cpp
     from llama_cpp import _internals

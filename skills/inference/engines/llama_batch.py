@@ -11,7 +11,8 @@ repeats one step while any request is active:
         holding more of their prompts, start each lane's cache from the lane holding most
         of its prompt, trim it to the prompt's common prefix, queue the rest
     one batch (``llama_batch``, a seq_id per token): the next token of every request
-        that is generating, then prompt tokens of new ones, up to ``n_batch``
+        that is generating, then prompt tokens of new ones, shortest first, up to
+        ``n_batch`` (``llama_plan``)
     llama_decode, then each request that reached its end samples its next token
     requests that finished or were cancelled leave; their lane keeps its cache
 
@@ -21,13 +22,12 @@ Text crosses to the event loop (``call_soon_threadsafe``), never blocking the de
 on the loop, once the next step's batch is built, just before llama_decode lets go of
 the GIL. It is paced by how many requests share the engine (``Batcher.piece_interval``):
 what the steps produced goes over once (requests - 1) / ``pieces_per_s`` seconds have
-passed since the last hand-over, so with many requests
-about ``pieces_per_s`` pieces go out in all instead of a piece per token. A request's
-first text and its end are handed over at once. Each hand-over wakes the event loop,
-which takes the GIL and a core from the decode, and each piece costs the loop and the
-caller's client the same whatever it holds (an MCP progress notification, an SSE
-event): one wake carries every request's text. A request alone gets its text as it
-comes.
+passed since the last hand-over, so with many requests about ``pieces_per_s`` pieces go
+out in all instead of a piece per token. A request's first text and its end are handed
+over at once. Each hand-over wakes the event loop, which takes the GIL and a core from
+the decode, and each piece costs the loop and the caller's client the same whatever it
+holds (an MCP progress notification, an SSE event): one wake carries every request's
+text. A request alone gets its text as it comes.
 
 Usage is what the context did: the prompt's tokens, those kept from the lane's
 cache (never the last: its logits are computed), and every token sampled.
@@ -51,6 +51,7 @@ from common.errors import BackendUnavailable, Cancelled
 from skills.inference.engines.base import Completion, GenerateRequest, OnText
 from skills.inference.engines.llama_cpu import model_params
 from skills.inference.engines.llama_lanes import Lane, prefix_source, share_lanes
+from skills.inference.engines.llama_plan import Waiting, plan_prompts
 from skills.inference.engines.llama_text import ChatPrompt, TextOut, Vocabulary, new_sampler
 
 log = logging.getLogger("cloudskills.inference")
@@ -75,6 +76,7 @@ class Sequence:
         self.n_past = 0
         self.cached = 0
         self.sampled = 0
+        self.put_off = False  # whether the last step left its prompt for later (llama_plan)
         self.out = TextOut(request.stop)
         self.sampler: Any = None
         self.handed = False  # whether any of its text has crossed to the loop yet
@@ -283,14 +285,13 @@ class Batcher:
     def _step(self) -> None:
         import llama_cpp
 
-        # How many tokens each sequence decodes now: generating ones one each, then the
-        # prompts of new ones in the order they joined, within the batch's size.
-        budget = self.n_batch - sum(1 for s in self._active if s.sampled)
-        take: dict[int, int] = {}
-        for seq in self._active:
-            n = 1 if seq.sampled else min(len(seq.feed), budget)
-            if not seq.sampled:
-                budget -= n
+        # How many tokens each sequence decodes now: generating ones one each, then what
+        # ``plan_prompts`` gives the prompts of new ones.
+        take = {id(seq): 1 for seq in self._active if seq.sampled}
+        prompts = [seq for seq in self._active if not seq.sampled]
+        counts = plan_prompts(len(take), [Waiting(len(seq.feed), seq.put_off) for seq in prompts], self.n_batch)
+        for seq, n in zip(prompts, counts, strict=True):
+            seq.put_off = n == 0
             if n:
                 take[id(seq)] = n
         batch, count, outputs = self.batch, 0, []

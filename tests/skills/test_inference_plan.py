@@ -1,0 +1,49 @@
+"""The fast tier of the batch engine's step plan: which prompt tokens a step decodes
+(tests/skills/test_inference_steps.py runs the plan on the real model)."""
+
+from __future__ import annotations
+
+from skills.inference.engines.llama_plan import PASS_COST, Waiting, plan_prompts
+
+
+def test_a_nearly_cached_prompt_is_not_held_behind_a_long_one() -> None:
+    # A long prompt joined first, then a retry of a prompt cached but for its last token.
+    assert plan_prompts(1, [Waiting(300), Waiting(1)], 512) == [0, 1]
+
+
+def test_prompts_of_similar_length_go_in_one_step() -> None:
+    assert plan_prompts(1, [Waiting(12), Waiting(8), Waiting(9), Waiting(10)], 512) == [12, 8, 9, 10]
+    # A prompt that would just double the step (with a pass's cost) still goes in it.
+    assert plan_prompts(0, [Waiting(5), Waiting(5 + PASS_COST)], 512) == [5, 5 + PASS_COST]
+    assert plan_prompts(0, [Waiting(5), Waiting(6 + PASS_COST)], 512) == [5, 0]
+
+
+def test_generating_requests_count_in_the_step_a_long_prompt_would_double() -> None:
+    assert plan_prompts(16, [Waiting(40), Waiting(10)], 512) == [0, 10]
+    assert plan_prompts(40, [Waiting(40), Waiting(10)], 512) == [40, 10]
+
+
+def test_the_first_prompt_always_goes_within_the_batch() -> None:
+    assert plan_prompts(16, [Waiting(400)], 512) == [400]
+    assert plan_prompts(16, [Waiting(2000)], 512) == [496]
+    assert plan_prompts(0, [Waiting(300), Waiting(300)], 512) == [300, 212]
+    assert plan_prompts(512, [Waiting(3)], 512) == [0], "a full batch of generating requests"
+    assert plan_prompts(3, [], 512) == []
+
+
+def test_a_prompt_put_off_goes_first_next_step_and_is_not_put_off_again() -> None:
+    assert plan_prompts(0, [Waiting(5), Waiting(300, put_off=True)], 512) == [5, 300]
+    assert plan_prompts(0, [Waiting(5), Waiting(600, put_off=True)], 512) == [0, 512]
+
+
+def test_a_stream_of_short_prompts_cannot_starve_a_long_one() -> None:
+    long = Waiting(2000)
+    steps = 0
+    while long.left:
+        # A new short prompt joins before every step, as the engine marks them.
+        counts = plan_prompts(2, [long, Waiting(4)], 512)
+        long.left -= counts[0]
+        long.put_off = counts[0] == 0
+        steps += 1
+        assert steps < 20
+    assert steps <= 2 * -(-2000 // 508), "the long prompt decodes at least every other step"
