@@ -52,3 +52,21 @@ async def test_no_docker_gives_a_clear_error_and_no_charge(offline_app: App) -> 
     text = result.content[0].text  # type: ignore[union-attr]
     assert "Docker Engine is not reachable" in text and "ensure-docker" in text
     assert usage["total"]["micros"] == 0
+
+
+def test_start_up_is_kept_from_the_collector(offline_app: App) -> None:
+    """What start-up built is frozen: a full collection while serving scans only what came
+    after (``gc.get_objects`` lists what the collector scans)."""
+    import gc
+
+    from runtime.server import http_app, keep_start_up_from_the_collector
+
+    web = http_app(offline_app, "127.0.0.1", 8000)
+    before = len(gc.get_objects())
+    try:
+        keep_start_up_from_the_collector()
+        assert gc.get_freeze_count() > before // 2
+        assert len(gc.get_objects()) < before // 20
+        assert all(obj is not web for obj in gc.get_objects()), "the app is among what was frozen"
+    finally:
+        gc.unfreeze()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from skills.inference.engines.llama_plan import PASS_COST, Waiting, plan_prompts
+from skills.inference.engines.llama_plan import PASS_COST, PUT_OFF_RATIO, Waiting, plan_prompts
 
 
 def test_a_nearly_cached_prompt_is_not_held_behind_a_long_one() -> None:
@@ -12,15 +12,16 @@ def test_a_nearly_cached_prompt_is_not_held_behind_a_long_one() -> None:
 
 
 def test_prompts_of_similar_length_go_in_one_step() -> None:
-    assert plan_prompts(1, [Waiting(12), Waiting(8), Waiting(9), Waiting(10)], 512) == [12, 8, 9, 10]
-    # A prompt that would just double the step (with a pass's cost) still goes in it.
-    assert plan_prompts(0, [Waiting(5), Waiting(5 + PASS_COST)], 512) == [5, 5 + PASS_COST]
-    assert plan_prompts(0, [Waiting(5), Waiting(6 + PASS_COST)], 512) == [5, 0]
+    assert plan_prompts(1, [Waiting(12), Waiting(8), Waiting(9), Waiting(30)], 512) == [12, 8, 9, 30]
+    # A prompt at the ratio (with a pass's cost) still goes in the step; one token more waits.
+    at = PUT_OFF_RATIO * (5 + PASS_COST)
+    assert plan_prompts(0, [Waiting(5), Waiting(at)], 512) == [5, at]
+    assert plan_prompts(0, [Waiting(5), Waiting(at + 1)], 512) == [5, 0]
 
 
-def test_generating_requests_count_in_the_step_a_long_prompt_would_double() -> None:
-    assert plan_prompts(16, [Waiting(40), Waiting(10)], 512) == [0, 10]
-    assert plan_prompts(40, [Waiting(40), Waiting(10)], 512) == [40, 10]
+def test_generating_requests_count_in_the_step_a_long_prompt_is_measured_against() -> None:
+    assert plan_prompts(16, [Waiting(200), Waiting(10)], 512) == [0, 10]
+    assert plan_prompts(40, [Waiting(200), Waiting(10)], 512) == [200, 10]
 
 
 def test_the_first_prompt_always_goes_within_the_batch() -> None:

@@ -3,23 +3,24 @@
 Every generating request decodes its one token each step. What the batch has room for
 then goes to the prompts of requests that joined, shortest left to compute first: a
 request whose prompt is nearly all cached (a follow-up turn, a retry) gets its first
-token after a short step instead of after everyone else's prompts. A prompt that would
-more than double the step's work waits for the next one while shorter prompts finish
-in this one, since every request in the step waits for the whole step; and a prompt put
-off once goes first in the next step, so a stream of short requests cannot starve a
-long one.
-
-On the default model and two cores a pass costs about 7 ms on top of about 5 ms a
-token, so putting off a long prompt costs it one short step, while keeping it in would
-cost each request in the step the long prompt's whole compute.
+token after a short step instead of after everyone else's prompts. A prompt over
+PUT_OFF_RATIO times the step so far waits for the next step while the shorter ones
+finish in this one, since every request in the step waits for the whole step: waiting
+costs the long prompt a step under a quarter of its own compute, and keeping it in would
+make everyone else's step over five times as long. Prompts of about the same length
+(a burst of similar requests) go in one step. A prompt put off once goes first in the
+next step, so a stream of short requests cannot starve a long one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# What a decode pass costs beyond its tokens, as a number of tokens.
+# What a decode pass costs beyond its tokens, as a number of tokens (about 7 ms against
+# about 5 ms a token: the default model on two cores).
 PASS_COST = 2
+# A prompt waits for the next step when it is over this many times the step so far.
+PUT_OFF_RATIO = 4
 
 
 @dataclass
@@ -41,7 +42,7 @@ def plan_prompts(generating: int, prompts: list[Waiting], n_batch: int) -> list[
         prompt = prompts[i]
         if budget <= 0:
             break
-        if taken and not prompt.put_off and prompt.left > tokens + PASS_COST:
+        if taken and not prompt.put_off and prompt.left > PUT_OFF_RATIO * (tokens + PASS_COST):
             break  # this and every longer one: shorter prompts finish first
         counts[i] = min(prompt.left, budget)
         budget -= counts[i]
