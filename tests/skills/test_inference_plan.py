@@ -48,3 +48,26 @@ def test_a_stream_of_short_prompts_cannot_starve_a_long_one() -> None:
         steps += 1
         assert steps < 20
     assert steps <= 2 * -(-2000 // 508), "the long prompt decodes at least every other step"
+
+
+def test_prompts_put_off_go_oldest_first() -> None:
+    assert plan_prompts(0, [Waiting(600, put_off=True), Waiting(100, put_off=True)], 512) == [512, 0]
+
+
+def test_a_long_prompt_is_not_starved_by_a_full_house_of_long_prompts() -> None:
+    """Sixteen lanes, every one that ends taken at once by a new 300-600 token prompt: the
+    2000-token prompt that joined first still finishes."""
+    lengths = iter([300 + (i * 137) % 301 for i in range(10_000)])
+    long = Waiting(2000)
+    waiting = [long] + [Waiting(next(lengths)) for _ in range(15)]
+    steps = 0
+    while long.left:
+        counts = plan_prompts(0, waiting, 512)
+        for prompt, n in zip(waiting, counts, strict=True):
+            prompt.left -= n
+            prompt.put_off = n == 0
+        # Those done leave (one token, then the end) and new prompts join behind the rest.
+        waiting = [w for w in waiting if w.left] + [Waiting(next(lengths)) for w in waiting if not w.left]
+        steps += 1
+        assert steps < 100
+    assert steps <= 2 * -(-2000 // 512), "it decoded at least every other step"

@@ -118,6 +118,8 @@ class LlamaEngine:
             prompt = await self._prompt_tokens(batcher.prompt, request.messages)
         except ValueError as exc:  # the chat template refused the messages
             raise InvalidInput(f"{self.spec.name} cannot take these messages: {exc}") from exc
+        if not prompt:  # nothing to decode: the engine's step would be empty
+            raise InvalidInput(f"{self.spec.name}'s chat template made no tokens of these messages: add some text.")
         if len(prompt) >= batcher.n_ctx_seq:
             raise InvalidInput(
                 f"the prompt is longer than {self.spec.name}'s context of {batcher.n_ctx_seq} tokens: "

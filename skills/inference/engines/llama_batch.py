@@ -11,8 +11,8 @@ repeats one step while any request is active:
         holding more of their prompts, start each lane's cache from the lane holding most
         of its prompt, trim it to the prompt's common prefix, queue the rest
     one batch (``llama_batch``, a seq_id per token): the next token of every request
-        that is generating, then prompt tokens of new ones, shortest first, up to
-        ``n_batch`` (``llama_plan``)
+        that is generating, then prompt tokens of new ones, those put off last step
+        first, then the shortest, up to ``n_batch`` (``llama_plan``)
     llama_decode, then each request that reached its end samples its next token
     requests that finished or were cancelled leave; their lane keeps its cache
 

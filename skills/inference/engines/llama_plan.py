@@ -4,12 +4,15 @@ Every generating request decodes its one token each step. What the batch has roo
 then goes to the prompts of requests that joined, shortest left to compute first: a
 request whose prompt is nearly all cached (a follow-up turn, a retry) gets its first
 token after a short step instead of after everyone else's prompts. A prompt over
-PUT_OFF_RATIO times the step so far waits for the next step while the shorter ones
-finish in this one, since every request in the step waits for the whole step: waiting
+PUT_OFF_RATIO times the step so far (with a pass's cost) waits for the next step while
+the shorter ones finish in this one, since every request in the step waits for the
+whole step: waiting
 costs the long prompt a step under a quarter of its own compute, and keeping it in would
 make everyone else's step over five times as long. Prompts of about the same length
-(a burst of similar requests) go in one step. A prompt put off once goes first in the
-next step, so a stream of short requests cannot starve a long one.
+(a burst of similar requests) go in one step. A prompt put off (by that rule, or as the
+batch was full) goes first in the next step, the oldest first, so a stream of other
+requests cannot starve a long one: it decodes at least every other step once those
+that joined before it are done.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from dataclasses import dataclass
 # What a decode pass costs beyond its tokens, as a number of tokens (about 7 ms against
 # about 5 ms a token: the default model on two cores).
 PASS_COST = 2
-# A prompt waits for the next step when it is over this many times the step so far.
+# A prompt waits for the next step when it is over this many times the step so far,
+# counting a pass's cost.
 PUT_OFF_RATIO = 4
 
 
@@ -35,7 +39,11 @@ def plan_prompts(generating: int, prompts: list[Waiting], n_batch: int) -> list[
     """How many tokens of each prompt (in the order given, the order they joined) the next
     step decodes, beside ``generating`` requests' one token each, within ``n_batch``
     tokens; 0 for a prompt left for a later step."""
-    order = sorted(range(len(prompts)), key=lambda i: (not prompts[i].put_off, prompts[i].left))
+    # Prompts put off go first, in the order they joined (the oldest wait least), then the
+    # rest, shortest first.
+    order = sorted(
+        range(len(prompts)), key=lambda i: (not prompts[i].put_off, 0 if prompts[i].put_off else prompts[i].left)
+    )
     counts = [0] * len(prompts)
     budget, tokens, taken = n_batch - generating, generating, False
     for i in order:
