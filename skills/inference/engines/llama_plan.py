@@ -6,9 +6,8 @@ request whose prompt is nearly all cached (a follow-up turn, a retry) gets its f
 token after a short step instead of after everyone else's prompts. A prompt over
 PUT_OFF_RATIO times the step so far (with a pass's cost) waits for the next step while
 the shorter ones finish in this one, since every request in the step waits for the
-whole step: waiting
-costs the long prompt a step under a quarter of its own compute, and keeping it in would
-make everyone else's step over five times as long. Prompts of about the same length
+whole step: waiting costs the long prompt a step under a quarter of its own compute,
+and keeping it in would make everyone else's step over five times as long. Prompts of about the same length
 (a burst of similar requests) go in one step. A prompt put off (by that rule, or as the
 batch was full) goes first in the next step, the oldest first, so a stream of other
 requests cannot starve a long one: it decodes at least every other step once those
@@ -39,8 +38,8 @@ def plan_prompts(generating: int, prompts: list[Waiting], n_batch: int) -> list[
     """How many tokens of each prompt (in the order given, the order they joined) the next
     step decodes, beside ``generating`` requests' one token each, within ``n_batch``
     tokens; 0 for a prompt left for a later step."""
-    # Prompts put off go first, in the order they joined (the oldest wait least), then the
-    # rest, shortest first.
+    # Prompts put off go first, the oldest first (the order they joined), then the rest,
+    # shortest first.
     order = sorted(
         range(len(prompts)), key=lambda i: (not prompts[i].put_off, 0 if prompts[i].put_off else prompts[i].left)
     )
