@@ -144,15 +144,16 @@ class DutyPass:
 
 
 class ResourceDuties:
-    """The periodic care of every kind: reap, then renew leases and stop the ones
-    the budget no longer covers. The last passes are kept (``passes``) for the operator."""
+    """The periodic care of every kind: the store's chores, reap, then renew leases and
+    stop the ones the budget no longer covers. The last passes are kept (``passes``) for the operator."""
 
     def __init__(
         self, kinds: Sequence[ResourceKind], leases: Leases, chores: Sequence[Callable[[], object]] = ()
     ) -> None:
         self.kinds = {kind.kind: kind for kind in kinds}
         self.leases = leases
-        # Other periodic care of the store (pruning old task details), once a pass.
+        # Other periodic care of the store (settling dead servers' tasks, pruning old
+        # task details), once a pass.
         self.chores = list(chores)
         self.passes: deque[DutyPass] = deque(maxlen=20)
 
@@ -165,14 +166,17 @@ class ResourceDuties:
     async def pass_once(self) -> list[str]:
         """One pass; the ids of the resources it stopped for money."""
         started, clock, reaped, errors = utcnow(), time.monotonic(), {}, []
+        # Chores first: settling a dead server's tasks ends them, so this very pass
+        # reaps their sandboxes instead of leaving them to the next one (or to no one,
+        # if this server stops before it).
+        for chore in self.chores:
+            chore()
         for kind in self.kinds.values():
             try:
                 reaped[kind.kind] = len(await kind.reap())
             except CloudSkillsError as exc:
                 log.warning("reaping %s: %s", kind.kind, exc)
                 errors.append(f"reaping {kind.kind}: {exc.message}")
-        for chore in self.chores:
-            chore()
         stopped = []
         for ended in self.leases.renew_due():
             owner = self.kinds.get(ended.kind)

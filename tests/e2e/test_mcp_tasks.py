@@ -13,6 +13,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 from sqlalchemy import select
 
+from sandbox.docker import DockerDriver
+from sandbox.driver import LABEL_STORE
 from skills.sandbox.rows import Sandbox
 from tests.e2e.conftest import Served, first_key, start_http_server, store_of
 from tests.mcp_helpers import (
@@ -94,7 +96,12 @@ async def test_task_handles_survive_a_restart(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     key = first_key(home)
+    store = store_of(home)
     proc, url = start_http_server(home, {"CLOUDSKILLS_POOL_SIZE": "0"})
+
+    def containers() -> list[str]:
+        return [c.container_id for c in DockerDriver().list_labelled({LABEL_STORE: store.store_id})]
+
     try:
         async with http_client(url, key, mode=MODERN, extensions=[PollingTasks()]) as client:
             finished = await client.session.call_tool("sandbox_run", SLOW_PRINT, allow_claimed=True)
@@ -115,6 +122,12 @@ async def test_task_handles_survive_a_restart(tmp_path: Path) -> None:
             after = await until_done(client, cut.task_id)
             assert after.status == "completed" and after.result is not None and after.result["isError"]
             assert "server stopped" in after.result["content"][0]["text"]
+        # The pass that failed the killed server's task also removed its sandbox: nothing of
+        # the store is left running (it would have outlived both servers until its idle limit).
+        await until(lambda: not containers(), "the killed server's sandbox to be removed")
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        for container_id in containers():  # what a failure above left
+            DockerDriver().destroy(container_id)
+        store.close()
