@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from skills.inference.engines.llama_plan import PASS_COST, PUT_OFF_RATIO, Waiting, plan_prompts
+from skills.inference.engines.llama_plan import PASS_COST, PROMPT_CHUNK, PUT_OFF_RATIO, Waiting, plan_prompts
 
 
 def test_a_nearly_cached_prompt_is_not_held_behind_a_long_one() -> None:
@@ -21,15 +21,28 @@ def test_prompts_of_similar_length_go_in_one_step() -> None:
 
 def test_generating_requests_count_in_the_step_a_long_prompt_is_measured_against() -> None:
     assert plan_prompts(16, [Waiting(200), Waiting(10)], 512) == [0, 10]
-    assert plan_prompts(40, [Waiting(200), Waiting(10)], 512) == [200, 10]
+    assert plan_prompts(40, [Waiting(100), Waiting(10)], 512) == [100, 10]
 
 
 def test_the_first_prompt_always_goes_within_the_batch() -> None:
-    assert plan_prompts(16, [Waiting(400)], 512) == [400]
-    assert plan_prompts(16, [Waiting(2000)], 512) == [496]
+    assert plan_prompts(0, [Waiting(400)], 512) == [400]
+    assert plan_prompts(0, [Waiting(2000)], 512) == [512]
     assert plan_prompts(0, [Waiting(300), Waiting(300)], 512) == [300, 212]
     assert plan_prompts(512, [Waiting(3)], 512) == [0], "a full batch of generating requests"
     assert plan_prompts(3, [], 512) == []
+
+
+def test_while_others_generate_a_long_prompt_goes_a_chunk_a_step() -> None:
+    # Every generating request's next token comes after a step of at most a chunk of it,
+    # not after a whole batch of its tokens.
+    assert plan_prompts(16, [Waiting(2000)], 512) == [PROMPT_CHUNK]
+    assert plan_prompts(1, [Waiting(PROMPT_CHUNK + 1)], 512) == [PROMPT_CHUNK]
+    assert plan_prompts(16, [Waiting(PROMPT_CHUNK)], 512) == [PROMPT_CHUNK]
+    # The chunk is each prompt's: a burst of short prompts still goes in one step.
+    burst = [Waiting(9 + i % 4) for i in range(15)]
+    assert plan_prompts(1, burst, 512) == [9 + i % 4 for i in range(15)]
+    assert plan_prompts(1, [Waiting(300, put_off=True), Waiting(300, put_off=True)], 512) == [PROMPT_CHUNK] * 2
+    assert plan_prompts(500, [Waiting(2000)], 512) == [12], "and within the batch"
 
 
 def test_a_prompt_put_off_goes_first_next_step_and_is_not_put_off_again() -> None:
@@ -46,8 +59,8 @@ def test_a_stream_of_short_prompts_cannot_starve_a_long_one() -> None:
         long.left -= counts[0]
         long.put_off = counts[0] == 0
         steps += 1
-        assert steps < 20
-    assert steps <= 2 * -(-2000 // 508), "the long prompt decodes at least every other step"
+        assert steps < 100
+    assert steps <= 2 * -(-2000 // PROMPT_CHUNK), "the long prompt decodes at least every other step"
 
 
 def test_prompts_put_off_go_oldest_first() -> None:

@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from common.errors import Cancelled
 from skills.inference.engines.base import GenerateRequest, Message
 from skills.inference.engines.llama import default_model_path
 from skills.inference.engines.llama_batch import Batcher, Sequence
 from skills.inference.engines.llama_lanes import reusable
+from skills.inference.engines.llama_plan import PROMPT_CHUNK
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
@@ -119,6 +121,40 @@ async def test_a_cached_prompt_gets_its_token_before_a_long_prompt_that_joined_w
     batcher._step()
     assert slow.sampled == 1 and again.sampled == 1, "the long prompt went in the next step, beside the new one"
     assert batcher._active == []
+
+
+async def test_a_long_prompt_joining_a_generating_request_goes_a_chunk_a_step(
+    batcher: Batcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generating request gets a token every step while the long prompt is computed,
+    PROMPT_CHUNK of it a step (llama_plan), not a whole batch of it."""
+    assert batcher.prompt is not None
+    monkeypatch.setattr(batcher.vocabulary, "ends", lambda token: False)  # it generates throughout
+    question = GenerateRequest(messages=QUESTION, max_tokens=100, temperature=0)
+    stream = Sequence(batcher.lanes[0], batcher.prompt.tokens(QUESTION), question)
+    batcher._take_in([stream])
+    batcher._step()
+    essay = [Message(role="system", content="Answer in French, at length. " * 60), Message(role="user", content="Why?")]
+    long = Sequence(batcher.lanes[1], batcher.prompt.tokens(essay), GenerateRequest(essay, 1, temperature=0))
+    batcher._take_in([long])
+    left = len(long.feed)
+    assert left > 2 * PROMPT_CHUNK
+    steps = 0
+    while not long.sampled:
+        computed, tokens = long.n_past, stream.sampled
+        batcher._step()
+        steps += 1
+        assert long.n_past - computed == min(PROMPT_CHUNK, left - (computed - long.cached))
+        assert stream.sampled == tokens + 1, "the generating request got its token in this step"
+    assert steps == -(-left // PROMPT_CHUNK)
+    # With nobody generating, a prompt takes what the batch has room for.
+    batcher._leave(stream, Cancelled("the test is done with it"))
+    other = [Message(role="system", content="Answer in German, briefly. " * 40), Message(role="user", content="Why?")]
+    alone = Sequence(batcher.lanes[2], batcher.prompt.tokens(other), GenerateRequest(other, 1, temperature=0))
+    batcher._take_in([alone])
+    assert PROMPT_CHUNK < len(alone.feed) <= batcher.n_batch
+    batcher._step()
+    assert alone.sampled == 1, "its whole prompt in one step"
 
 
 async def test_greedy_takes_the_token_llama_cpps_greedy_sampler_takes(batcher: Batcher) -> None:
