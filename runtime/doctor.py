@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import docker.errors
 
@@ -14,6 +15,7 @@ from common.errors import CloudSkillsError
 from runtime.settings import Settings
 from sandbox.docker import DockerDriver
 from sandbox.hardening import lxcfs_serves
+from skills.inference.engines.llama_cpu import kernels
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,9 @@ def doctor_checks(settings: Settings) -> list[Check]:
         Check(
             "local model engine",
             llama,
-            "llama-cpp-python installed" if llama else "llama-cpp-python is not installed (the local model cannot run)",
+            f"llama-cpp-python {version('llama_cpp_python')}; CPU kernels: {kernels()}"
+            if llama
+            else "llama-cpp-python is not installed (the local model cannot run)",
             "scripts/setup",
             required=False,
         )

@@ -19,6 +19,7 @@ The low-level path (``llama_batch``) takes ``model_params()``; llama-cpp-python'
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from typing import Any
 
@@ -32,6 +33,26 @@ def amx_compiled() -> bool:
     import llama_cpp
 
     return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+# The CPU features of llama.cpp's build worth naming (llama_print_system_info's).
+SHOWN_FEATURES = ("AVX2", "AVX512", "AVX512_VNNI", "AVX512_BF16", "AMX_INT8")
+
+
+def describe_kernels(system_info: str) -> str:
+    """What llama.cpp computes with, from its system info (as ``cloudskills doctor`` says)."""
+    built = {name for name, value in re.findall(r"(\w+) = (\d+)", system_info) if value == "1"}
+    shown = ", ".join(name for name in SHOWN_FEATURES if name in built) or "no AVX2 or AVX-512"
+    if "AMX_INT8" in built:
+        shown += "; AMX buffers off, as its matrix product crashes (llama.cpp issue 20824): AVX-512 computes"
+    return shown
+
+
+def kernels() -> str:
+    """``describe_kernels`` of this process's llama.cpp."""
+    import llama_cpp
+
+    return describe_kernels(llama_cpp.llama_print_system_info().decode(errors="replace"))
 
 
 def model_params() -> Any:

@@ -1,0 +1,26 @@
+"""What `cloudskills doctor` says of the local model engine's CPU kernels."""
+
+from __future__ import annotations
+
+import llama_cpp
+
+from skills.inference.engines.llama_cpu import describe_kernels, kernels
+
+SAPPHIRE_RAPIDS = (
+    "CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | REPACK = 1 | "
+)
+ZEN3 = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 0 | REPACK = 1 | "
+
+
+def test_the_kernels_are_named_and_amx_is_said_to_be_off() -> None:
+    described = describe_kernels(SAPPHIRE_RAPIDS)
+    assert described.startswith("AVX2, AVX512, AVX512_VNNI, AVX512_BF16, AMX_INT8; AMX buffers off")
+    assert "llama.cpp issue 20824" in described
+    assert describe_kernels(ZEN3) == "AVX2"
+    assert describe_kernels("CPU : SSE3 = 1 | ") == "no AVX2 or AVX-512"
+
+
+def test_this_machines_llama_cpp_is_described() -> None:
+    info = llama_cpp.llama_print_system_info().decode()
+    assert kernels() == describe_kernels(info)
+    assert ("AMX buffers off" in kernels()) == ("AMX_INT8 = 1" in info)
