@@ -170,7 +170,12 @@ class ResourceDuties:
         # reaps their sandboxes instead of leaving them to the next one (or to no one,
         # if this server stops before it).
         for chore in self.chores:
-            chore()
+            try:
+                chore()
+            except Exception as exc:  # a chore that fails (a locked store) must not stop the reaping
+                name = getattr(chore, "__name__", type(chore).__name__)
+                log.warning("chore %s failed: %s", name, exc)
+                errors.append(f"chore {name}: {exc}")
         for kind in self.kinds.values():
             try:
                 reaped[kind.kind] = len(await kind.reap())

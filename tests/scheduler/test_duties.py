@@ -41,3 +41,15 @@ async def test_a_pass_settles_dead_servers_tasks_before_it_reaps(store: Store) -
     await duties.pass_once()
     assert kind.reaped == ["sb_1"]
     assert duties.passes[-1].reaped == {"thing": 1}
+
+
+async def test_a_failing_chore_does_not_stop_the_reaping(store: Store) -> None:
+    def locked() -> None:
+        raise RuntimeError("database is locked")
+
+    ended = {"sb_1"}
+    kind = Kind(ended)
+    duties = ResourceDuties([kind], Leases(store, PriceCatalog("test", "USD", rates={})), [locked])
+    await duties.pass_once()
+    assert kind.reaped == ["sb_1"]
+    assert duties.passes[-1].errors == ("chore locked: database is locked",)

@@ -41,8 +41,37 @@ def test_while_others_generate_a_long_prompt_goes_a_chunk_a_step() -> None:
     # The chunk is each prompt's: a burst of short prompts still goes in one step.
     burst = [Waiting(9 + i % 4) for i in range(15)]
     assert plan_prompts(1, burst, 512) == [9 + i % 4 for i in range(15)]
-    assert plan_prompts(1, [Waiting(300, put_off=True), Waiting(300, put_off=True)], 512) == [PROMPT_CHUNK] * 2
     assert plan_prompts(500, [Waiting(2000)], 512) == [12], "and within the batch"
+
+
+def test_while_others_generate_long_prompts_go_one_after_another() -> None:
+    # One prompt at a time is computed in part, the oldest first; a short one that
+    # finishes still goes beside it.
+    assert plan_prompts(1, [Waiting(300, put_off=True), Waiting(300, put_off=True)], 512) == [PROMPT_CHUNK, 0]
+    assert plan_prompts(1, [Waiting(300, put_off=True), Waiting(2000), Waiting(9)], 512) == [PROMPT_CHUNK, 0, 9]
+    # Eight 2000-token prompts joined together beside two generating requests, stepped as the
+    # engine does (a prompt computed in part goes first next step): a step computes one of
+    # them in part (and the end of the one before), and they finish in the order they joined.
+    waiting = [Waiting(2000) for _ in range(8)]
+    finished: list[int] = []
+    steps = 0
+    while len(finished) < 8:
+        counts = plan_prompts(2, waiting, 512)
+        assert 0 < sum(counts) <= 2 * PROMPT_CHUNK
+        assert sum(1 for prompt, n in zip(waiting, counts, strict=True) if 0 < n < prompt.left) <= 1
+        for i, (prompt, n) in enumerate(zip(waiting, counts, strict=True)):
+            if prompt.left and n == prompt.left:
+                finished.append(i)
+            prompt.put_off = prompt.left > 0 and n < prompt.left
+            prompt.left -= n
+        steps += 1
+    assert finished == list(range(8))
+    assert steps <= -(-8 * 2000 // PROMPT_CHUNK)
+
+
+def test_a_long_prompt_put_off_by_the_ratio_is_measured_by_its_chunk() -> None:
+    # Beside 40 tokens of step, a 2000-token prompt adds only its chunk: it goes now.
+    assert plan_prompts(30, [Waiting(10), Waiting(2000)], 512) == [10, PROMPT_CHUNK]
 
 
 def test_a_prompt_put_off_goes_first_next_step_and_is_not_put_off_again() -> None:

@@ -288,10 +288,10 @@ class Batcher:
         # How many tokens each sequence decodes now: generating ones one each, then what
         # ``plan_prompts`` gives the prompts of new ones.
         take = {id(seq): 1 for seq in self._active if seq.sampled}
-        prompts = [seq for seq in self._active if not seq.sampled]
-        counts = plan_prompts(len(take), [Waiting(len(seq.feed), seq.put_off) for seq in prompts], self.n_batch)
+        prompts, generating = [seq for seq in self._active if not seq.sampled], len(take)
+        counts = plan_prompts(generating, [Waiting(len(seq.feed), seq.put_off) for seq in prompts], self.n_batch)
         for seq, n in zip(prompts, counts, strict=True):
-            seq.put_off = n == 0
+            seq.put_off = n == 0 or (generating > 0 and n < len(seq.feed))  # first next step (llama_plan)
             if n:
                 take[id(seq)] = n
         batch, count, outputs = self.batch, 0, []

@@ -14,10 +14,14 @@ requests cannot starve a long one: it decodes at least every other step once tho
 that joined before it are done.
 
 While other requests generate, one step takes at most PROMPT_CHUNK tokens of any one
-prompt: a long prompt (an agent's whole context) is computed over several steps, each
-also decoding everyone's next token, instead of holding every stream still for a whole
-batch of its tokens (512 tokens: about 2.5 s on two cores). With nothing generating
-there is nobody to hold up, and a prompt takes what the batch has room for.
+prompt, and computes at most one prompt in part: a long prompt (an agent's whole
+context) is computed over several steps, each also decoding everyone's next token,
+instead of holding every stream still for a whole batch of its tokens (512 tokens:
+about 2.5 s on two cores). A prompt computed in part counts as put off (the engine marks
+it so), so long prompts that join together are computed one after another, the oldest
+first, not in turns that would make them all late; short prompts that finish in the
+step still go beside it. With nothing generating there is nobody to hold up, and a
+prompt takes what the batch has room for.
 """
 
 from __future__ import annotations
@@ -47,24 +51,30 @@ class Waiting:
 def plan_prompts(generating: int, prompts: list[Waiting], n_batch: int) -> list[int]:
     """How many tokens of each prompt (in the order given, the order they joined) the next
     step decodes, beside ``generating`` requests' one token each, within ``n_batch``
-    tokens (and PROMPT_CHUNK of each prompt while any generate); 0 for a prompt left for
-    a later step."""
+    tokens (and PROMPT_CHUNK of one prompt, computed in part, while any generate); 0 for a
+    prompt left for a later step."""
     # Prompts put off go first, the oldest first (the order they joined), then the rest,
     # shortest first.
     order = sorted(
         range(len(prompts)), key=lambda i: (not prompts[i].put_off, 0 if prompts[i].put_off else prompts[i].left)
     )
     counts = [0] * len(prompts)
-    budget, tokens, taken = n_batch - generating, generating, False
+    budget, tokens, taken, cut = n_batch - generating, generating, False, False
     chunk = PROMPT_CHUNK if generating else n_batch
     for i in order:
         prompt = prompts[i]
         if budget <= 0:
             break
-        if taken and not prompt.put_off and prompt.left > PUT_OFF_RATIO * (tokens + PASS_COST):
+        size = min(prompt.left, chunk)  # what it would add to this step
+        if taken and not prompt.put_off and size > PUT_OFF_RATIO * (tokens + PASS_COST):
             break  # this and every longer one: shorter prompts finish first
-        counts[i] = min(prompt.left, budget, chunk)
-        budget -= counts[i]
-        tokens += counts[i]
+        n = min(size, budget)
+        if n < prompt.left:
+            if generating and cut:
+                continue  # one prompt at a time is computed in part while others generate
+            cut = True
+        counts[i] = n
+        budget -= n
+        tokens += n
         taken = True
     return counts
