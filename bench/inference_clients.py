@@ -120,23 +120,28 @@ def openai_stream(
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        record = Record(time.perf_counter())
-        async with client.stream("POST", url, json=body) as response:
-            assert response.status_code == 200, (await response.aread())[:300]
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                assert "error" not in chunk, chunk
-                if chunk.get("usage"):
-                    record.output_tokens = int(chunk["usage"]["completion_tokens"])
-                for choice in chunk.get("choices") or []:
-                    if (choice.get("delta") or {}).get("content"):
-                        record.pieces.append(time.perf_counter())
-        record.end = time.perf_counter()
-        return record
+        return await chat_stream(client, url, body, Record(time.perf_counter()))
 
     return one
+
+
+async def chat_stream(client: httpx2.AsyncClient, url: str, body: dict[str, Any], record: Record) -> Record:
+    """Read one streamed /v1/chat/completions answer as raw SSE into ``record``: when each
+    piece of text arrived (appended as it comes), the output tokens, the end."""
+    async with client.stream("POST", url, json=body) as response:
+        assert response.status_code == 200, (await response.aread())[:300]
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            assert "error" not in chunk, chunk
+            if chunk.get("usage"):
+                record.output_tokens = int(chunk["usage"]["completion_tokens"])
+            for choice in chunk.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    record.pieces.append(time.perf_counter())
+    record.end = time.perf_counter()
+    return record
 
 
 def mcp_generate(client: Any, max_tokens: int) -> Callable[[int], Awaitable[Record]]:

@@ -16,55 +16,46 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 import anyio
 import httpx2
 
 from bench.inference import cloudskills
+from bench.inference_clients import Record, chat_stream
 from bench.llama_server import ensure_llama_server, serving
 from skills.inference.engines.llama import DEFAULT_LANES, DEFAULT_MODEL, default_model_path
 
 
-async def stream(client: httpx2.AsyncClient, url: str, content: str, max_tokens: int, pieces: list[float]) -> None:
-    body = {
+def chat(content: str, max_tokens: int) -> dict[str, Any]:
+    return {
         "model": DEFAULT_MODEL,
         "messages": [{"role": "user", "content": content}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
     }
-    async with client.stream("POST", url, json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"{url} answered {response.status_code}: {(await response.aread())[:300]!r}")
-        async for line in response.aiter_lines():
-            if line.startswith("data: {"):
-                choices = json.loads(line[6:]).get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content"):
-                    pieces.append(time.perf_counter())
 
 
 async def one_round(url: str, key: str | None, words: int, round_: int) -> tuple[float, float]:
     """(longest gap of the streaming reply while the long prompt ran, the long prompt's TTFT), in s."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     long = f"Round {round_}. " + " ".join(f"word{i} is thing number {i}." for i in range(words)) + " Summarize."
-    streaming: list[float] = []
-    answered: list[float] = []
+    counting = chat(f"Count to a thousand, one number a line (round {round_}).", 300)
+    streaming = Record(time.perf_counter())
     async with httpx2.AsyncClient(timeout=600, headers=headers) as client, anyio.create_task_group() as group:
-        group.start_soon(
-            stream, client, url, f"Count to a thousand, one number a line (round {round_}).", 300, streaming
-        )
-        while len(streaming) < 5:  # noqa: ASYNC110 - the stream's pieces are the event
+        group.start_soon(chat_stream, client, url, counting, streaming)
+        while len(streaming.pieces) < 5:  # noqa: ASYNC110 - the stream's pieces are the event
             await anyio.sleep(0.005)
         sent = time.perf_counter()
-        await stream(client, url, long, 1, answered)
-        done = answered[0]
-    during = [b - a for a, b in itertools.pairwise(streaming) if b > sent and a < done]
+        answered = await chat_stream(client, url, chat(long, 1), Record(sent))
+        done = answered.pieces[0]
+    during = [b - a for a, b in itertools.pairwise(streaming.pieces) if b > sent and a < done]
     return max(during, default=0.0), done - sent
 
 

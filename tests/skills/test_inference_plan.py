@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
-from skills.inference.engines.llama_plan import PASS_COST, PROMPT_CHUNK, PUT_OFF_RATIO, Waiting, plan_prompts
+from skills.inference.engines.llama_plan import (
+    PASS_COST,
+    PROMPT_CHUNK,
+    PUT_OFF_RATIO,
+    Waiting,
+    plan_prompts,
+    put_off_after,
+)
 
 
 def test_a_nearly_cached_prompt_is_not_held_behind_a_long_one() -> None:
@@ -50,8 +57,8 @@ def test_while_others_generate_long_prompts_go_one_after_another() -> None:
     assert plan_prompts(1, [Waiting(300, put_off=True), Waiting(300, put_off=True)], 512) == [PROMPT_CHUNK, 0]
     assert plan_prompts(1, [Waiting(300, put_off=True), Waiting(2000), Waiting(9)], 512) == [PROMPT_CHUNK, 0, 9]
     # Eight 2000-token prompts joined together beside two generating requests, stepped as the
-    # engine does (a prompt computed in part goes first next step): a step computes one of
-    # them in part (and the end of the one before), and they finish in the order they joined.
+    # engine does (``put_off_after``): a step computes one of them in part (and the end of
+    # the one before), and they finish in the order they joined.
     waiting = [Waiting(2000) for _ in range(8)]
     finished: list[int] = []
     steps = 0
@@ -62,7 +69,7 @@ def test_while_others_generate_long_prompts_go_one_after_another() -> None:
         for i, (prompt, n) in enumerate(zip(waiting, counts, strict=True)):
             if prompt.left and n == prompt.left:
                 finished.append(i)
-            prompt.put_off = prompt.left > 0 and n < prompt.left
+            prompt.put_off = prompt.left > 0 and put_off_after(2, prompt.left, n)
             prompt.left -= n
         steps += 1
     assert finished == list(range(8))
@@ -83,10 +90,10 @@ def test_a_stream_of_short_prompts_cannot_starve_a_long_one() -> None:
     long = Waiting(2000)
     steps = 0
     while long.left:
-        # A new short prompt joins before every step, as the engine marks them.
+        # A new short prompt joins before every step; the long one is marked as the engine does.
         counts = plan_prompts(2, [long, Waiting(4)], 512)
+        long.put_off = put_off_after(2, long.left, counts[0])
         long.left -= counts[0]
-        long.put_off = counts[0] == 0
         steps += 1
         assert steps < 100
     assert steps <= 2 * -(-2000 // PROMPT_CHUNK), "the long prompt decodes at least every other step"
@@ -106,8 +113,8 @@ def test_a_long_prompt_is_not_starved_by_a_full_house_of_long_prompts() -> None:
     while long.left:
         counts = plan_prompts(0, waiting, 512)
         for prompt, n in zip(waiting, counts, strict=True):
+            prompt.put_off = put_off_after(0, prompt.left, n)
             prompt.left -= n
-            prompt.put_off = n == 0
         # Those done leave (one token, then the end) and new prompts join behind the rest.
         waiting = [w for w in waiting if w.left] + [Waiting(next(lengths)) for w in waiting if not w.left]
         steps += 1

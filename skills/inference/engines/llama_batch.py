@@ -51,7 +51,7 @@ from common.errors import BackendUnavailable, Cancelled
 from skills.inference.engines.base import Completion, GenerateRequest, OnText
 from skills.inference.engines.llama_cpu import model_params
 from skills.inference.engines.llama_lanes import Lane, prefix_source, share_lanes
-from skills.inference.engines.llama_plan import Waiting, plan_prompts
+from skills.inference.engines.llama_plan import Waiting, plan_prompts, put_off_after
 from skills.inference.engines.llama_text import ChatPrompt, TextOut, Vocabulary, new_sampler
 
 log = logging.getLogger("cloudskills.inference")
@@ -291,7 +291,7 @@ class Batcher:
         prompts, generating = [seq for seq in self._active if not seq.sampled], len(take)
         counts = plan_prompts(generating, [Waiting(len(seq.feed), seq.put_off) for seq in prompts], self.n_batch)
         for seq, n in zip(prompts, counts, strict=True):
-            seq.put_off = n == 0 or (generating > 0 and n < len(seq.feed))  # first next step (llama_plan)
+            seq.put_off = put_off_after(generating, len(seq.feed), n)
             if n:
                 take[id(seq)] = n
         batch, count, outputs = self.batch, 0, []

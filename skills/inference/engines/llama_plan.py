@@ -7,18 +7,18 @@ token after a short step instead of after everyone else's prompts. A prompt over
 PUT_OFF_RATIO times the step so far (with a pass's cost) waits for the next step while
 the shorter ones finish in this one, since every request in the step waits for the
 whole step: waiting costs the long prompt a step under a quarter of its own compute,
-and keeping it in would make everyone else's step over five times as long. Prompts of about the same length
-(a burst of similar requests) go in one step. A prompt put off (by that rule, or as the
-batch was full) goes first in the next step, the oldest first, so a stream of other
-requests cannot starve a long one: it decodes at least every other step once those
-that joined before it are done.
+and keeping it in would make everyone else's step over five times as long. Prompts of
+about the same length (a burst of similar requests) go in one step. A prompt put off
+(by that rule, or as the batch was full) goes first in the next step, the oldest first,
+so a stream of other requests cannot starve a long one: it decodes at least every other
+step once those that joined before it are done.
 
 While other requests generate, one step takes at most PROMPT_CHUNK tokens of any one
 prompt, and computes at most one prompt in part: a long prompt (an agent's whole
 context) is computed over several steps, each also decoding everyone's next token,
 instead of holding every stream still for a whole batch of its tokens (512 tokens:
-about 2.5 s on two cores). A prompt computed in part counts as put off (the engine marks
-it so), so long prompts that join together are computed one after another, the oldest
+about 2.5 s on two cores). A prompt computed in part counts as put off (``put_off_after``),
+so long prompts that join together are computed one after another, the oldest
 first, not in turns that would make them all late; short prompts that finish in the
 step still go beside it. With nothing generating there is nobody to hold up, and a
 prompt takes what the batch has room for.
@@ -78,3 +78,10 @@ def plan_prompts(generating: int, prompts: list[Waiting], n_batch: int) -> list[
         tokens += n
         taken = True
     return counts
+
+
+def put_off_after(generating: int, left: int, taken: int) -> bool:
+    """Whether a prompt with ``left`` tokens, of which the step took ``taken`` beside
+    ``generating`` requests, goes first next step: left for later, or computed in part
+    while others generate (so it keeps its place until it is done)."""
+    return taken == 0 or (generating > 0 and taken < left)
