@@ -89,8 +89,14 @@ class Router:
         # Tasks routed here by a server that is gone may wait in the queue: claimed even with one
         # place alive, until none is left (looked for at start and on each heartbeat).
         self.strays = True
+        self._wake: anyio.Event | None = None  # set by what gives ``serve`` work while it idles
 
     # -- the admitting side ----------------------------------------------------
+
+    def wait_for(self, task_id: str) -> None:
+        """Collect the result of a task admitted here that runs at another place."""
+        self.waiting.add(task_id)
+        self._nudge()
 
     def place_for(self, args: Any) -> str | None:
         """Where a call must run: None for here (or anywhere)."""
@@ -125,6 +131,7 @@ class Router:
         self.foreign = len(self.places) > 1 or self.leases.made_elsewhere(self.place)
         if len(self.places) < 2 and not self.strays:
             self.strays = self._stranded()
+        self._nudge()
         if not self.waiting:
             return
         now = utcnow()
@@ -186,7 +193,7 @@ class Router:
                 .where(Task.id == task_id, Task.state == "queued")
                 .values(place=place, payload=found.args, worker_id=self.scheduler.worker_id)
             )
-        self.waiting.add(task_id)
+        self.wait_for(task_id)
         return True
 
     def _claim_here(self) -> bool:
@@ -223,8 +230,30 @@ class Router:
             settled = set(session.scalars(select(Task.id).where(Task.id.in_(running), Task.finished_at.is_not(None))))
         self.scheduler.cancel_running(settled)
 
+    def _busy(self) -> bool:
+        """Whether there is anything to poll the store for."""
+        return len(self.places) > 1 or self.strays or bool(self.waiting)
+
+    def idle(self) -> bool:
+        """Whether ``serve`` sleeps, with nothing to poll for."""
+        return self._wake is not None and not self._wake.is_set()
+
+    def _nudge(self) -> None:
+        # Called on the event loop's thread only (admission, heartbeats, recovery), as
+        # ``anyio.Event.set`` must be.
+        if self._wake is not None and self._busy():
+            self._wake.set()
+
     async def serve(self) -> None:
         while True:
+            if not self._busy():
+                # One place alive, no stray task, no result awaited elsewhere: the usual
+                # single server. Polling then would only cost CPU (20 wake-ups a second, a
+                # fifth of an idle server's), so sleep until a call, a heartbeat or recovery
+                # gives this loop something to look for.
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                self._wake = None
             await anyio.sleep(POLL_S)
             try:
                 if len(self.places) > 1 or self.strays:

@@ -194,7 +194,7 @@ class Scheduler:
         elif place is not None:
             assert self.router is not None
             self._args.pop(task_id)
-            self.router.waiting.add(task_id)
+            self.router.wait_for(task_id)
         else:
             self._queue.append(task_id)
         return task_id

@@ -63,7 +63,7 @@ async def serving(asgi: Any) -> AsyncIterator[str]:
             while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, not an event)
                 await anyio.sleep(0.01)
         yield f"http://127.0.0.1:{port}"
-        server.should_exit = True
+        server.stop()
 
 
 @pytest.fixture

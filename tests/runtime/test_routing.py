@@ -108,3 +108,24 @@ async def test_with_one_place_alive_and_its_own_resources_nothing_is_routed(pair
     with second.store.transaction() as session:
         task = session.get(Task, outcome.task_id)
         assert task is not None and task.place is None and task.worker_id == second.workers.id
+
+
+async def test_an_idle_router_sleeps_until_a_call_is_routed(pair: tuple[App, App]) -> None:
+    """With one place alive, nothing stray and nothing awaited elsewhere, the routing loop
+    sleeps instead of polling the store twenty times a second; a call routed to another place
+    wakes it, and its result is collected."""
+    first, second = pair
+    db = await make_db(first)
+    first.workers.leave()
+    second.router.refresh()
+    with anyio.fail_after(30):
+        while not second.router.idle():  # noqa: ASYNC110 - its loop finishes the poll it is in
+            await anyio.sleep(0.01)
+    first.workers.register()  # back; the second has not looked, and its loop still sleeps
+    assert second.router.idle()
+    with anyio.fail_after(30):
+        outcome = await second.call("local", "db_query", {"db_id": db, "sql": "SELECT n FROM t"})
+    assert outcome.unwrap()["rows"] == [[7]]
+    with anyio.fail_after(30):
+        while not second.router.idle():  # noqa: ASYNC110 - nothing is awaited elsewhere any more
+            await anyio.sleep(0.01)
