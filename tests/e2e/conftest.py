@@ -18,6 +18,7 @@ from runtime.tenants import bootstrap
 from sandbox.docker import DockerDriver
 from sandbox.driver import LABEL_STORE
 from scheduler.store import Store
+from tests.loopback import free_port
 
 
 def server_env(home: Path) -> dict[str, str]:
@@ -32,12 +33,6 @@ def server_env(home: Path) -> dict[str, str]:
 
 def store_of(home: Path) -> Store:
     return Store(f"sqlite:///{home / 'cloudskills.db'}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_http_server(

@@ -22,7 +22,8 @@ from runtime.tenants import create_key, create_tenant, list_keys, revoke_key
 from scheduler.models import LedgerEntry, Task, Tenant
 from scheduler.store import Store
 from skills.inference.engines.llama import DEFAULT_MODEL
-from tests.e2e.conftest import first_key, free_port, server_env
+from tests.e2e.conftest import first_key, server_env
+from tests.loopback import free_port
 from tests.mcp_helpers import call, http_client
 from tests.polling import until
 

@@ -8,16 +8,13 @@ dir); the README shows two of them, from docs/console/."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import pytest
-import uvicorn
 from selenium import webdriver
 from selenium.common.exceptions import (
     NoAlertPresentException,
@@ -35,35 +32,16 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
 from runtime.app import App
-from runtime.server import QuietUvicorn, http_app
+from runtime.server import http_app
 from runtime.tenants import create_key, ensure_tenant, revoke_key, update_tenant
 from scheduler.models import LedgerEntry, Tenant, utcnow
+from tests.loopback import serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.browser, pytest.mark.docker]
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 XSS = "<script>alert(1)</script>"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@asynccontextmanager
-async def serving(asgi: Any) -> AsyncIterator[str]:
-    """``asgi`` on a free loopback port while inside; its base URL."""
-    port = free_port()
-    server = QuietUvicorn(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning"))
-    async with anyio.create_task_group() as group:
-        group.start_soon(server.serve)
-        with anyio.fail_after(30):
-            while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, not an event)
-                await anyio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-        server.stop()
 
 
 @pytest.fixture

@@ -3,20 +3,17 @@ server's own loop."""
 
 from __future__ import annotations
 
-import socket
-
 import anyio
 import httpx2
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from runtime.app import App
-from runtime.server import QuietUvicorn
 from runtime.settings import Settings
 from sandbox.docker import DockerDriver
+from tests.loopback import serving
 from tests.mcp_helpers import call, mcp_client
 
 pytestmark = pytest.mark.anyio
@@ -89,17 +86,7 @@ async def test_the_http_server_serves_with_a_date_and_stops_when_told() -> None:
     async def hello(_request: object) -> PlainTextResponse:
         return PlainTextResponse("hi")
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    asgi = Starlette(routes=[Route("/", hello)])
-    server = QuietUvicorn(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning"))
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as group:
-            group.start_soon(server.serve)
-            while not server.started:  # noqa: ASYNC110 - uvicorn sets it once it listens
-                await anyio.sleep(0.01)
-            async with httpx2.AsyncClient() as client:
-                response = await client.get(f"http://127.0.0.1:{port}/")
+    with anyio.fail_after(30):  # leaving ``serving`` stops the server and waits until it has
+        async with serving(Starlette(routes=[Route("/", hello)])) as url, httpx2.AsyncClient() as client:
+            response = await client.get(f"{url}/")
             assert response.text == "hi" and response.headers["date"].endswith("GMT")
-            server.stop()  # the task group ends only once ``serve`` has returned

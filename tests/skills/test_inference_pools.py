@@ -23,6 +23,7 @@ from runtime.settings import Settings, load_settings
 from scheduler.models import LedgerEntry, Task, Tenant
 from skills.inference.catalog import ModelCatalog
 from skills.inference.engines.llama import default_model_path
+from tests.loopback import free_port
 from tests.mcp_helpers import call, mcp_client
 from tests.polling import until
 
@@ -30,12 +31,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
 POOL = "smol-pool"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class LlamaServer:

