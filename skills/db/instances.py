@@ -30,6 +30,7 @@ from scheduler.pricing import Usage
 from scheduler.resources import LiveQuota
 from scheduler.store import Store
 from scheduler.tasks import new_id
+from scheduler.workers import Workers
 from skills.base import Platform
 from skills.db.engines.base import SIZES, Engine, Instance, Placement
 from skills.db.engines.postgres import PostgresEngine
@@ -95,6 +96,15 @@ class DatabaseManager:
         self.snapshots_dir = snapshots_dir
         # Deletes under way in this process: the reaper leaves them to finish.
         self._deleting: set[str] = set()
+        # The replicas sharing the store, where the process has them: the reaper
+        # leaves a delete to the live server that is doing it (``deleting_by``).
+        self.workers: Workers | None = None
+
+    def _me(self) -> str | None:
+        return self.workers.id if self.workers is not None else None
+
+    def _alive(self) -> set[str]:
+        return self.workers.alive() if self.workers is not None else set()
 
     def engine(self, name: str) -> Engine:
         engine = self.engines.get(name)
@@ -287,7 +297,11 @@ class DatabaseManager:
             row = session.get(Database, db_id)
             if row is None or row.state not in ("running", "suspended", "deleting"):
                 return False
-            row.state = "deleting"
+            again = row.state == "deleting"
+            if not again:
+                row.state, row.deleting_by = "deleting", self._me()
+        if again and not self._take_over(db_id, self._alive()):
+            return True  # a live replica is removing it now
         await self._finish_delete(db_id)
         return True
 
@@ -299,6 +313,9 @@ class DatabaseManager:
             row = self._row(db_id)
             await anyio.to_thread.run_sync(self.engine(row.engine).remove, instance_of(row))
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.snapshots_dir / db_id, ignore_errors=True))
+        except BaseException:
+            self._let_go(db_id)  # whichever server reaps next tries again
+            raise
         finally:
             self._deleting.discard(db_id)
         with self.store.transaction() as session:
@@ -310,12 +327,35 @@ class DatabaseManager:
             self.leases.close(session, db_id, "deleted", now)
             ended.state, ended.deleted_at = "deleted", now
 
+    def _let_go(self, db_id: str) -> None:
+        with self.store.transaction() as session:
+            row = session.get(Database, db_id, with_for_update=True)
+            if row is not None and row.state == "deleting" and row.deleting_by == self._me():
+                row.deleting_by = None
+
+    def _take_over(self, db_id: str, alive: set[str]) -> bool:
+        """Whether this server finishes a delete: one it is doing, one a try left
+        (failed, or from before deleters were recorded), or one whose server has died.
+        A live replica's delete under way is its own: removing the same container
+        beside it makes Docker refuse one of the two removals."""
+        with self.store.transaction() as session:
+            row = session.get(Database, db_id, with_for_update=True)
+            if row is None or row.state != "deleting":
+                return False
+            if row.deleting_by is not None and row.deleting_by != self._me() and row.deleting_by in alive:
+                return False
+            row.deleting_by = self._me()
+            return True
+
     async def reap(self) -> list[str]:
-        """Finish deletes a dead process left, and remove strays no live record owns."""
+        """Finish deletes a failed try or a dead process left, and remove strays no live record owns."""
         reaped: list[str] = []
         with self.store.transaction() as session:
             deleting = list(session.scalars(select(Database.id).where(Database.state == "deleting")))
+        alive = self._alive() if deleting else set()
         for db_id in deleting:
+            if not self._take_over(db_id, alive):
+                continue
             try:
                 await self._finish_delete(db_id)
                 reaped.append(db_id)
@@ -362,4 +402,6 @@ def from_platform(platform: Platform) -> DatabaseManager:
         "sqlite": SqliteEngine(platform.home / "databases"),
         "postgres": PostgresEngine(platform.docker, platform.store.store_id),
     }
-    return DatabaseManager(platform.store, platform.leases, engines, platform.home / "snapshots")
+    manager = DatabaseManager(platform.store, platform.leases, engines, platform.home / "snapshots")
+    manager.workers = platform.services.get(Workers)
+    return manager

@@ -35,6 +35,9 @@ class Database(Base):
     password: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # While deleting: the server (worker id) removing it. The reaper leaves the
+    # delete to that server while it lives; NULL once a try failed (anyone retries).
+    deleting_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (Index("ix_databases_state", "state"), Index("ix_databases_tenant_name", "tenant_id", "name"))
 
