@@ -43,7 +43,16 @@ def last_logits(batcher: Batcher) -> Any:
     return np.ctypeslib.as_array(row, shape=(batcher.n_vocab,)).copy()
 
 
-async def test_a_copied_prefix_gives_the_same_logits_as_the_lane_it_came_from(batcher: Batcher) -> None:
+@pytest.mark.parametrize("way", ["cells", "whole stream"])
+async def test_a_copied_prefix_gives_the_same_logits_as_the_lane_it_came_from(
+    batcher: Batcher, way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's cells go across through llama.cpp's per-sequence state; where that
+    refuses, the whole stream is copied instead."""
+    import llama_cpp
+
+    if way == "whole stream":
+        monkeypatch.setattr(llama_cpp, "llama_state_seq_set_data", lambda *args: 0)
     assert batcher.prompt is not None
     request = GenerateRequest(messages=QUESTION, max_tokens=1, temperature=0)
     prompt = batcher.prompt.tokens(request.messages)

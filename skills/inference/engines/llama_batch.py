@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -140,6 +141,7 @@ class Batcher:
         self.steps = 0
         self.widest = 0
         self.copies = 0
+        self._cells: ctypes.Array[ctypes.c_uint8] = (ctypes.c_uint8 * 0)()  # a lane's cells, being copied
         self.outputs: list[tuple[Sequence, int]] = []  # the last step's: a request, its row's batch index
         self.handed_at = 0.0  # when the thread last handed text over (time.monotonic)
 
@@ -269,9 +271,7 @@ class Batcher:
         lane, prompt = seq.lane, seq.prompt
         source, keep = prefix_source(lane, self.lanes, prompt)
         if source is not lane:
-            # Another lane holds more of the prompt: its whole stream is copied into this
-            # lane's at the start of the next decode, before any cell is written.
-            llama_cpp.llama_memory_seq_cp(self.memory, source.seq_id, lane.seq_id, -1, -1)
+            self._copy_cells(source, lane)  # another lane holds more of the prompt
             self.copies += 1
         if not llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, keep, -1):
             llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, -1, -1)
@@ -281,6 +281,24 @@ class Batcher:
         seq.feed = prompt[keep:]
         seq.sampler = new_sampler(seq.request.temperature, seq.request.seed)
         self._active.append(seq)
+
+    def _copy_cells(self, source: Lane, lane: Lane) -> None:
+        """Make ``lane``'s cache a copy of ``source``'s, now: the cells ``source`` uses go
+        out and into ``lane`` through llama.cpp's per-sequence state (a few MB for a few
+        hundred tokens, about 2 ms). ``llama_memory_seq_cp`` would move the whole stream
+        (every layer's K and V for the lane's full context: 47 MB for the default model) at
+        the start of the next decode, and hold that step up by about 10 ms a copy."""
+        import llama_cpp
+
+        size = int(llama_cpp.llama_state_seq_get_size(self.ctx, source.seq_id))
+        if len(self._cells) < size:
+            self._cells = (ctypes.c_uint8 * size)()
+        got = int(llama_cpp.llama_state_seq_get_data(self.ctx, self._cells, size, source.seq_id))
+        llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, -1, -1)
+        if not got or int(llama_cpp.llama_state_seq_set_data(self.ctx, self._cells, got, lane.seq_id)) != got:
+            # Where the state will not go across, the stream copy still does.
+            llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, -1, -1)
+            llama_cpp.llama_memory_seq_cp(self.memory, source.seq_id, lane.seq_id, -1, -1)
 
     def _step(self) -> None:
         import llama_cpp

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 # worth breaking the run of consecutive lanes for (llama.cpp computes the lanes of one step
 # in a single pass only while their ids are consecutive: ``split_equal``).
 REUSE_WORTH = 32
-# Another lane's prefix must save at least this many prompt tokens to be copied: a copy
-# moves the source's whole stream (every layer's K and V for the lane's full context, 47 MB
-# for the default model) and holds up that step by about what computing 3 prompt tokens
-# takes (12 ms against 4-5 ms a token, default model on 2 cores).
+# Another lane's prefix must save at least this many prompt tokens to be copied. A copy
+# moves the cells the source lane uses (``Batcher._copy_cells``: about 2 ms for a few hundred
+# tokens, default model on 2 cores, against 4-5 ms a prompt token computed), and replaces
+# what the lane held.
 COPY_WORTH = 8
 
 
