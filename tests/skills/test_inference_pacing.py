@@ -5,6 +5,7 @@ and where its prompt is tokenized on the way in."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import anyio
@@ -88,15 +89,18 @@ async def test_the_thread_hands_text_over_at_the_interval_all_requests_in_one_wa
     None
 ):
     """Between two hand-overs the text waits on the thread's side and the event loop sleeps:
-    a wake costs the decode a core and the GIL, so one carries every request's text."""
+    a wake costs the decode a core and the GIL, so one carries every request's text. The
+    wake comes from the hand-over thread, never from the decoding one."""
     batcher = Batcher("unused.gguf", 2048, lanes=16, threads=1, pieces_per_s=1 / 3600)
     a, b = sequence(), sequence()
     batcher._active = [a, b]
     wakes: list[int] = []
+    wakers: set[str] = set()
     loop: Any = asyncio.get_running_loop()
     real = loop.call_soon_threadsafe
 
     def counted(callback: Any, items: list[Any]) -> Any:
+        wakers.add(threading.current_thread().name)
         wakes.append(len(items))
         return real(callback, items)
 
@@ -105,6 +109,7 @@ async def test_the_thread_hands_text_over_at_the_interval_all_requests_in_one_wa
     async def step(*items: tuple[Sequence, str, Any]) -> None:
         batcher._outbox.extend(items)
         batcher._flush()
+        assert batcher._handover.wait(10), "the hand-over thread is stuck"
         await anyio.wait_all_tasks_blocked()
 
     try:
@@ -123,8 +128,10 @@ async def test_the_thread_hands_text_over_at_the_interval_all_requests_in_one_wa
         batcher._active.append(c)
         await step((c, "c1", None))
         assert wakes == [2, 4, 2, 1] and c.pieces == ["c1"], "a newcomer's first text goes at once"
+        assert wakers == {"llama-handover"}
     finally:
         loop.call_soon_threadsafe = real
+        batcher._handover.close()
 
 
 async def test_a_short_prompt_is_tokenized_on_the_event_loop_and_a_long_one_on_a_worker_thread() -> None:

@@ -18,12 +18,13 @@ repeats one step while any request is active:
 
 Tokens go into the batch in lane order, lowest free lanes first (``llama_lanes``).
 
-Text crosses to the event loop (``call_soon_threadsafe``), never blocking the decode
-on the loop, once the next step's batch is built, just before llama_decode lets go of
-the GIL. It is paced by how many requests share the engine (``Batcher.piece_interval``):
-what the steps produced goes over once (requests - 1) / ``pieces_per_s`` seconds have
-passed since the last hand-over, so with many requests about ``pieces_per_s`` pieces go
-out in all instead of a piece per token. A request's first text and its end are handed
+Text crosses to the event loop (``llama_handover``: queued by the decoding thread, the
+loop woken by a thread of its own), never blocking the decode on the loop, once the
+next step's batch is built, just before llama_decode lets go of the GIL. It is paced
+by how many requests share the engine (``Batcher.piece_interval``): what the steps
+produced goes over once (requests - 1) / ``pieces_per_s`` seconds have passed since
+the last hand-over, so with many requests about ``pieces_per_s`` pieces go out in all
+instead of a piece per token. A request's first text and its end are handed
 over at once. Each hand-over wakes the event loop, which takes the GIL and a core from
 the decode, and each piece costs the loop and the caller's client the same whatever it
 holds (an MCP progress notification, an SSE event): one wake carries every request's
@@ -36,7 +37,6 @@ cache (never the last: its logits are computed), and every token sampled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import threading
@@ -51,6 +51,7 @@ import numpy as np
 from common.errors import BackendUnavailable, Cancelled
 from skills.inference.engines.base import Completion, GenerateRequest, OnText
 from skills.inference.engines.llama_cpu import model_params
+from skills.inference.engines.llama_handover import Handover
 from skills.inference.engines.llama_lanes import Lane, prefix_source, share_lanes
 from skills.inference.engines.llama_plan import Waiting, plan_prompts, put_off_after
 from skills.inference.engines.llama_text import ChatPrompt, TextOut, Vocabulary, new_sampler
@@ -108,7 +109,10 @@ class Sequence:
             await self.wake.wait()
 
 
-def deliver(items: list[tuple[Sequence, str, Completion | BaseException | None]]) -> None:
+Handed = tuple[Sequence, str, Completion | BaseException | None]
+
+
+def deliver(items: list[Handed]) -> None:
     """On the event loop: what the thread handed over for its sequences."""
     for seq, text, result in items:
         if text:
@@ -131,7 +135,8 @@ class Batcher:
         self._cv = threading.Condition()
         self._joining: list[Sequence] = []
         self._active: list[Sequence] = []
-        self._outbox: list[tuple[Sequence, str, Completion | BaseException | None]] = []
+        self._outbox: list[Handed] = []
+        self._handover = Handover(deliver)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="llama-batch", daemon=True)
         self.prompt: ChatPrompt | None = None
@@ -212,6 +217,7 @@ class Batcher:
             for seq in left:
                 self._outbox.append((seq, "", failure))
             self._flush()
+            self._handover.close()
             self._free()
 
     def _load(self) -> None:
@@ -406,13 +412,9 @@ class Batcher:
         if not urgent and now - self.handed_at < self.piece_interval():
             return
         self.handed_at = now
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, str, Completion | BaseException | None]]]
-        by_loop = defaultdict(list)
+        by_loop: dict[asyncio.AbstractEventLoop, list[Handed]] = defaultdict(list)
         for item in self._outbox:
             item[0].handed = True
             by_loop[item[0].loop].append(item)
         self._outbox = []
-        for loop, items in by_loop.items():
-            # A closed loop: nobody waits for these any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(deliver, items)
+        self._handover.put(list(by_loop.items()))
