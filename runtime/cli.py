@@ -54,7 +54,7 @@ STDIO_POOL_DRAIN_S = 0.3
 def serve(use_http: bool, host: str, port: int, tenant: str | None, agent: str | None) -> None:
     """Serve the MCP server (stdio by default)."""
     from runtime.app import App
-    from runtime.server import serve_http, serve_stdio
+    from runtime.server import loop_options, serve_http, serve_stdio
 
     chosen = {"tenant": tenant, "agent": agent}
     settings = load_settings(**{k: v for k, v in chosen.items() if v})
@@ -72,7 +72,7 @@ def serve(use_http: bool, host: str, port: int, tenant: str | None, agent: str |
         )
     if use_http:
         click.echo(f"cloudskills: serving MCP on http://{host}:{port}/mcp (Authorization: Bearer <key>)", err=True)
-        anyio.run(serve_http, app, host, port)
+        anyio.run(serve_http, app, host, port, backend_options=loop_options(settings.event_loop))
     else:
         if settings.tenant not in {t.id for t in list_tenants(app.store)}:
             fail(f"no tenant {settings.tenant!r}: create it with `cloudskills tenants create {settings.tenant}`.")
@@ -80,7 +80,7 @@ def serve(use_http: bool, host: str, port: int, tenant: str | None, agent: str |
             check_agent(settings.agent)
         except CloudSkillsError as exc:
             fail(exc.message)
-        anyio.run(serve_stdio, app, settings.tenant, settings.agent)
+        anyio.run(serve_stdio, app, settings.tenant, settings.agent, backend_options=loop_options(settings.event_loop))
 
 
 @main.group("skills", invoke_without_command=True)

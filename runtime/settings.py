@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         "server's networks.",
     )
     log_json: bool = Field(default=False, description="Log one JSON object a line, with task id, tenant and agent.")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="The server's event loop: uvloop (libuv's: less CPU a streamed token) or asyncio (Python's own).",
+    )
 
     @property
     def db_url(self) -> str:
