@@ -32,6 +32,7 @@ def batcher() -> Iterator[Batcher]:
     try:
         yield engine
     finally:
+        engine._handover.close()
         engine._free()
 
 

@@ -416,5 +416,5 @@ class Batcher:
         for item in self._outbox:
             item[0].handed = True
             by_loop[item[0].loop].append(item)
-        self._outbox = []
         self._handover.put(list(by_loop.items()))
+        self._outbox = []
