@@ -3,7 +3,9 @@ tenants, replace by key, batches all or none, expiry, confirmation, restarts, li
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -11,7 +13,8 @@ from sqlalchemy import func, select
 from runtime.app import App
 from runtime.settings import Settings
 from runtime.tenants import create_tenant, update_tenant
-from scheduler.models import Lease, LedgerEntry
+from scheduler.models import Lease, LedgerEntry, utcnow
+from skills.memory import memories
 from skills.memory.rows import Memory, MemoryNamespace
 from tests.mcp_helpers import call, call_error, mcp_client
 from tests.polling import until
@@ -95,16 +98,21 @@ async def test_a_put_with_the_same_key_replaces_and_a_batch_is_all_or_nothing(me
         assert [m["key"] for m in page] == ["deploy-day"]
 
 
-async def test_expired_memories_are_never_answered_and_are_purged(memory_app: App) -> None:
+async def test_expired_memories_are_never_answered_and_are_purged(memory_app: App, monkeypatch: Any) -> None:
+    """The memories' clock is moved past the TTL, not waited for: on a slow machine a
+    real second can pass before the first search."""
+    ahead = [timedelta(0)]
+    monkeypatch.setattr(memories, "utcnow", lambda: utcnow() + ahead[0])
     async with mcp_client(memory_app, agent="planner") as client:
         kept = await call(client, "memory_put", text=FACTS[1])
-        brief = await call(client, "memory_put", text=FACTS[0], key="soon", ttl_s=1)
+        brief = await call(client, "memory_put", text=FACTS[0], key="soon", ttl_s=60)
         assert brief["expires_at"] is not None
         assert len((await call(client, "memory_search", query="when do we deploy?"))["hits"]) == 2
-        await until(lambda: memories_in_store(memory_app) == 1, "the reaper purges the expired memory")
+        ahead[0] = timedelta(seconds=61)
         hits = (await call(client, "memory_search", query="when do we deploy?"))["hits"]
-        assert [h["memory_id"] for h in hits] == [kept["memory_id"]]
+        assert [h["memory_id"] for h in hits] == [kept["memory_id"]], "expired: never answered, purged or not"
         assert "no memory" in await call_error(client, "memory_get", memory_id=brief["memory_id"])
+        await until(lambda: memories_in_store(memory_app) == 1, "the reaper purges the expired memory")
         assert [m["memory_id"] for m in (await call(client, "memory_list"))["memories"]] == [kept["memory_id"]]
         spaces = (await call(client, "memory_namespaces"))["namespaces"]
         assert [(n["namespace"], n["memories"]) for n in spaces] == [("planner", 1)]
