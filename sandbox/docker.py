@@ -54,6 +54,9 @@ SANDBOX_USER = "1000:1000"
 WORK_DIR = "/work"
 # Time allowed beyond a command's own timeout for the agent to answer.
 DEADLINE_GRACE_S = 15.0
+# The longest a removal someone else started is waited for (a gVisor container takes
+# about a second; a loaded engine, more).
+REMOVAL_WAIT_S = 60
 DEFAULT_DISK_ROOT = Path("/var/lib/cloudskills/disks")
 
 
@@ -366,8 +369,21 @@ class DockerDriver:
         except docker.errors.NotFound:
             return
         except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # removal already in progress
+            if exc.status_code == 409:  # another removal (the reaper's, a replica's) is under way
+                self._await_removal(container_id)
                 return
+            raise BackendUnavailable(f"Docker could not remove the sandbox: {exc.explanation}.") from exc
+        except requests.exceptions.RequestException as exc:
+            raise docker_unavailable(exc) from exc
+
+    def _await_removal(self, container_id: str) -> None:
+        """Wait for a removal someone else started: a caller of ``destroy`` is told the
+        container is gone only once it is (a workspace it bound is free, for one)."""
+        try:
+            self._api.wait(container_id, timeout=REMOVAL_WAIT_S, condition="removed")
+        except docker.errors.NotFound:
+            return  # gone before the wait began
+        except docker.errors.APIError as exc:
             raise BackendUnavailable(f"Docker could not remove the sandbox: {exc.explanation}.") from exc
         except requests.exceptions.RequestException as exc:
             raise docker_unavailable(exc) from exc

@@ -305,19 +305,27 @@ class SandboxManager:
             usage = self._end(session, row, "destroyed", reason)
         if container_id is not None:
             if wait or self.background is None:
-                await anyio.to_thread.run_sync(self.driver.destroy, container_id)
+                await self._remove(container_id)
             else:
                 self.background.start_soon(self._remove_quietly, container_id)
         return usage
 
-    async def _remove_quietly(self, container_id: str) -> None:
+    async def _remove(self, container_id: str) -> None:
+        """Remove an ended sandbox's container. Shielded: once its record says it ended, a
+        caller cancelled on the way (a server shutting down) does not leave it behind; and
+        while it goes, the reaper knows it for ours, not a stray to remove beside it."""
         self.removing.add(container_id)
         try:
-            await anyio.to_thread.run_sync(self.driver.destroy, container_id)
-        except CloudSkillsError as exc:
-            log.warning("could not remove container %s (the reaper will retry): %s", container_id[:12], exc)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.driver.destroy, container_id)
         finally:
             self.removing.discard(container_id)
+
+    async def _remove_quietly(self, container_id: str) -> None:
+        try:
+            await self._remove(container_id)
+        except CloudSkillsError as exc:
+            log.warning("could not remove container %s (the reaper will retry): %s", container_id[:12], exc)
 
     async def _mark_ended(
         self, sandbox_id: str, state: str, reason: str, at: datetime | None = None, bill: bool = True

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
+import anyio
+import docker
 import pytest
 
 from common.errors import InvalidInput, NotFound
@@ -22,6 +25,7 @@ from sandbox.driver import (
 )
 from sandbox.hardening import GVISOR_HOST_PIDS_BASE, GVISOR_HOST_PIDS_PER_PROCESS
 from sandbox.images import sandbox_image
+from tests.polling import until
 
 pytestmark = pytest.mark.docker
 
@@ -132,3 +136,30 @@ def test_destroy_is_idempotent_and_calls_after_it_are_not_found(
     with pytest.raises(NotFound):
         docker_driver.call(handle, AgentRequest(command=Command(argv=("true",))), 30)
     assert not docker_driver.list_labelled({LABEL_STORE: "driver-test", LABEL_SANDBOX: "none"})
+
+
+@pytest.mark.anyio
+async def test_destroy_returns_once_a_removal_someone_else_started_is_done(
+    docker_driver: DockerDriver, handle: SandboxHandle
+) -> None:
+    """The reaper (or a replica) may be removing the container when its owner destroys it:
+    the owner's destroy still returns only once it is gone, as a workspace it bound is
+    free only then."""
+    api = docker_driver.client.api
+
+    def remove_as_someone_else() -> None:
+        with contextlib.suppress(docker.errors.APIError):  # 409 if ours came first
+            api.remove_container(handle.container_id, force=True)
+
+    def removing_or_gone() -> bool:
+        try:
+            return bool(api.inspect_container(handle.container_id)["State"]["Status"] == "removing")
+        except docker.errors.NotFound:
+            return True
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(anyio.to_thread.run_sync, remove_as_someone_else)
+        await until(removing_or_gone, "the other removal to start")
+        await anyio.to_thread.run_sync(docker_driver.destroy, handle.container_id)
+        with pytest.raises(docker.errors.NotFound):
+            api.inspect_container(handle.container_id)

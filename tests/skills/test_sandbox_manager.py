@@ -186,6 +186,19 @@ async def test_strays_are_removed_and_live_ones_kept(
     await manager.destroy(record.id, "destroyed_by_owner")
 
 
+async def test_a_destroy_cancelled_on_its_way_still_removes_the_container(
+    manager: SandboxManager, driver: MemoryDriver
+) -> None:
+    """A server shutting down cancels the reaper between a record's end and its container's
+    removal: the removal still happens, else the container outlives its record."""
+    record = await manager.create("acme", PYTHON, Limits(), 600, None)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await manager.destroy(record.id, "destroyed_by_owner")
+    assert manager.row(record.id).state == "destroyed"
+    assert driver.labels == {} and manager.removing == set()
+
+
 async def test_a_sandbox_stopped_for_its_budget_is_destroyed_and_says_why(manager: SandboxManager) -> None:
     record = await manager.create("acme", PYTHON, Limits(), 600, None)
     await manager.stop_for_budget(record.id)
