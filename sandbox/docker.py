@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,8 +56,9 @@ WORK_DIR = "/work"
 # Time allowed beyond a command's own timeout for the agent to answer.
 DEADLINE_GRACE_S = 15.0
 # The longest a removal someone else started is waited for (a gVisor container takes
-# about a second; a loaded engine, more).
+# about a second; a loaded engine, more), and how often Docker is asked meanwhile.
 REMOVAL_WAIT_S = 60
+REMOVAL_LOOK_EVERY_S = 0.05
 DEFAULT_DISK_ROOT = Path("/var/lib/cloudskills/disks")
 
 
@@ -364,29 +366,28 @@ class DockerDriver:
                 disks.discard(name)
 
     def _remove(self, container_id: str) -> None:
-        try:
-            self._api.remove_container(container_id, force=True, v=True)
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # another removal (the reaper's, a replica's) is under way
-                self._await_removal(container_id)
+        """Remove it, and return only once it is gone: where another removal (the reaper's,
+        a replica's) is under way, Docker answers 409 at once, so ask again until it is
+        gone (a workspace it bound is free only then). Asking again, rather than waiting on
+        Docker's "removed" condition, which also ends when that removal failed."""
+        deadline = time.monotonic() + REMOVAL_WAIT_S
+        while True:
+            try:
+                self._api.remove_container(container_id, force=True, v=True)
                 return
-            raise BackendUnavailable(f"Docker could not remove the sandbox: {exc.explanation}.") from exc
-        except requests.exceptions.RequestException as exc:
-            raise docker_unavailable(exc) from exc
-
-    def _await_removal(self, container_id: str) -> None:
-        """Wait for a removal someone else started: a caller of ``destroy`` is told the
-        container is gone only once it is (a workspace it bound is free, for one)."""
-        try:
-            self._api.wait(container_id, timeout=REMOVAL_WAIT_S, condition="removed")
-        except docker.errors.NotFound:
-            return  # gone before the wait began
-        except docker.errors.APIError as exc:
-            raise BackendUnavailable(f"Docker could not remove the sandbox: {exc.explanation}.") from exc
-        except requests.exceptions.RequestException as exc:
-            raise docker_unavailable(exc) from exc
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise BackendUnavailable(f"Docker could not remove the sandbox: {exc.explanation}.") from exc
+            except requests.exceptions.RequestException as exc:
+                raise docker_unavailable(exc) from exc
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(
+                    f"Docker is still removing the sandbox's container after {REMOVAL_WAIT_S} s; its record "
+                    "has ended and the reaper removes the container, so retry in a minute."
+                )
+            time.sleep(REMOVAL_LOOK_EVERY_S)
 
     def list_labelled(self, labels: dict[str, str]) -> list[LabelledSandbox]:
         filters = [f"{LABEL_MANAGED}=1", *(f"{key}={value}" for key, value in labels.items())]

@@ -21,6 +21,7 @@ billed to the moment it ended.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
@@ -92,7 +93,8 @@ class SandboxManager:
         self.pausing = Pausing(self, pause_policy or PausePolicy())
         self.workers: Workers | None = None  # the replicas sharing the store, where the process has them
         self.background: TaskGroup | None = None  # where removals run, while the process serves
-        self.removing: set[str] = set()
+        # Containers being removed, each counted once per removal under way (two may overlap).
+        self.removing: Counter[str] = Counter()
 
     def billable(self, usage: Usage) -> Usage:
         """The usage, less the disk meter where the price catalog has none (``records.billable``)."""
@@ -304,6 +306,7 @@ class SandboxManager:
             container_id = row.container_id if row is not None and row.state in LIVE_STATES else None
             usage = self._end(session, row, "destroyed", reason)
         if container_id is not None:
+            self.removing[container_id] += 1  # from now on the reaper knows it for ours, not a stray
             if wait or self.background is None:
                 await self._remove(container_id)
             else:
@@ -311,15 +314,16 @@ class SandboxManager:
         return usage
 
     async def _remove(self, container_id: str) -> None:
-        """Remove an ended sandbox's container. Shielded: once its record says it ended, a
-        caller cancelled on the way (a server shutting down) does not leave it behind; and
-        while it goes, the reaper knows it for ours, not a stray to remove beside it."""
-        self.removing.add(container_id)
+        """Remove an ended sandbox's container, which the caller counted in ``removing``.
+        Shielded: once its record says it ended, a caller cancelled on the way (a server
+        shutting down) does not leave it behind."""
         try:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.driver.destroy, container_id)
         finally:
-            self.removing.discard(container_id)
+            self.removing[container_id] -= 1
+            if self.removing[container_id] <= 0:
+                del self.removing[container_id]
 
     async def _remove_quietly(self, container_id: str) -> None:
         try:
@@ -366,7 +370,7 @@ class SandboxManager:
             if state in PAUSED_STATES:
                 await self.pausing.reap(sandbox_id, state, paused_at, container_id in running, reaped)
             # An ended container first: it is billed to the moment it ended, not to now.
-            elif task_id is None and container_id and container_id not in running | self.removing:
+            elif task_id is None and container_id and container_id not in running and container_id not in self.removing:
                 if await self.mark_dead(sandbox_id, container_id) is not None:
                     reaped.append(sandbox_id)
             elif task_id is None and last_used_at + timedelta(seconds=ttl_s) < now:
@@ -392,6 +396,7 @@ class SandboxManager:
         else:
             log.warning("sandbox %s died: %s", sandbox_id, ended.reason)
             await self._mark_ended(sandbox_id, "failed", f"died: {ended.reason}", ended.finished_at)
+        self.removing[container_id] += 1
         await self._remove_quietly(container_id)
         return ended.reason
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from common.errors import CloudSkillsError
 from sandbox.driver import LABEL_SANDBOX, LABEL_WORKER, LabelledSandbox
 from skills.sandbox.records import LIVE_STATES
 from skills.sandbox.rows import Sandbox
@@ -38,7 +39,11 @@ async def remove_strays(manager: SandboxManager, containers: list[LabelledSandbo
         if owned(manager, container.container_id, container.labels.get(LABEL_SANDBOX, "")):
             continue
         log.info("removing stray container %s", container.container_id[:12])
-        await anyio.to_thread.run_sync(manager.driver.destroy, container.container_id)
+        try:
+            await anyio.to_thread.run_sync(manager.driver.destroy, container.container_id)
+        except CloudSkillsError as exc:  # the others still go; the next pass tries this one again
+            log.warning("could not remove stray container %s: %s", container.container_id[:12], exc)
+            continue
         removed.append(container.container_id)
     return removed
 

@@ -196,7 +196,7 @@ async def test_a_destroy_cancelled_on_its_way_still_removes_the_container(
         scope.cancel()
         await manager.destroy(record.id, "destroyed_by_owner")
     assert manager.row(record.id).state == "destroyed"
-    assert driver.labels == {} and manager.removing == set()
+    assert driver.labels == {} and not manager.removing
 
 
 async def test_a_sandbox_stopped_for_its_budget_is_destroyed_and_says_why(manager: SandboxManager) -> None:
