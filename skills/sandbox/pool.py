@@ -177,7 +177,14 @@ class WarmPool:
                 await self._discard(warm)  # its engine takes nothing new: a warm one there neither
                 continue
             self._claiming.add(warm.sandbox_id)
-            if await anyio.to_thread.run_sync(self.driver.ping, warm.handle):
+            try:
+                alive = await anyio.to_thread.run_sync(self.driver.ping, warm.handle)
+            except BaseException:
+                # The claimer was cancelled (its client went away): the warm one goes back
+                # untouched, not left claimed by nobody until the process ends.
+                self.give_back(warm)
+                raise
+            if alive:
                 self._count(shape, "claimed")
                 return warm
             self._claiming.discard(warm.sandbox_id)

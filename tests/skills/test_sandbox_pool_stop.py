@@ -98,3 +98,20 @@ async def test_a_claim_takes_the_warm_sandbox_on_the_engine_with_the_most_room()
         claimed = await pool.claim(shape)
         assert claimed is not None and claimed.handle.container_id == ids[1]
         group.cancel_scope.cancel()
+
+
+async def test_a_claim_cancelled_before_its_ping_gives_the_warm_sandbox_back() -> None:
+    driver = MemoryDriver()
+    shape = Shape("python", "img")
+    pool = WarmPool(driver, "store", [shape], size=1, memory_budget_mib=4096)
+    async with anyio.create_task_group() as group:
+        group.start_soon(pool.run)
+        await until(lambda: pool.ready == 1, "the pool full")
+        warm = pool._ready[shape][0]
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # the claimer's client went away as it claimed
+            await pool.claim(shape)
+        assert list(pool._ready[shape]) == [warm] and warm.sandbox_id not in pool._claiming
+        claimed = await pool.claim(shape)
+        assert claimed is warm
+        group.cancel_scope.cancel()
