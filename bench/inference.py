@@ -18,7 +18,8 @@ greedy sampling, each engine in a process of its own with every core:
 
 At each level the engines run in turn, so the machine's noise falls on all alike, and each
 round's tokens/s is also divided by llama-server's in the same round: the median of those
-paired ratios and their range show what the machine's noise left of a difference. The
+paired ratios and their range show what the machine's noise left of a difference; so does
+each round's TTFT p95 less llama-server's. The
 callers are a closed loop: each of ``concurrency`` sends its next request when its last
 one ends, ``requests`` in all. Definitions of TTFT, TPOT and ITL: bench/inference_clients.py.
 Cost per million output tokens: a machine with this one's cores and the memory the engine's
@@ -54,6 +55,7 @@ from tests.mcp_helpers import http_client
 NAMES = ["cloudskills /v1", "cloudskills MCP", "llama-server", "llama-cpp-python"]
 COLUMNS = ["engine", "conc", "req/s", "out tok/s", "TTFT p50/p95/p99 ms", "TPOT p50/p95/p99 ms"]
 COLUMNS += ["ITL p50/p95/p99 ms", "USD/Mtok out", "vs llama-server per round: median (min-max)"]
+COLUMNS += ["TTFT p95 - llama-server's per round: median (min, max) ms"]
 BASELINE = "llama-server"
 
 
@@ -78,7 +80,17 @@ def paired_ratios(runs: list[Run], baseline: list[Run]) -> str:
     return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
-def row(name: str, concurrency: int, run: Run, cost: float, paired: str) -> list[str]:
+def paired_ttft_p95(runs: list[Run], baseline: list[Run]) -> str:
+    """Each round's TTFT p95 less the baseline's in the same round, in ms: median (min, max)."""
+    if not runs or len(runs) != len(baseline):
+        return "-"
+    differences = [
+        run.metrics()["ttft_p95"] - base.metrics()["ttft_p95"] for run, base in zip(runs, baseline, strict=True)
+    ]
+    return f"{statistics.median(differences):+.0f} ({min(differences):+.0f}, {max(differences):+.0f})"
+
+
+def row(name: str, concurrency: int, run: Run, cost: float, paired: str, paired_ttft: str) -> list[str]:
     m = run.metrics()
 
     def three(kind: str) -> str:
@@ -94,6 +106,7 @@ def row(name: str, concurrency: int, run: Run, cost: float, paired: str) -> list
         three("itl"),
         f"{cost:.4f}",
         paired,
+        paired_ttft,
     ]
 
 
@@ -208,15 +221,18 @@ async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int, 
                         memory[name] = max(memory[name], used)
                         print(
                             f"{name} at {concurrency}, round {round_ + 1}: "
-                            f"{run.metrics()['output_tokens_per_s']:.1f} tokens/s",
+                            f"{run.metrics()['output_tokens_per_s']:.1f} tokens/s, "
+                            f"TTFT p95 {run.metrics()['ttft_p95']:.0f} ms",
                             file=sys.stderr,
                             flush=True,
                         )
                 for name in only:
                     merged = Run([r for run in runs[name] for r in run.records], sum(run.wall for run in runs[name]))
                     cost = machine_cost_per_mtok(catalog, merged.output_tokens / merged.wall, memory[name])
-                    paired = paired_ratios(runs[name], runs.get(BASELINE, [])) if name != BASELINE else "1"
-                    table.append(row(name, concurrency, merged, cost, paired))
+                    baseline = runs.get(BASELINE, [])
+                    paired = paired_ratios(runs[name], baseline) if name != BASELINE else "1"
+                    paired_ttft = paired_ttft_p95(runs[name], baseline) if name != BASELINE else "0"
+                    table.append(row(name, concurrency, merged, cost, paired, paired_ttft))
     print_table(table, requests, max_tokens, catalog)
 
 
