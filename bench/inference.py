@@ -69,24 +69,29 @@ def machine_cost_per_mtok(catalog: PriceCatalog, tokens_per_s: float, memory_gib
     return micros_per_hour / (tokens_per_s * 3600) if tokens_per_s else float("nan")
 
 
+def per_round(runs: list[Run], baseline: list[Run], compare: Callable[[Run, Run], float]) -> list[float]:
+    """``compare(run, base)`` for each round against the baseline's run of the same round;
+    none when the two do not pair up round for round."""
+    if not runs or len(runs) != len(baseline):
+        return []
+    return [compare(run, base) for run, base in zip(runs, baseline, strict=True)]
+
+
 def paired_ratios(runs: list[Run], baseline: list[Run]) -> str:
     """Each round's output tokens/s over the baseline's in the same round: median (min-max)."""
-    if not runs or len(runs) != len(baseline):
+    ratios = per_round(
+        runs, baseline, lambda run, base: run.output_tokens / run.wall / (base.output_tokens / base.wall)
+    )
+    if not ratios:
         return "-"
-    ratios = [
-        run.output_tokens / run.wall / (base.output_tokens / base.wall)
-        for run, base in zip(runs, baseline, strict=True)
-    ]
     return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def paired_ttft_p95(runs: list[Run], baseline: list[Run]) -> str:
     """Each round's TTFT p95 less the baseline's in the same round, in ms: median (min, max)."""
-    if not runs or len(runs) != len(baseline):
+    differences = per_round(runs, baseline, lambda run, base: run.metrics()["ttft_p95"] - base.metrics()["ttft_p95"])
+    if not differences:
         return "-"
-    differences = [
-        run.metrics()["ttft_p95"] - base.metrics()["ttft_p95"] for run, base in zip(runs, baseline, strict=True)
-    ]
     return f"{statistics.median(differences):+.0f} ({min(differences):+.0f}, {max(differences):+.0f})"
 
 
@@ -219,10 +224,10 @@ async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int, 
                                 run, used = await closed_loop(concurrency, n, client.one), rss_gib(engine_pid)
                         runs[name].append(run)
                         memory[name] = max(memory[name], used)
+                        measured = run.metrics()
                         print(
                             f"{name} at {concurrency}, round {round_ + 1}: "
-                            f"{run.metrics()['output_tokens_per_s']:.1f} tokens/s, "
-                            f"TTFT p95 {run.metrics()['ttft_p95']:.0f} ms",
+                            f"{measured['output_tokens_per_s']:.1f} tokens/s, TTFT p95 {measured['ttft_p95']:.0f} ms",
                             file=sys.stderr,
                             flush=True,
                         )
