@@ -1,5 +1,5 @@
 """An OpenAI-compatible API on the HTTP server: ``/v1/chat/completions`` (streamed or
-not), ``/v1/embeddings`` and ``/v1/models``.
+not), ``/v1/embeddings``, ``/v1/models`` and ``/v1/models/{model}``.
 
 Each request is a call of a tool (``inference_generate``, ``inference_embed``,
 ``inference_models``) on the one call path: its arguments validated once
@@ -11,7 +11,7 @@ A request refused before any text exists (a bad key, bad arguments, the budget, 
 quota, a backend down) gets its HTTP status and an OpenAI error body; a stream only
 starts with the first piece of text, so a refusal is never hidden in a 200. An error
 after that ends the stream with an ``error`` event. A client that hangs up cancels
-its task.
+its task. Any other path under ``/v1``, or a wrong method, gets an OpenAI error too.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Receive, Scope, Send
 
 from common.errors import CloudSkillsError
@@ -43,8 +43,9 @@ log = logging.getLogger("cloudskills.openai")
 Event = tuple[str, Any]
 
 
-def error_response(refusal: wire.Refused) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if refusal.status == 401 else None
+def error_response(refusal: wire.Refused, headers: dict[str, str] | None = None) -> JSONResponse:
+    if refusal.status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(refusal.body(), status_code=refusal.status, headers=headers)
 
 
@@ -95,9 +96,18 @@ def handled(
 
 
 async def models(app: App, request: Request) -> Response:
+    return JSONResponse(wire.model_list(await offered(app, request)))
+
+
+async def model(app: App, request: Request) -> Response:
+    return JSONResponse(wire.model_of(await offered(app, request), request.path_params["model"]))
+
+
+async def offered(app: App, request: Request) -> dict[str, Any]:
+    """``inference_models``' result, a task of the key's tenant like any other call."""
     caller = caller_of(request)
     outcome = await app.call(caller.tenant_id, "inference_models", {}, agent=caller.agent)
-    return JSONResponse(wire.model_list(outcome.unwrap()))
+    return outcome.unwrap()
 
 
 async def embeddings(app: App, request: Request) -> Response:
@@ -214,8 +224,52 @@ async def sse(send: Send, data: dict[str, Any] | BaseModel) -> None:
 
 def openai_routes(app: App) -> list[BaseRoute]:
     """The API's routes, for the server's ASGI app (runtime/server.py ``http_app``)."""
-    return [
+    served = [
         Route("/v1/models", handled(models, app), methods=["GET"]),
+        # ``path``: a model's name may hold a slash (``org/model``), as OpenAI clients send it.
+        Route("/v1/models/{model:path}", handled(model, app), methods=["GET"]),
         Route("/v1/chat/completions", handled(chat_completions, app), methods=["POST"]),
         Route("/v1/embeddings", handled(embeddings, app), methods=["POST"]),
     ]
+    # Every method, named: a Route of a function takes GET alone unless told.
+    every_method = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return [*served, Route("/v1/{path:path}", unserved(served), methods=every_method)]
+
+
+def unserved(served: list[Route]) -> Callable[[Request], Awaitable[Response]]:
+    """The rest of /v1 as OpenAI errors (404, or 405 for a served path asked with another
+    method) rather than Starlette's plain text, which OpenAI clients cannot read. Starlette
+    tries this route last and prefers it, a full match, to a served path's method mismatch,
+    so it tells the two apart itself."""
+
+    async def answer(request: Request) -> Response:
+        allowed = sorted(
+            {
+                method
+                for route in served
+                if route.matches(request.scope)[0] == Match.PARTIAL
+                for method in route.methods or ()
+            }
+        )
+        if allowed:
+            refusal = wire.Refused(
+                405,
+                f"{request.method} is not allowed on {request.url.path}: use {' or '.join(allowed)}.",
+                code="method_not_allowed",
+            )
+            return error_response(refusal, {"Allow": ", ".join(allowed)})
+        return error_response(
+            wire.Refused(
+                404,
+                f"no endpoint {request.method} {request.url.path}: this API serves "
+                f"{', '.join(described(route) for route in served)}.",
+                code="unknown_url",
+            )
+        )
+
+    return answer
+
+
+def described(route: Route) -> str:
+    # Starlette adds HEAD to every GET route: no client of this API means that one.
+    return f"{' or '.join(sorted((route.methods or set()) - {'HEAD'}))} {route.path}"

@@ -86,9 +86,38 @@ def refused(exc: CloudSkillsError) -> Refused:
 
 
 def text_of(message: ChatMessage) -> str:
+    """The message's text; a part of another kind is refused, as the models would never see it."""
     if isinstance(message.content, list):
-        return "".join(part.text or "" for part in message.content if part.type == "text")
+        for part in message.content:
+            if part.type != "text":
+                raise Refused(
+                    400,
+                    f"a {message.role} message has a content part of type {part.type!r}: the served models "
+                    "take text only. Send the content as text parts "
+                    '({"type": "text", "text": ...}), or leave that part out.',
+                    code="unsupported_content",
+                )
+        return "".join(part.text or "" for part in message.content)
     return message.content or ""
+
+
+def max_tokens_of(request: ChatRequest) -> int:
+    """The request's bound on generated tokens: max_completion_tokens (OpenAI's newer name)
+    if given, else max_tokens, else ours. 0 is given, not absent: read as absent, it would
+    generate (and bill) DEFAULT_MAX_TOKENS tokens instead of refusing."""
+    name, given = "max_completion_tokens", request.max_completion_tokens
+    if given is None:
+        name, given = "max_tokens", request.max_tokens
+    if given is None:
+        return DEFAULT_MAX_TOKENS
+    if given < 1:
+        raise Refused(
+            400,
+            f"{name} must be at least 1, not {given}: ask for 1 or more tokens, "
+            f"or leave it out for at most {DEFAULT_MAX_TOKENS}.",
+            code="invalid_input",
+        )
+    return given
 
 
 def generate_arguments(request: ChatRequest) -> dict[str, Any]:
@@ -100,7 +129,7 @@ def generate_arguments(request: ChatRequest) -> dict[str, Any]:
         "messages": [
             {"role": "system" if m.role == "developer" else m.role, "content": text_of(m)} for m in request.messages
         ],
-        "max_tokens": request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS,
+        "max_tokens": max_tokens_of(request),
     }
     if request.temperature is not None:
         arguments["temperature"] = request.temperature
@@ -175,17 +204,31 @@ def embeddings(result: dict[str, Any], encoding: str) -> dict[str, Any]:
 
 
 def model_list(result: dict[str, Any]) -> dict[str, Any]:
+    return {"object": "list", "data": offered_models(result)}
+
+
+def model_of(result: dict[str, Any], name: str) -> dict[str, Any]:
+    """The model ``model_list`` lists as ``name``; a 404 for one it does not list."""
+    for model in offered_models(result):
+        if model["id"] == name:
+            return model
+    raise Refused(
+        404,
+        f"no model {name!r} is offered: GET /v1/models lists the ones that are.",
+        code="model_not_found",
+    )
+
+
+def offered_models(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The models ``inference_models``' result says are available now, as OpenAI's model objects."""
+    return [model_object(model) for model in result["models"] if model["available"]]
+
+
+def model_object(model: dict[str, Any]) -> dict[str, Any]:
     return {
-        "object": "list",
-        "data": [
-            {
-                "id": model["name"],
-                "object": "model",
-                "created": 0,
-                "owned_by": "cloudskills",
-                "context_length": model["context_length"],
-            }
-            for model in result["models"]
-            if model["available"]
-        ],
+        "id": model["name"],
+        "object": "model",
+        "created": 0,
+        "owned_by": "cloudskills",
+        "context_length": model["context_length"],
     }

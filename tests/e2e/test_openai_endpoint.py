@@ -15,7 +15,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from runtime.storage import open_store
 from runtime.tenants import create_key, create_tenant, list_keys, revoke_key
@@ -112,6 +112,11 @@ def held(store: Store, tenant: str) -> int:
         row = session.get(Tenant, tenant)
         assert row is not None
         return row.held_micros
+
+
+def tasks_made(store: Store) -> int:
+    with store.transaction() as session:
+        return session.scalar(select(func.count()).select_from(Task)) or 0
 
 
 def assert_billed(store: Store, task_id: str, usage: Any) -> None:
@@ -250,6 +255,76 @@ async def test_bad_requests_are_openai_errors(api: Api) -> None:
             f"{api.base_url}/chat/completions", content=b"{not json", headers={"Authorization": f"Bearer {api.key}"}
         )
     assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_max_tokens_of_zero_is_refused_not_taken_as_unset(api: Api) -> None:
+    """0 is a value, refused like -1: never read as "not given", which would generate (and
+    bill) the default's 512 tokens, or fall through from max_completion_tokens to max_tokens."""
+    client = api.client()
+    before = tasks_made(api.store)
+    with pytest.raises(openai.BadRequestError) as zero:
+        await client.chat.completions.create(model=DEFAULT_MODEL, messages=QUESTION, max_tokens=0)
+    assert "max_tokens must be at least 1" in zero.value.message
+    with pytest.raises(openai.BadRequestError) as zero_completion:
+        await client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=QUESTION, max_completion_tokens=0, max_tokens=8
+        )
+    body: Any = zero_completion.value.body
+    assert body["type"] == "invalid_request_error" and "max_completion_tokens must be at least 1" in body["message"]
+    assert tasks_made(api.store) == before and held(api.store, "local") == 0
+    # A max_completion_tokens that is given wins over max_tokens, as in OpenAI's API.
+    answer = await client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=QUESTION, max_completion_tokens=2, max_tokens=50
+    )
+    assert answer.usage is not None and answer.usage.completion_tokens <= 2
+
+
+async def test_image_and_audio_parts_are_refused_before_any_task(api: Api) -> None:
+    """The served models read text only: a part they would drop unread is refused, never
+    answered (and billed) as if it had not been sent."""
+    client = api.client()
+    before = tasks_made(api.store)
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    for part in (image, audio):
+        for stream in (False, True):
+            messages: list[Any] = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]}]
+            with pytest.raises(openai.BadRequestError) as refused:
+                await client.chat.completions.create(
+                    model=DEFAULT_MODEL, messages=messages, max_tokens=4, stream=stream
+                )
+            body: Any = refused.value.body
+            assert body["type"] == "invalid_request_error" and body["code"] == "unsupported_content"
+            assert part["type"] in body["message"] and "text parts" in body["message"]
+    assert tasks_made(api.store) == before and held(api.store, "local") == 0
+    text_parts: list[Any] = [{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}]
+    answer = await client.chat.completions.create(model=DEFAULT_MODEL, messages=text_parts, max_tokens=2)
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+
+async def test_one_model_is_retrieved_as_it_is_listed(api: Api) -> None:
+    client = api.client()
+    listed = {model.id: model async for model in client.models.list()}
+    one = await client.models.retrieve(DEFAULT_MODEL)
+    assert one.model_dump() == listed[DEFAULT_MODEL].model_dump()
+    with pytest.raises(openai.NotFoundError) as unknown:
+        await client.models.retrieve("gpt-9")
+    body: Any = unknown.value.body
+    assert body["code"] == "model_not_found" and "/v1/models" in body["message"]
+    with pytest.raises(openai.AuthenticationError):
+        await api.client("csk_not-a-real-key").models.retrieve(DEFAULT_MODEL)
+
+
+async def test_unknown_paths_and_wrong_methods_get_openai_errors(api: Api) -> None:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {api.key}"}) as raw:
+        nowhere = await raw.post(f"{api.base_url}/completions", json={})
+        wrong = await raw.get(f"{api.base_url}/chat/completions")
+        posted = await raw.post(f"{api.base_url}/models", json={})
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["code"] == "unknown_url"
+    assert "/v1/chat/completions" in nowhere.json()["error"]["message"], "it names what there is"
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["error"]["type"] == "invalid_request_error" and "POST" in wrong.json()["error"]["message"]
+    assert posted.status_code == 405 and posted.json()["error"]["code"] == "method_not_allowed"
 
 
 async def test_a_client_that_hangs_up_mid_stream_cancels_its_task(api: Api) -> None:
