@@ -147,8 +147,11 @@ class Scheduler:
         # An op that is never refused for money holds nothing (see OpBinding).
         hold = 0 if binding.always_admitted else self.catalog.worst_case(binding.key, worst)
         # With a slot free the task is stored already running: one transaction
-        # fewer than queued-then-claimed, for what is most calls.
-        starts_now = place is None and self._group is not None and self._slots > 0 and not self._queue
+        # fewer than queued-then-claimed, for what is most calls. A read, a delete or a
+        # cancel starts at once even when every slot is taken: long calls (a tenant's
+        # generations) must never keep anyone from listing, cancelling or deleting.
+        free = self._slots > 0 and not self._queue
+        starts_now = place is None and self._group is not None and (free or binding.always_admitted)
         now = utcnow()
         timeout_s = binding.timeout_s(args)
         stored_args = as_json(args)
@@ -226,7 +229,7 @@ class Scheduler:
         any more: claimed meanwhile by a server where its resource lives, or ended already."""
         claimed = self._claim(task_id)  # taken from the queue first, so no one else can start it
         if claimed is not None:
-            self._finish(task_id, state, None, error, Usage(), claimed)
+            self._finish(task_id, state, None, error, Usage(), claimed, started=False)
 
     def settle_stopped(self, task_id: str, error: CloudSkillsError) -> None:
         """Fail a task whose server stopped midway (nothing charged), unless it has ended already."""
@@ -295,7 +298,8 @@ class Scheduler:
             scope.cancel()
             await self.wait(task_id)
         else:
-            self._finish(task_id, "cancelled", None, Cancelled("the task was cancelled before it started."), Usage())
+            error = Cancelled("the task was cancelled before it started; nothing was charged.")
+            self._finish(task_id, "cancelled", None, error, Usage(), started=False)
         return self.get(tenant_id, task_id).state
 
     # -- the workers' side -------------------------------------------------
@@ -385,7 +389,9 @@ class Scheduler:
             self._running.pop(task_id, None)
             self._progress.pop(task_id, None)
             self._args.pop(task_id, None)
-        return self._finish(task_id, state, result, error, ctx.usage, task, claim_next=True, keep_result=keep)
+        # A task that started beyond the slots (``submit``) leaves the next queued one to a slot.
+        within = self._slots >= 0
+        return self._finish(task_id, state, result, error, ctx.usage, task, claim_next=within, keep_result=keep)
 
     def _finish(
         self,
@@ -397,19 +403,22 @@ class Scheduler:
         claimed: Claimed | None = None,
         claim_next: bool = False,
         keep_result: bool = False,
+        started: bool = True,
     ) -> Claimed | None:
         """Record the final state and settle the task's money, in one transaction; the
         result is the op's output with the task's id and cost added, stored whole with
         ``keep_result`` and as details otherwise (see scheduler.task_details).
 
         With ``claim_next`` the same transaction also claims the oldest queued
-        task, which is returned for the caller's slot to run next."""
+        task, which is returned for the caller's slot to run next. A task that never
+        ``started`` costs nothing, as does one that failed, unused, for a reason in
+        FREE_WHEN_UNUSED."""
         following: Claimed | None = None
         self._args.pop(task_id, None)
         with self.store.transaction() as session:
             task = claimed or session.connection().execute(SETTLING, {"task_id": task_id}).one()
             op_key = f"{task.skill}.{task.op}"
-            free = isinstance(error, FREE_WHEN_UNUSED) and usage == Usage()
+            free = (not started or isinstance(error, FREE_WHEN_UNUSED)) and usage == Usage()
             charges = [] if free else self.catalog.task_charges(op_key, usage)
             binding = self._bindings.get(op_key)
             if charges and binding is not None and binding.always_admitted:

@@ -103,6 +103,9 @@ class Op(Generic[In, Out]):
     # Ends a resource or a task (a delete, a destroy, a cancel): like a read, it is
     # never refused for money, since it can only lower what the tenant spends.
     releases: bool = False
+    # Sells compute by the token though it changes nothing (an embedding): held ahead and
+    # refused for money like any paid op, where a plain read is never refused.
+    metered: bool = False
     timeout_s: Callable[[In], float] = lambda args: 60.0
     worst_case: Callable[[In], Usage] = lambda args: Usage()
     # Whether a call may take long: a client that declares MCP tasks then gets a
@@ -123,7 +126,7 @@ class Op(Generic[In, Out]):
 
     @property
     def always_admitted(self) -> bool:
-        return self.read_only or self.releases
+        return (self.read_only or self.releases) and not self.metered
 
     @property
     def wire_output(self) -> type[BaseModel]:

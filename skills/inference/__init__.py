@@ -37,6 +37,7 @@ SKILL = skill_from_doc(
             m.EmbedOutput,
             ops.embed,
             read_only=True,
+            metered=True,
             idempotent=True,
             timeout_s=lambda a: ops.GENERATE_DEADLINE_S,
             worst_case=ops.embed_worst_case,

@@ -10,7 +10,7 @@ from scheduler.tasks import TaskContext, TextReports
 from skills.base import Money
 from skills.inference import models as m
 from skills.inference.catalog import ModelCatalog
-from skills.inference.engines.base import GenerateRequest, Message, prompt_bound
+from skills.inference.engines.base import GenerateRequest, Message, Spent, prompt_bound
 from skills.inference.pool import BackendStatus
 
 # Beyond the engine's own time: loading the model on first use, queueing for a slot.
@@ -114,15 +114,15 @@ async def generate(ctx: TaskContext, args: m.GenerateInput) -> m.GenerateOutput:
             first.append(time.monotonic())
         await reports.add(text)
 
-    completion = await engine.generate(ctx.tenant_id, request, on_text)
+    try:
+        completion = await engine.generate(ctx.tenant_id, request, on_text)
+    except BaseException:
+        # Cancelled or past its deadline: what the model produced until then is billed.
+        ctx.add_usage(token_usage(args.model, request.spent))
+        raise
     await reports.flush()
     ctx.add_usage(
-        Usage.tokens(
-            args.model,
-            input=completion.prompt_tokens - completion.cached_tokens,
-            cached_input=completion.cached_tokens,
-            output=completion.completion_tokens,
-        )
+        token_usage(args.model, Spent(completion.prompt_tokens, completion.cached_tokens, completion.completion_tokens))
     )
     return m.GenerateOutput(
         model=args.model,
@@ -136,6 +136,15 @@ async def generate(ctx: TaskContext, args: m.GenerateInput) -> m.GenerateOutput:
         max_tokens=args.max_tokens,
         time_to_first_token_ms=int((first[0] - started) * 1000) if first else None,
         duration_ms=int((time.monotonic() - started) * 1000),
+    )
+
+
+def token_usage(model: str, spent: Spent) -> Usage:
+    return Usage.tokens(
+        model,
+        input=spent.prompt_tokens - spent.cached_tokens,
+        cached_input=spent.cached_tokens,
+        output=spent.completion_tokens,
     )
 
 

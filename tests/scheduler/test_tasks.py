@@ -174,6 +174,45 @@ async def test_cancel_stops_a_running_task(store: Store) -> None:
     assert tenant(store).held_micros == 0
 
 
+async def test_a_task_cancelled_before_it_started_costs_nothing(store: Store) -> None:
+    scheduler = scheduler_on(store)  # not serving: the task stays queued
+    task_id = scheduler.submit("acme", OK, {})
+    assert tenant(store).held_micros > 0
+    assert await scheduler.cancel("acme", task_id) == "cancelled"
+    assert ledger_total(store) == 0, "no fee for a task that never ran"
+    assert tenant(store).held_micros == 0
+    assert "nothing was charged" in (scheduler.get("acme", task_id).error_message or "")
+
+
+async def test_reads_and_cancels_start_while_long_tasks_hold_every_slot(store: Store) -> None:
+    """One tenant's long calls fill the slots: a list, and the cancel that stops them, still
+    run at once, and the queued call waits for a slot, not for the reads."""
+    running = anyio.Event()
+
+    async def announcing(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+        running.set()
+        return await sleepy_handler(ctx, args)
+
+    long_call = OpBinding("t", "sleepy", announcing, worst_case=SLEEPY.worst_case)
+    listing = OpBinding("t", "list", ok_handler, always_admitted=True)
+    scheduler = Scheduler(store, CATALOG, concurrency=1)
+    for binding in (long_call, listing, OK):
+        scheduler.bind(binding)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        long_id = scheduler.submit("acme", long_call, {})
+        with anyio.fail_after(10):
+            await running.wait()  # the only slot is taken
+            queued = scheduler.submit("acme", OK, {"value": 1})
+            listed = await scheduler.run("acme", listing, {"value": "here"})
+            assert listed.state == "succeeded" and (listed.result or {}).get("echo") == "here"
+            assert scheduler.get("acme", queued).state == "queued", "a paid call still waits for a slot"
+            assert await scheduler.cancel("acme", long_id) == "cancelled"
+            done = await scheduler.wait(queued)
+            assert done.state == "succeeded"
+        group.cancel_scope.cancel()
+
+
 async def test_cancel_of_another_tenants_task_is_not_found(store: Store) -> None:
     ensure_tenant(store, "other")
     scheduler = scheduler_on(store)

@@ -19,6 +19,7 @@ from runtime.app import App
 from runtime.settings import Settings, load_settings
 from runtime.tenants import ensure_tenant
 from scheduler.models import LedgerEntry, Task, Tenant
+from scheduler.pricing import Usage
 from skills.inference.catalog import ModelCatalog
 from skills.inference.engines.llama import DEFAULT_MODEL, LlamaEngine, default_model_path
 from skills.inference.slots import FairSlots
@@ -140,6 +141,62 @@ async def test_generate_streams_progress_and_bills_the_reported_tokens(model_app
     assert held(model_app) == 0
 
 
+async def test_a_generation_cancelled_midway_is_billed_for_the_tokens_it_produced(model_app: App) -> None:
+    """The caller cancels once the first text has reached it: the model had computed the
+    prompt and sampled at least that token, and the task bills them, not only its fee."""
+    messages = [{"role": "user", "content": "Write a very long story about a lighthouse keeper."}]
+    async with mcp_client(model_app) as client:
+        measured = await call(client, "inference_generate", messages=messages, max_tokens=1, temperature=0)
+        prompt_tokens = measured["usage"]["prompt_tokens"]
+        with anyio.CancelScope() as scope:
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                if message:
+                    scope.cancel()  # the caller goes: MCP's notifications/cancelled
+
+            await client.call_tool(
+                "inference_generate",
+                {"messages": messages, "max_tokens": 1000, "temperature": 0},
+                progress_callback=on_progress,
+            )
+        assert scope.cancelled_caught, "the call was cancelled before it ended"
+
+    def cancelled() -> Task | None:
+        with model_app.store.transaction() as session:
+            task = session.scalars(select(Task).where(Task.op == "generate").order_by(Task.created_at.desc())).first()
+        return task if task is not None and task.state == "cancelled" else None
+
+    await until(lambda: cancelled() is not None, "the cancelled task settled")
+    task = cancelled()
+    assert task is not None
+    items = ledger_items(model_app, task.id)
+    output = items.get(f"tokens.output:{DEFAULT_MODEL}", 0)
+    prompt = items.get(f"tokens.input:{DEFAULT_MODEL}", 0) + items.get(f"tokens.cached_input:{DEFAULT_MODEL}", 0)
+    assert 1 <= output < 1000, "the tokens sampled before the cancel are billed"
+    assert prompt == prompt_tokens, "the prompt it computed (or read from the cache) is billed"
+    assert task.cost_micros > items.get("task_fee", 0) > 0
+    assert held(model_app) == 0
+
+
+async def test_a_prompt_the_template_adds_a_system_prompt_to_is_charged_in_full(model_app: App) -> None:
+    """The default model's template puts in a system prompt of its own when the messages have
+    none: the hold covers it, so the charge is what the tokens cost, never cut to the hold."""
+    async with mcp_client(model_app) as client:
+        out = await call(
+            client, "inference_generate", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0
+        )
+    usage = out["usage"]
+    assert usage["prompt_tokens"] > len("hi") + 8 + 8, "the template added text of its own"
+    used = Usage.tokens(
+        DEFAULT_MODEL,
+        input=usage["prompt_tokens"] - usage["cached_tokens"],
+        cached_input=usage["cached_tokens"],
+        output=usage["completion_tokens"],
+    )
+    priced = model_app.catalog.task_charges("inference.generate", used)
+    assert out["cost"]["micros"] == sum(charge.amount_micros for charge in priced)
+
+
 async def generate_in_a_new_app(times: int, **arguments: Any) -> list[dict[str, Any]]:
     """``times`` equal calls, the first on a fresh model context, in an app of their own."""
     application = App(load_settings(pool_size=0, reap_interval_s=0.2))
@@ -216,6 +273,24 @@ async def test_embeddings(model_app: App) -> None:
         out = await call(client, "inference_embed", input=["a cat", "a dog"])
     assert len(out["vectors"]) == 2 and out["dimensions"] > 100
     assert out["vectors"][0] != out["vectors"][1] and out["prompt_tokens"] > 0
+
+
+async def test_embeddings_are_held_for_and_refused_when_the_budget_cannot_cover_them(model_app: App) -> None:
+    """An embedding changes nothing, but it sells tokens: unlike a read, it is refused for
+    money, and a tenant with a few micro-units left cannot embed for free."""
+    async with mcp_client(model_app) as client:
+        paid = await call(client, "inference_embed", input=["a cat"])
+        assert ledger_items(model_app, paid["task_id"])[f"tokens.input:{paid['model']}"] == paid["prompt_tokens"]
+        with model_app.store.transaction() as session:
+            tenant = session.get(Tenant, model_app.settings.tenant)
+            assert tenant is not None
+            tenant.budget_micros = tenant.spent_micros + 17
+        refused = await call_error(client, "inference_embed", input=["a long text to embed"] * 64)
+        assert "budget" in refused and "raise the budget" in refused
+        listed = await call(client, "inference_models")
+        assert listed["models"], "a read still works for a tenant out of budget"
+        assert listed["cost"]["micros"] == 0, "listing the models is free, as every list is"
+    assert held(model_app) == 0
 
 
 async def test_an_openai_compatible_endpoint_up_down_and_slow(settings: Settings, openai_server: str) -> None:

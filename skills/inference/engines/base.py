@@ -69,6 +69,25 @@ class Message:
     content: str
 
 
+@dataclass
+class Spent:
+    """What an engine had done for a request when the request was stopped (its caller
+    cancelled it, or its deadline passed): the prompt tokens it computed or read from its
+    cache, and the tokens it sampled. It stays zero for a request that failed before the
+    model did anything, and for one that finished (its Completion says what it used)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+    def record(self, other: Spent) -> None:
+        self.prompt_tokens, self.cached_tokens, self.completion_tokens = (
+            other.prompt_tokens,
+            other.cached_tokens,
+            other.completion_tokens,
+        )
+
+
 @dataclass(frozen=True)
 class GenerateRequest:
     messages: list[Message]
@@ -76,6 +95,9 @@ class GenerateRequest:
     temperature: float
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Filled in by the engine that was generating when the request was stopped, so that
+    # what it produced until then is billed.
+    spent: Spent = field(default_factory=Spent, compare=False)
 
 
 @dataclass(frozen=True)
@@ -107,10 +129,16 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
 
+# What a chat template may add beyond each message's framing: a default system prompt it
+# puts in when the messages have none (SmolLM2's is 15 tokens, Llama 3's about 25).
+TEMPLATE_PREAMBLE = 128
+
+
 def prompt_bound(messages: list[Message]) -> int:
-    """At most how many tokens these messages make: no token covers less than a byte,
-    and a chat template adds a few per message."""
-    return sum(len(m.content.encode()) + len(m.role) + 8 for m in messages) + 8
+    """At most how many tokens these messages make as a prompt: no token covers less than
+    a byte, a chat template adds a few per message, and perhaps a preamble of its own. The
+    hold at admission is priced from it, and a task is never charged more than it held."""
+    return sum(len(m.content.encode()) + len(m.role) + 8 for m in messages) + 8 + TEMPLATE_PREAMBLE
 
 
 def as_dicts(messages: list[Message]) -> list[dict[str, Any]]:

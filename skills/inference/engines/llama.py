@@ -138,6 +138,7 @@ class LlamaEngine:
                     batcher.poke()
                     with anyio.CancelScope(shield=True):
                         await seq.stopped()
+                request.spent.record(seq.spent())  # what it produced until then is billed
                 raise
 
     @staticmethod

@@ -49,7 +49,7 @@ import anyio
 import numpy as np
 
 from common.errors import BackendUnavailable, Cancelled
-from skills.inference.engines.base import Completion, GenerateRequest, OnText
+from skills.inference.engines.base import Completion, GenerateRequest, OnText, Spent
 from skills.inference.engines.llama_cpu import model_params
 from skills.inference.engines.llama_handover import Handover
 from skills.inference.engines.llama_lanes import Lane, prefix_source, share_lanes
@@ -107,6 +107,17 @@ class Sequence:
         while self.result is None:
             self.wake = anyio.Event()
             await self.wake.wait()
+
+    def spent(self) -> Spent:
+        """What the engine did for the request, read once the thread has let go of it: all of
+        it when it finished, what it had decoded when it was cancelled, nothing when the
+        engine failed (a failed attempt costs nothing)."""
+        if isinstance(self.result, Completion):
+            done = self.result
+            return Spent(done.prompt_tokens, done.cached_tokens, done.completion_tokens)
+        if isinstance(self.result, Cancelled) and self.n_past > self.cached:
+            return Spent(min(self.n_past, len(self.prompt)), self.cached, self.sampled)
+        return Spent()
 
 
 Handed = tuple[Sequence, str, Completion | BaseException | None]

@@ -24,6 +24,7 @@ from skills.inference.engines.base import (
     GenerateRequest,
     ModelSpec,
     OnText,
+    Spent,
     as_dicts,
 )
 from skills.inference.slots import FairSlots
@@ -74,7 +75,7 @@ class OpenAIEngine:
             body["seed"] = request.seed
         async with self.slots.slot(tenant), self._reaching():
             if self.spec.stream:
-                return await self._streamed(body, on_text)
+                return await self._streamed(body, on_text, request.spent)
             answer = await self._post("/chat/completions", body)
         choice = answer["choices"][0]
         text = choice["message"].get("content") or ""
@@ -83,7 +84,7 @@ class OpenAIEngine:
         prompt, cached, completion = usage_of(answer)
         return Completion(text, choice.get("finish_reason") or "stop", prompt, cached, completion)
 
-    async def _streamed(self, body: dict[str, Any], on_text: OnText) -> Completion:
+    async def _streamed(self, body: dict[str, Any], on_text: OnText, spent: Spent) -> Completion:
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         pieces: list[str] = []
         finish = "stop"
@@ -92,18 +93,27 @@ class OpenAIEngine:
             if response.status_code >= 400:
                 await response.aread()
                 self._refused(response)
-            async for line in response.aiter_lines():
-                if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[5:])
-                if chunk.get("usage"):
-                    usage = usage_of(chunk)
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        pieces.append(text)
-                        await on_text(text)
-                    finish = choice.get("finish_reason") or finish
+            try:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[5:])
+                    if chunk.get("usage"):
+                        usage = usage_of(chunk)
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            pieces.append(text)
+                            await on_text(text)
+                        finish = choice.get("finish_reason") or finish
+            except (httpx.HTTPError, ValueError):
+                raise  # the endpoint failed: a failed attempt costs nothing
+            except BaseException:
+                # Stopped (cancelled, past its deadline) before the endpoint's usage came, which
+                # comes last: each piece streamed holds at least one token, so they are billed
+                # as that many and no more; the prompt's tokens are not known, and not billed.
+                spent.record(Spent(completion_tokens=len(pieces)))
+                raise
         if usage is None:
             raise BackendUnavailable(
                 f"the endpoint of {self.spec.name!r} streamed no token usage, so the call cannot be billed: "
