@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from common.errors import QuotaExceeded
+from common.errors import InvalidInput, QuotaExceeded
 from scheduler.models import LedgerEntry, utcnow
 from scheduler.pricing import Usage
 
@@ -54,6 +54,13 @@ def check_tasks(session: Session, tenant: Any, worst: Usage) -> None:
         )
     since = now - WINDOW
     wanted = worst.token_total()
+    if wanted > tenant.tokens_per_minute:
+        # No wait makes room for it: a retry (which OpenAI clients make on their own for a
+        # 429) would be refused again, so this is the call's fault, not the minute's.
+        raise InvalidInput(
+            f"this call may use {wanted} tokens, more than your whole quota of {tenant.tokens_per_minute} "
+            "tokens per minute: shorten the messages or lower max_tokens (or have the quota raised)."
+        )
     if wanted:
         used, first = session.connection().execute(RECENT_TOKENS, {"tenant_id": tenant.id, "since": since}).one()
         if used + wanted > tenant.tokens_per_minute:

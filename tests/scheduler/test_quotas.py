@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from common.errors import QuotaExceeded
+from common.errors import InvalidInput, QuotaExceeded
 from runtime.tenants import ensure_tenant, update_tenant
 from scheduler import ledger
 from scheduler.pricing import PriceCatalog, Usage
@@ -53,6 +53,15 @@ def test_tokens_per_minute_counts_what_was_used_and_what_is_asked(store: Store) 
     scheduler.submit("acme", GENERATE, {"max_tokens": 200})  # 700 + 300 fits
     with pytest.raises(QuotaExceeded, match=r"may use 400 tokens.*lower max_tokens"):
         scheduler.submit("acme", GENERATE, {"max_tokens": 300})
+
+
+def test_a_call_over_the_whole_tokens_per_minute_is_refused_as_bad_input_not_as_retry_later(store: Store) -> None:
+    """A 429 would have OpenAI clients retry a call that can never fit."""
+    update_tenant(store, "acme", tokens_per_minute=1000)
+    scheduler = Scheduler(store, PriceCatalog.load())
+    with pytest.raises(InvalidInput, match=r"may use 1100 tokens, more than your whole quota.*lower max_tokens"):
+        scheduler.submit("acme", GENERATE, {"max_tokens": 1000})
+    scheduler.submit("acme", GENERATE, {"max_tokens": 900})  # one that fits the quota is taken
 
 
 def test_one_tenants_quota_does_not_touch_another(store: Store) -> None:
