@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from common.errors import (
     sole_error,
 )
 from scheduler import ledger, quotas
+from scheduler.fair_queue import FairQueue
 from scheduler.models import Task, utcnow
 from scheduler.observe import NO_OBSERVER, TaskObserver
 from scheduler.pricing import PriceCatalog, Usage
@@ -117,8 +117,9 @@ class Scheduler:
         # The arguments of tasks submitted here, as the caller validated them (the
         # store's JSON copy is only read back for tasks queued by another process).
         self._args: dict[str, Any] = {}
-        # Ids of queued tasks, oldest first; free slots are the tasks that may start now.
-        self._queue: deque[str] = deque()
+        # Ids of queued tasks, handed to free slots fairly between tenants (``FairQueue``);
+        # free slots are the tasks that may start now.
+        self._queue = FairQueue()
         self._slots = concurrency
         self._group: TaskGroup | None = None
         # This process among the store's workers (``scheduler.workers``): recorded on each task it runs.
@@ -199,7 +200,7 @@ class Scheduler:
             self._args.pop(task_id)
             self.router.wait_for(task_id)
         else:
-            self._queue.append(task_id)
+            self._queue.append(task_id, tenant_id)
         return task_id
 
     def bindings(self) -> dict[str, OpBinding]:
@@ -322,7 +323,7 @@ class Scheduler:
     def _pump(self) -> None:
         """Start queued tasks while slots are free."""
         while self._group is not None and self._slots > 0 and self._queue:
-            task = self._claim(self._queue.popleft())
+            task = self._claim(self._queue.pop_next())
             if task is not None:
                 self._start(task)
 
@@ -338,7 +339,12 @@ class Scheduler:
         following: Claimed | None = task
         try:
             while following is not None:
-                following = await self._run(following)
+                tenant_id = following.tenant_id
+                self._queue.running[tenant_id] += 1  # what the next free slot's pick goes by
+                try:
+                    following = await self._run(following)
+                finally:
+                    self._queue.running[tenant_id] -= 1
         finally:
             self._slots += 1
             self._pump()
@@ -452,7 +458,7 @@ class Scheduler:
             # Posting nothing still releases the hold.
             ledger.post(session, self.catalog, posting, charges, release=task.hold_micros, ends_task=True, checked=True)
             while claim_next and following is None and self._queue:
-                claim = {"task_id": self._queue.popleft(), "now": final["now"], "worker_id": self.worker_id}
+                claim = {"task_id": self._queue.pop_next(), "now": final["now"], "worker_id": self.worker_id}
                 row = session.connection().execute(CLAIM, claim)
                 next_row = row.one_or_none()
                 following = None if next_row is None else Claimed(*next_row)

@@ -213,6 +213,31 @@ async def test_reads_and_cancels_start_while_long_tasks_hold_every_slot(store: S
         group.cancel_scope.cancel()
 
 
+async def test_a_free_slot_goes_to_the_tenant_with_the_fewest_running_not_the_longest_queue(store: Store) -> None:
+    ensure_tenant(store, "other")
+    started: list[str] = []
+    go = anyio.Event()
+
+    async def recording(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+        started.append(args["name"])
+        await go.wait()
+        return {}
+
+    binding = OpBinding("t", "recording", recording)
+    scheduler = Scheduler(store, CATALOG, concurrency=1)
+    scheduler.bind(binding)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        ids = [scheduler.submit("acme", binding, {"name": f"acme-{i}"}) for i in range(4)]
+        ids.append(scheduler.submit("other", binding, {"name": "other-0"}))
+        go.set()
+        with anyio.fail_after(10):
+            for task_id in ids:
+                await scheduler.wait(task_id)
+        group.cancel_scope.cancel()
+    assert started == ["acme-0", "other-0", "acme-1", "acme-2", "acme-3"]
+
+
 async def test_cancel_of_another_tenants_task_is_not_found(store: Store) -> None:
     ensure_tenant(store, "other")
     scheduler = scheduler_on(store)
