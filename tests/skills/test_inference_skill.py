@@ -69,9 +69,10 @@ def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def with_remote_models(settings: Settings, base_url: str) -> Settings:
-    """The settings plus three remote models: up, down, and too slow; and a catalog pricing them."""
+    """The settings plus four remote models: up, down, too slow, and up and streaming; and a
+    catalog pricing them."""
     catalog = (Path(__file__).parents[2] / "scheduler" / "prices.toml").read_text()
-    for name in ("remote-smol", "remote-down", "remote-slow"):
+    for name in ("remote-smol", "remote-down", "remote-slow", "remote-stream"):
         catalog += (
             f'\n[models."{name}"]\ninput_per_mtok = 20000\ncached_input_per_mtok = 5000\noutput_per_mtok = 40000\n'
         )
@@ -82,6 +83,7 @@ def with_remote_models(settings: Settings, base_url: str) -> Settings:
         "remote-smol": {**remote, "base_url": base_url},
         "remote-down": {**remote, "base_url": f"http://127.0.0.1:{free_port()}/v1"},
         "remote-slow": {**remote, "base_url": base_url, "timeout_s": 0.001},
+        "remote-stream": {**remote, "base_url": base_url, "stream": True},
     }
     return load_settings(reap_interval_s=0.2, pool_size=0, prices_file=prices, models=models)
 
@@ -310,6 +312,38 @@ async def test_an_openai_compatible_endpoint_up_down_and_slow(settings: Settings
     with app.store.transaction() as session:
         failed = session.scalars(select(Task.cost_micros).where(Task.state != "succeeded")).all()
     assert failed and sum(failed) == 0, "the failed calls cost nothing"
+    assert held(app) == 0
+    app.close()
+
+
+async def test_a_remote_stream_cancelled_midway_bills_a_token_a_piece_and_no_prompt(
+    settings: Settings, openai_server: str
+) -> None:
+    """An OpenAI-compatible endpoint reports usage at the end of its stream only: stopped
+    before then, the pieces it streamed are billed as one token each, a bound from below."""
+    app = App(with_remote_models(settings, openai_server))
+    arguments = {"model": "remote-stream", "messages": QUESTION, "max_tokens": 1000, "temperature": 0}
+    async with app.running(), mcp_client(app) as client:
+        with anyio.CancelScope() as scope:
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                if message:
+                    scope.cancel()
+
+            await client.call_tool("inference_generate", arguments, progress_callback=on_progress)
+        assert scope.cancelled_caught, "the call was cancelled before it ended"
+
+        def settled() -> Task | None:
+            with app.store.transaction() as session:
+                task = session.scalars(select(Task).where(Task.op == "generate")).first()
+            return task if task is not None and task.finished_at is not None else None
+
+        await until(lambda: settled() is not None, "the cancelled task settled")
+    task = settled()
+    assert task is not None and task.state == "cancelled"
+    items = ledger_items(app, task.id)
+    assert 1 <= items.get("tokens.output:remote-stream", 0) < 1000
+    assert "tokens.input:remote-stream" not in items, "the prompt's size was never reported"
     assert held(app) == 0
     app.close()
 
