@@ -113,6 +113,7 @@ async def offered(app: App, request: Request) -> dict[str, Any]:
 async def embeddings(app: App, request: Request) -> Response:
     caller = caller_of(request)
     body: wire.EmbeddingRequest = await body_as(request, wire.EmbeddingRequest)
+    wire.refuse_unsupported_embedding(body)
     texts = [body.input] if isinstance(body.input, str) else body.input
     arguments = {"model": body.model, "input": texts}
     outcome = await app.call(caller.tenant_id, "inference_embed", arguments, agent=caller.agent)

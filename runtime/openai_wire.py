@@ -30,7 +30,10 @@ STATUS: dict[str, tuple[int, str]] = {
 
 
 class Loose(BaseModel):
-    """Fields we do not use (logprobs, tools, user, ...) are accepted and ignored."""
+    """Sampling hints we do not apply (top_p, presence_penalty, ...) and fields for the
+    caller's own records (user, metadata) are accepted and ignored; those that ask for what
+    the models cannot give (tools, a JSON format, log probabilities, fewer dimensions) are
+    named below and refused (``unsupported``)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -60,12 +63,41 @@ class ChatRequest(Loose):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
 
 
 class EmbeddingRequest(Loose):
     model: str
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+def unsupported(parameter: str, what_to_do: str) -> Refused:
+    return Refused(400, f"{parameter} is not supported here: {what_to_do}", code="unsupported_parameter")
+
+
+def refuse_unsupported_chat(request: ChatRequest) -> None:
+    """A client that asks for tools, JSON or log probabilities must hear no, not get plain
+    text it would take for an answer that honoured them."""
+    if request.tools:
+        raise unsupported("tools", "the served models answer in text only; describe the tools in the messages.")
+    kind = (request.response_format or {}).get("type", "text")
+    if kind != "text":
+        raise unsupported(
+            f"response_format {kind!r}", "ask for JSON in the messages and parse the text, or leave it out."
+        )
+    if request.logprobs:
+        raise unsupported("logprobs", "leave it out (or false).")
+
+
+def refuse_unsupported_embedding(request: EmbeddingRequest) -> None:
+    if request.dimensions is not None:
+        raise unsupported(
+            "dimensions", "each model gives vectors of its own size (GET /v1/models lists the models); leave it out."
+        )
 
 
 class Refused(Exception):
@@ -124,6 +156,7 @@ def generate_arguments(request: ChatRequest) -> dict[str, Any]:
     """``inference_generate``'s arguments for a chat request."""
     if request.n != 1:
         raise Refused(400, "n must be 1: ask for one choice per request.", code="unsupported_parameter")
+    refuse_unsupported_chat(request)
     arguments: dict[str, Any] = {
         "model": request.model,
         "messages": [

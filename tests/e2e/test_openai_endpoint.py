@@ -302,6 +302,31 @@ async def test_image_and_audio_parts_are_refused_before_any_task(api: Api) -> No
     assert answer.usage is not None and answer.usage.completion_tokens > 0
 
 
+async def test_tools_json_logprobs_and_dimensions_are_refused_not_ignored(api: Api) -> None:
+    """What the models cannot give is refused before any task: a client never takes plain
+    text for an answer that honoured its tools or its JSON schema."""
+    client = api.client()
+    before = tasks_made(api.store)
+    ask: dict[str, Any] = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    tool: Any = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({"tools": [tool]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format 'json_object'"),
+        ({"logprobs": True}, "logprobs"),
+    ]
+    for extra, named in refusals:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(**ask, **extra)
+        body: Any = refused.value.body
+        assert body["code"] == "unsupported_parameter" and body["message"].startswith(f"{named} is not supported")
+    with pytest.raises(openai.BadRequestError) as shrunk:
+        await client.embeddings.create(model=DEFAULT_MODEL, input="a cat", dimensions=64)
+    assert "dimensions is not supported" in str(shrunk.value)
+    assert tasks_made(api.store) == before and held(api.store, "local") == 0
+    plain = await client.chat.completions.create(**ask, tools=[], response_format={"type": "text"}, logprobs=False)
+    assert plain.usage is not None and plain.usage.completion_tokens > 0
+
+
 async def test_one_model_is_retrieved_as_it_is_listed(api: Api) -> None:
     client = api.client()
     listed = {model.id: model async for model in client.models.list()}
