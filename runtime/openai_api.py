@@ -249,7 +249,7 @@ def unserved(served: list[Route]) -> Callable[[Request], Awaitable[Response]]:
                 method
                 for route in served
                 if route.matches(request.scope)[0] == Match.PARTIAL
-                for method in route.methods or ()
+                for method in (route.methods or set()) - {"HEAD"}
             }
         )
         if allowed:

@@ -64,6 +64,7 @@ class ChatRequest(Loose):
     stream: bool = False
     stream_options: StreamOptions | None = None
     tools: list[Any] | None = None
+    tool_choice: Any = None
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
 
@@ -82,7 +83,7 @@ def unsupported(parameter: str, what_to_do: str) -> Refused:
 def refuse_unsupported_chat(request: ChatRequest) -> None:
     """A client that asks for tools, JSON or log probabilities must hear no, not get plain
     text it would take for an answer that honoured them."""
-    if request.tools:
+    if request.tools and request.tool_choice != "none":  # "none": the tools are listed, not to be called
         raise unsupported("tools", "the served models answer in text only; describe the tools in the messages.")
     kind = (request.response_format or {}).get("type", "text")
     if kind != "text":

@@ -12,18 +12,29 @@ from collections import Counter
 
 
 class FairQueue:
+    """Queued task ids with their tenants, and the tasks running here by tenant (the
+    scheduler says when one ``started`` and ``ended``)."""
+
     def __init__(self) -> None:
         # Task id -> its tenant, oldest first (a dict keeps the order they came in).
         self._tenant_of: dict[str, str] = {}
-        # Tasks running in this process's slots, by tenant.
+        # Tasks running in this process's slots, by tenant (a tenant with none has no key).
         self.running: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._tenant_of)
 
-    def append(self, task_id: str, tenant_id: str = "") -> None:
-        """Queue a task; one whose tenant is not known here (requeued from the store) counts as a tenant of its own."""
+    def append(self, task_id: str, tenant_id: str) -> None:
+        """Queue a task of ``tenant_id``."""
         self._tenant_of[task_id] = tenant_id
+
+    def started(self, tenant_id: str) -> None:
+        self.running[tenant_id] += 1
+
+    def ended(self, tenant_id: str) -> None:
+        self.running[tenant_id] -= 1
+        if self.running[tenant_id] <= 0:
+            del self.running[tenant_id]
 
     def pop_next(self) -> str:
         """The task that gets the next free slot (the queue must not be empty)."""

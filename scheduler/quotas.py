@@ -58,8 +58,9 @@ def check_tasks(session: Session, tenant: Any, worst: Usage) -> None:
         # No wait makes room for it: a retry (which OpenAI clients make on their own for a
         # 429) would be refused again, so this is the call's fault, not the minute's.
         raise InvalidInput(
-            f"this call may use {wanted} tokens, more than your whole quota of {tenant.tokens_per_minute} "
-            "tokens per minute: shorten the messages or lower max_tokens (or have the quota raised)."
+            f"this call may use {wanted} tokens (a bound that counts a token per byte of text), more than your "
+            f"whole quota of {tenant.tokens_per_minute} tokens per minute: send less text, or lower max_tokens "
+            "where the call has one (or have the quota raised)."
         )
     if wanted:
         used, first = session.connection().execute(RECENT_TOKENS, {"tenant_id": tenant.id, "since": since}).one()

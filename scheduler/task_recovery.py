@@ -32,6 +32,7 @@ NO_SERVER_THERE = (
 @dataclass
 class Orphans:
     requeue: list[str] = field(default_factory=list)  # to run again here, oldest first
+    tenant_of: dict[str, str] = field(default_factory=dict)  # each requeued task's tenant
     failed: list[str] = field(default_factory=list)  # stopped while running
     unkept: list[str] = field(default_factory=list)  # queued, with arguments that were not kept
     gone: list[str] = field(default_factory=list)  # routed to a place where no server lives
@@ -68,4 +69,5 @@ def judge(session: Session, alive: set[str], places: set[str]) -> Orphans:
                 found.gone.append(task.id)
             continue
         (found.requeue if task.args_whole else found.unkept).append(task.id)
+        found.tenant_of[task.id] = task.tenant_id
     return found

@@ -96,6 +96,9 @@ async def unwrapped(call: Awaitable[Any]) -> Any:
         raise
 
 
+NEVER_STARTED = Cancelled("the task was cancelled before it started; nothing was charged.")
+
+
 class Scheduler:
     def __init__(
         self, store: Store, catalog: PriceCatalog, services: Services | None = None, concurrency: int = 16
@@ -225,12 +228,15 @@ class Scheduler:
             self._outcomes[outcome.task_id] = outcome
             event.set()
 
-    def settle_unrun(self, task_id: str, state: str, error: CloudSkillsError) -> None:
+    def settle_unrun(self, task_id: str, state: str, error: CloudSkillsError) -> bool:
         """End a task that never ran (nothing used, nothing charged), unless it is not queued
-        any more: claimed meanwhile by a server where its resource lives, or ended already."""
+        any more: claimed meanwhile by a server where its resource lives, or ended already.
+        Whether it was ended here."""
         claimed = self._claim(task_id)  # taken from the queue first, so no one else can start it
-        if claimed is not None:
-            self._finish(task_id, state, None, error, Usage(), claimed, started=False)
+        if claimed is None:
+            return False
+        self._finish(task_id, state, None, error, Usage(), claimed, started=False)
+        return True
 
     def settle_stopped(self, task_id: str, error: CloudSkillsError) -> None:
         """Fail a task whose server stopped midway (nothing charged), unless it has ended already."""
@@ -298,9 +304,9 @@ class Scheduler:
             self._done.setdefault(task_id, anyio.Event())
             scope.cancel()
             await self.wait(task_id)
-        else:
-            error = Cancelled("the task was cancelled before it started; nothing was charged.")
-            self._finish(task_id, "cancelled", None, error, Usage(), started=False)
+        elif not (task.state == "queued" and self.settle_unrun(task_id, "cancelled", NEVER_STARTED)):
+            # Running at another place (stopped there once it sees this), or claimed there meanwhile.
+            self._finish(task_id, "cancelled", None, Cancelled("the task was cancelled."), Usage())
         return self.get(tenant_id, task_id).state
 
     # -- the workers' side -------------------------------------------------
@@ -318,6 +324,8 @@ class Scheduler:
     def _start(self, task: Claimed) -> None:
         assert self._group is not None
         self._slots -= 1
+        # Its scope from now: a cancel before the task's first step still finds and stops it.
+        self._running[task.id] = anyio.CancelScope()
         self._group.start_soon(self._execute, task)
 
     def _pump(self) -> None:
@@ -340,11 +348,11 @@ class Scheduler:
         try:
             while following is not None:
                 tenant_id = following.tenant_id
-                self._queue.running[tenant_id] += 1  # what the next free slot's pick goes by
+                self._queue.started(tenant_id)  # what the next free slot's pick goes by
                 try:
                     following = await self._run(following)
                 finally:
-                    self._queue.running[tenant_id] -= 1
+                    self._queue.ended(tenant_id)
         finally:
             self._slots += 1
             self._pump()
@@ -358,7 +366,7 @@ class Scheduler:
         error: CloudSkillsError | None = None
         state = "failed"
         keep = False
-        scope, running = anyio.CancelScope(), self.observer.running(task)
+        scope, running = self._running.get(task_id) or anyio.CancelScope(), self.observer.running(task)
         self._running[task_id] = scope
         try:
             with scope, running, anyio.move_on_after(task.timeout_s + self.deadline_overhead_s) as deadline:
@@ -462,6 +470,8 @@ class Scheduler:
                 row = session.connection().execute(CLAIM, claim)
                 next_row = row.one_or_none()
                 following = None if next_row is None else Claimed(*next_row)
+                if following is not None:
+                    self._running[following.id] = anyio.CancelScope()  # as ``_start`` does
         outcome = TaskOutcome(task_id, state, result, error, cost, output)
         self.observer.settled(task_id, task, state, cost, usage, error)
         event = self._done.pop(task_id, None)
@@ -498,6 +508,6 @@ class Scheduler:
             if self.router is not None and self.router.reroute(task_id):
                 continue  # its resource lives at another place: it runs there
             self._done[task_id] = anyio.Event()
-            self._queue.append(task_id)
+            self._queue.append(task_id, orphans.tenant_of[task_id])
         self._pump()
         return [task_id for task_id, _ in failed]

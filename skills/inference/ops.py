@@ -120,10 +120,11 @@ async def generate(ctx: TaskContext, args: m.GenerateInput) -> m.GenerateOutput:
         # Cancelled or past its deadline: what the model produced until then is billed.
         ctx.add_usage(token_usage(args.model, request.spent))
         raise
-    await reports.flush()
+    # Counted before the last text goes out: a cancel that lands meanwhile bills it all.
     ctx.add_usage(
         token_usage(args.model, Spent(completion.prompt_tokens, completion.cached_tokens, completion.completion_tokens))
     )
+    await reports.flush()
     return m.GenerateOutput(
         model=args.model,
         text=completion.text,

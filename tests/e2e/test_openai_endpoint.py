@@ -325,6 +325,8 @@ async def test_tools_json_logprobs_and_dimensions_are_refused_not_ignored(api: A
     assert tasks_made(api.store) == before and held(api.store, "local") == 0
     plain = await client.chat.completions.create(**ask, tools=[], response_format={"type": "text"}, logprobs=False)
     assert plain.usage is not None and plain.usage.completion_tokens > 0
+    listed_only = await client.chat.completions.create(**ask, tools=[tool], tool_choice="none")
+    assert listed_only.usage is not None, "tools listed but not to be called are no reason to refuse"
 
 
 async def test_one_model_is_retrieved_as_it_is_listed(api: Api) -> None:

@@ -59,7 +59,9 @@ def test_a_call_over_the_whole_tokens_per_minute_is_refused_as_bad_input_not_as_
     """A 429 would have OpenAI clients retry a call that can never fit."""
     update_tenant(store, "acme", tokens_per_minute=1000)
     scheduler = Scheduler(store, PriceCatalog.load())
-    with pytest.raises(InvalidInput, match=r"may use 1100 tokens, more than your whole quota.*lower max_tokens"):
+    with pytest.raises(
+        InvalidInput, match=r"may use 1100 tokens \(a bound .*\), more than your whole quota.*lower max_tokens"
+    ):
         scheduler.submit("acme", GENERATE, {"max_tokens": 1000})
     scheduler.submit("acme", GENERATE, {"max_tokens": 900})  # one that fits the quota is taken
 

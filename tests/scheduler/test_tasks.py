@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from sqlalchemy import func, select
 
@@ -236,6 +237,34 @@ async def test_a_free_slot_goes_to_the_tenant_with_the_fewest_running_not_the_lo
                 await scheduler.wait(task_id)
         group.cancel_scope.cancel()
     assert started == ["acme-0", "other-0", "acme-1", "acme-2", "acme-3"]
+
+
+async def test_a_cancel_right_after_the_start_stops_the_task_before_its_handler_runs(store: Store) -> None:
+    """Between its start and its first step a task is already running: a cancel then must
+    stop it, not mark it cancelled while its handler goes on to run unbilled."""
+    ran = anyio.Event()
+
+    async def marking(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+        await anyio.lowlevel.checkpoint()  # its first step: what a real handler's first await is
+        ran.set()
+        return {}
+
+    binding = OpBinding("t", "marking", marking)
+    scheduler = Scheduler(store, CATALOG, concurrency=1)
+    for each in (binding, OK):
+        scheduler.bind(each)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        await anyio.lowlevel.checkpoint()  # serving: the next task starts at once
+        task_id = scheduler.submit("acme", binding, {})
+        assert scheduler.get("acme", task_id).state == "running"
+        with anyio.fail_after(5):
+            assert await scheduler.cancel("acme", task_id) == "cancelled"
+            after = scheduler.submit("acme", OK, {})  # runs once the cancelled one left the only slot
+            assert (await scheduler.wait(after)).state == "succeeded"
+        group.cancel_scope.cancel()
+    assert not ran.is_set(), "the handler of a task cancelled before its first step went no further"
+    assert tenant(store).held_micros == 0
 
 
 async def test_cancel_of_another_tenants_task_is_not_found(store: Store) -> None:

@@ -15,6 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx2 as httpx
 
 from common.errors import BackendTimeout, BackendUnavailable, InvalidInput
@@ -106,12 +107,11 @@ class OpenAIEngine:
                             pieces.append(text)
                             await on_text(text)
                         finish = choice.get("finish_reason") or finish
-            except (httpx.HTTPError, ValueError):
-                raise  # the endpoint failed: a failed attempt costs nothing
-            except BaseException:
+            except anyio.get_cancelled_exc_class():
                 # Stopped (cancelled, past its deadline) before the endpoint's usage came, which
                 # comes last: each piece streamed holds at least one token, so they are billed
                 # as that many and no more; the prompt's tokens are not known, and not billed.
+                # (The endpoint's own failure is a failed attempt, and costs nothing.)
                 spent.record(Spent(completion_tokens=len(pieces)))
                 raise
         if usage is None:
