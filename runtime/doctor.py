@@ -47,9 +47,10 @@ def runtime_checks(driver: DockerDriver, image: str) -> list[Check]:
             driver.client.containers.run(image, ["true"], runtime=runtime, network_mode="none", remove=True)
             checks.append(Check(name, True, "runs sandboxes", required=required))
         except docker.errors.DockerException as exc:
-            checks.append(
-                Check(name, False, f"registered but fails: {str(exc)[:160]}", "sudo scripts/ensure-docker", required)
-            )
+            # A gVisor that stopped starting sandboxes on a long-lived engine comes back
+            # only with a fresh engine.
+            fix = "sudo scripts/ensure-docker --restart (once no sandbox runs)"
+            checks.append(Check(name, False, f"registered but fails: {str(exc)[:160]}", fix, required))
     return checks
 
 
