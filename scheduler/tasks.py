@@ -325,6 +325,7 @@ class Scheduler:
         assert self._group is not None
         self._slots -= 1
         # Its scope from now: a cancel before the task's first step still finds and stops it.
+        # (A task its slot's last one claimed, ``_finish``, runs on without a step between.)
         self._running[task.id] = anyio.CancelScope()
         self._group.start_soon(self._execute, task)
 
@@ -470,8 +471,6 @@ class Scheduler:
                 row = session.connection().execute(CLAIM, claim)
                 next_row = row.one_or_none()
                 following = None if next_row is None else Claimed(*next_row)
-                if following is not None:
-                    self._running[following.id] = anyio.CancelScope()  # as ``_start`` does
         outcome = TaskOutcome(task_id, state, result, error, cost, output)
         self.observer.settled(task_id, task, state, cost, usage, error)
         event = self._done.pop(task_id, None)

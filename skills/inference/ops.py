@@ -121,9 +121,7 @@ async def generate(ctx: TaskContext, args: m.GenerateInput) -> m.GenerateOutput:
         ctx.add_usage(token_usage(args.model, request.spent))
         raise
     # Counted before the last text goes out: a cancel that lands meanwhile bills it all.
-    ctx.add_usage(
-        token_usage(args.model, Spent(completion.prompt_tokens, completion.cached_tokens, completion.completion_tokens))
-    )
+    ctx.add_usage(token_usage(args.model, Spent.of(completion)))
     await reports.flush()
     return m.GenerateOutput(
         model=args.model,

@@ -80,6 +80,11 @@ class Spent:
     cached_tokens: int = 0
     completion_tokens: int = 0
 
+    @classmethod
+    def of(cls, done: Completion) -> Spent:
+        """All that a finished request used."""
+        return cls(done.prompt_tokens, done.cached_tokens, done.completion_tokens)
+
     def record(self, other: Spent) -> None:
         self.prompt_tokens, self.cached_tokens, self.completion_tokens = (
             other.prompt_tokens,

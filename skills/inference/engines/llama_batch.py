@@ -113,8 +113,7 @@ class Sequence:
         it when it finished, what it had decoded when it was cancelled, nothing when the
         engine failed (a failed attempt costs nothing)."""
         if isinstance(self.result, Completion):
-            done = self.result
-            return Spent(done.prompt_tokens, done.cached_tokens, done.completion_tokens)
+            return Spent.of(self.result)
         if isinstance(self.result, Cancelled) and self.n_past > self.cached:
             return Spent(min(self.n_past, len(self.prompt)), self.cached, self.sampled)
         return Spent()
