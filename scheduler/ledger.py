@@ -147,18 +147,26 @@ def left_of(tenant: Any) -> int | None:
     return int(tenant.budget_micros - tenant.spent_micros - tenant.held_micros)
 
 
-def check_budget(catalog: PriceCatalog, tenant: Any, amount: int, what: str | None = None) -> None:
+# How to ask for less, where an op does not say (``OpBinding.ask_less``).
+ASK_LESS = "a shorter timeout_s, smaller limits"
+
+
+def check_budget(
+    catalog: PriceCatalog, tenant: Any, amount: int, what: str | None = None, ask_less: str = ASK_LESS
+) -> None:
     """Refuse, before any work starts, what the budget cannot cover (``amount`` is
     already held on ``tenant``: the caller's transaction rolls it back)."""
     left_after = left_of(tenant)
     if left_after is not None and left_after < 0:
-        raise budget_error(catalog, amount, max(left_after + amount, 0), what)
+        raise budget_error(catalog, amount, max(left_after + amount, 0), what, ask_less)
 
 
-def budget_error(catalog: PriceCatalog, amount: int, left: int, what: str | None = None) -> BudgetExceeded:
+def budget_error(
+    catalog: PriceCatalog, amount: int, left: int, what: str | None = None, ask_less: str = ASK_LESS
+) -> BudgetExceeded:
     return BudgetExceeded(
         f"{what or 'this task'} may cost up to {catalog.format(amount)} but only {catalog.format(max(left, 0))} "
-        "of the budget is left: raise the budget, or ask for less (a shorter timeout_s, smaller limits)."
+        f"of the budget is left: raise the budget, or ask for less ({ask_less})."
     )
 
 

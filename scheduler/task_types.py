@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from common.errors import CloudSkillsError, error_from_code
+from scheduler.ledger import ASK_LESS
 from scheduler.models import Task
 from scheduler.pricing import Usage
 from scheduler.resources import Services
@@ -109,6 +110,8 @@ class OpBinding:
     # Whether the whole result is kept (until the details' retention ends): for a call
     # an MCP task handle may be polled for.
     keeps_result: Callable[[Any], bool] = lambda args: False
+    # What of its arguments a call refused for money can lower (a 402's advice).
+    ask_less: str = ASK_LESS
 
     @property
     def key(self) -> str:

@@ -188,7 +188,7 @@ class Scheduler:
                 tenant = ledger.admit(session, tenant_id, hold)
                 quotas.check_tasks(session, tenant, worst)
                 if not binding.always_admitted:  # a read or a delete is never refused for money
-                    ledger.check_budget(self.catalog, tenant, hold)
+                    ledger.check_budget(self.catalog, tenant, hold, ask_less=binding.ask_less)
                 session.connection().execute(INSERT_TASK, row)
         except CloudSkillsError as refusal:
             self.observer.refused(binding.skill, binding.op, tenant_id, refusal, since)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from sandbox.docker import DockerDriver
 from sandbox.engines import Engines
 from scheduler.leases import Leases
+from scheduler.ledger import ASK_LESS
 from scheduler.pricing import PriceCatalog, Usage
 from scheduler.resources import LiveQuota, Services
 from scheduler.store import Store
@@ -119,6 +120,8 @@ class Op(Generic[In, Out]):
     # The answer carries this call's task id and cost (``Envelope``); off for ops
     # that report on other tasks or on money themselves (tasks_*, billing_*).
     envelope: bool = True
+    # What of its arguments a call refused for money can lower, in the refusal's advice.
+    ask_less: str = ASK_LESS
 
     def confirms(self, args: In) -> bool:
         """Whether this call must be confirmed by the client first."""
@@ -194,4 +197,5 @@ def binding(skill: str, op: Op[Any, Any]) -> OpBinding:
         envelope=op.envelope,
         secret=frozenset(secret_fields(op.input) | secret_fields(op.output)),
         keeps_result=op.runs_long,
+        ask_less=op.ask_less,
     )

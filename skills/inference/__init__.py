@@ -29,6 +29,7 @@ SKILL = skill_from_doc(
             timeout_s=lambda a: ops.GENERATE_DEADLINE_S,
             worst_case=ops.generate_worst_case,
             runs_long=lambda a: True,
+            ask_less="a smaller max_tokens, shorter messages",
         ),
         Op(
             "embed",
@@ -41,6 +42,7 @@ SKILL = skill_from_doc(
             idempotent=True,
             timeout_s=lambda a: ops.GENERATE_DEADLINE_S,
             worst_case=ops.embed_worst_case,
+            ask_less="fewer or shorter texts",
         ),
     ),
     resource=from_platform,

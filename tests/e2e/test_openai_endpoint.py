@@ -204,7 +204,7 @@ async def test_a_budget_refusal_is_an_openai_error_and_costs_nothing(api: Api) -
         assert refused.value.status_code == 402, "refused before anything streams, never inside a 200"
         body: Any = refused.value.body
         assert body["type"] == "insufficient_quota" and body["code"] == "budget_exceeded"
-        assert "budget" in body["message"]
+        assert "budget" in body["message"] and "a smaller max_tokens" in body["message"], "says what to lower"
     with api.store.transaction() as session:
         tenant = session.get(Tenant, "poor")
         assert tenant is not None and tenant.held_micros == 0
