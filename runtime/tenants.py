@@ -138,7 +138,7 @@ def caller_of_key(store: Store, key: str) -> Caller | None:
     """The tenant (and agent) a live key speaks for, or None for an unknown or revoked key."""
     if not key.startswith(KEY_PREFIX):
         return None
-    with store.transaction() as session:
+    with store.reading() as session:  # every HTTP request's: never waits behind a settlement
         row = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash(key)))
         if row is None or row.revoked_at is not None:
             return None

@@ -26,6 +26,10 @@ def sqlite_driver() -> Any:
     return sqlean
 
 
+# The execution option that marks a read-only transaction's connection.
+READS_ONLY = "cloudskills_reads_only"
+
+
 def make_engine(url: str, sqlite_extensions: Sequence[str] = ()) -> Engine:
     """``sqlite_extensions``: loadable files every connection of a SQLite store loads first
     (the skills' own: sqlite-vec's vector tables), so migrations and every process see them."""
@@ -54,8 +58,10 @@ def make_engine(url: str, sqlite_extensions: Sequence[str] = ()) -> Engine:
             # Take the write lock when a transaction starts, so a transaction that
             # reads (a quota, a balance) and then writes can never be overtaken by
             # another process's write in between: SQLite's stand-in for the row
-            # locks (SELECT ... FOR UPDATE) PostgreSQL takes.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # locks (SELECT ... FOR UPDATE) PostgreSQL takes. One that only reads
+            # (Store.reading) takes none: WAL gives it a snapshot without waiting.
+            reads_only = connection.get_execution_options().get(READS_ONLY, False)
+            connection.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -68,6 +74,7 @@ class Store:
         self.url = url
         self.engine = make_engine(url, sqlite_extensions)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(self.engine.execution_options(**{READS_ONLY: True}), expire_on_commit=False)
         # Labels on containers carry this, so a reaper only touches its own.
         self.store_id = hashlib.sha256(url.encode()).hexdigest()[:12]
 
@@ -75,6 +82,15 @@ class Store:
     def transaction(self) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on any error."""
         with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A transaction that only reads. On SQLite it takes no write lock, so it neither
+        waits for a writer (another process's included) nor makes one wait; on PostgreSQL
+        it is a plain transaction. Only for reads: a write in it could find that another
+        wrote since its snapshot, and fail where ``transaction`` would have waited."""
+        with self._reads.begin() as session:
             yield session
 
     def close(self) -> None:
