@@ -145,7 +145,7 @@ async def test_a_short_prompt_is_tokenized_on_the_event_loop_and_a_long_one_on_a
         def __init__(self) -> None:
             self.threads: list[threading.Thread] = []
 
-        def tokens(self, messages: list[Message]) -> list[int]:
+        def tokens(self, messages: list[Message], fewer_than: int | None = None) -> list[int]:
             self.threads.append(threading.current_thread())
             return [len(m.content) for m in messages]
 

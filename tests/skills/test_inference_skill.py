@@ -276,36 +276,43 @@ async def test_a_prompt_of_megabytes_is_refused_before_it_is_tokenized(
     model_app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Tokenizing tens of megabytes holds a core for seconds; a prompt that long cannot fit
-    the context whatever its tokens, so it is refused on its size alone (the engine is
-    called directly: the default tokens-per-minute quota would refuse it sooner)."""
+    the context whatever its tokens, so it is refused on its rendered size alone (the engine
+    is called directly: the default tokens-per-minute quota would refuse it sooner)."""
     engine = model_app.service(ModelCatalog).engine(DEFAULT_MODEL).single
     assert isinstance(engine, LlamaEngine)
     async with mcp_client(model_app) as client:  # loads the model
         await call(client, "inference_generate", messages=QUESTION, max_tokens=1)
     batcher = engine.batcher
-    assert batcher is not None and batcher.prompt is not None
+    assert batcher is not None and batcher.prompt is not None and batcher.prompt.longest_piece == 81
     tokenized: list[int] = []
-    tokens = batcher.prompt.tokens
+    tokenize = batcher.prompt.model.tokenize
 
-    def counted(messages: list[Message]) -> list[int]:
-        tokenized.append(1)
-        return tokens(messages)
+    def counted(text: bytes, add_bos: bool, special: bool) -> list[int]:
+        tokenized.append(len(text))
+        return list(tokenize(text, add_bos=add_bos, special=special))
 
-    monkeypatch.setattr(batcher.prompt, "tokens", counted)
+    monkeypatch.setattr(batcher.prompt.model, "tokenize", counted)
 
     async def ignore(text: str) -> None:
         pass
 
-    huge = GenerateRequest(messages=[Message(role="user", content="ab " * 4_000_000)], max_tokens=4, temperature=0)
+    def asking(content: str, max_tokens: int = 4) -> GenerateRequest:
+        return GenerateRequest(messages=[Message(role="user", content=content)], max_tokens=max_tokens, temperature=0)
+
     with pytest.raises(InvalidInput, match=r"longer than .* context of 2048 tokens"):
-        await engine.generate(model_app.settings.tenant, huge, ignore)
+        await engine.generate(model_app.settings.tenant, asking("ab " * 4_000_000), ignore)
     assert not tokenized, "refused on its size, never tokenized"
-    # Just past what the size alone can refuse, the prompt is tokenized and refused by its count.
-    fits_the_bound = "x" * ((batcher.n_ctx_seq - 1) * batcher.prompt.longest_piece)
-    longer = GenerateRequest(messages=[Message(role="user", content=fits_the_bound)], max_tokens=4, temperature=0)
+    # Within what the size alone can refuse, the prompt is tokenized and refused by its count.
     with pytest.raises(InvalidInput, match="longer than"):
-        await engine.generate(model_app.settings.tenant, longer, ignore)
-    assert tokenized == [1]
+        await engine.generate(model_app.settings.tenant, asking("x" * (2000 * 81)), ignore)
+    assert len(tokenized) == 1
+    # The size is the rendered prompt's: what the template leaves out does not count.
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    thinking_dropped = "{% for m in messages %}{{ m.content.split('</think>')[-1] }}{% endfor %}"
+    monkeypatch.setattr(batcher.prompt, "formatter", Jinja2ChatFormatter(thinking_dropped, "", ""))
+    done = await engine.generate(model_app.settings.tenant, asking(f"<think>{'x' * 400_000}</think>Hi", 1), ignore)
+    assert done.prompt_tokens < 10
 
 
 async def test_embeddings(model_app: App) -> None:

@@ -36,30 +36,41 @@ class ChatPrompt:
         )
         self.longest_piece = longest_piece(model.vocab)
 
-    def fewest_tokens(self, messages: list[Message]) -> int:
-        """A lower bound on the prompt's length, known without tokenizing it: no token stands
-        for more bytes than the vocabulary's longest piece. A prompt of megabytes is refused
-        by it at once, where tokenizing it would hold a core for seconds."""
-        size = sum(len(message.content.encode()) for message in messages)
-        return -(-size // self.longest_piece)
-
-    def tokens(self, messages: list[Message]) -> list[int]:
+    def tokens(self, messages: list[Message], fewer_than: int | None = None) -> list[int]:
+        """The prompt's tokens; ``PromptTooLong`` without tokenizing it when the rendered
+        prompt is too long for ``fewer_than`` tokens whatever they are: a prompt of megabytes
+        is refused at once, where tokenizing it would hold a core for seconds."""
         rendered = self.formatter(messages=as_dicts(messages))  # type: ignore[arg-type]
-        tokens = self.model.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
+        text = rendered.prompt.encode()
+        if fewer_than and self.longest_piece and -(-len(text) // self.longest_piece) >= fewer_than:
+            raise PromptTooLong()
+        tokens = self.model.tokenize(text, add_bos=not rendered.added_special, special=True)
         return [int(t) for t in tokens]
 
     def prefix_tokens(self, text: str) -> list[int]:
         return [int(t) for t in self.model.tokenize(text.encode(), add_bos=False, special=False)]
 
 
-def longest_piece(vocab: Any) -> int:
+class PromptTooLong(Exception):
+    """The rendered prompt has more bytes than the most tokens asked for can stand for."""
+
+
+def longest_piece(vocab: Any) -> int | None:
     """The most bytes any one token stands for, special tokens' text included (40 ms for
-    a vocabulary of 49,152)."""
+    a vocabulary of 49,152); then a text of N bytes makes at least N / that many tokens.
+    None where no such bound holds: a vocabulary whose tokenizer drops characters (WPM's
+    and UGM's normalizers), or with a token that swallows the whitespace beside it (Phi-3's
+    special tokens strip what follows them, however long)."""
     import llama_cpp
 
+    if llama_cpp.llama_vocab_type(vocab) not in (llama_cpp.LLAMA_VOCAB_TYPE_BPE, llama_cpp.LLAMA_VOCAB_TYPE_SPM):
+        return None
+    strips = llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP | llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP
     buffer = ctypes.create_string_buffer(256)
     longest = 1
     for token in range(int(llama_cpp.llama_vocab_n_tokens(vocab))):
+        if llama_cpp.llama_vocab_get_attr(vocab, token) & strips:
+            return None
         # A negative length is the size a piece longer than the buffer needs.
         longest = max(longest, abs(llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)))
     return longest
