@@ -182,14 +182,16 @@ class Leases:
         row.held_micros, row.ended_at, row.end_reason = 0, row.billed_until, reason
         return billed
 
-    def check(self, session: Session, tenant_id: str, kind: str, per_s: Usage) -> None:
+    def check(self, session: Session, tenant_id: str, kind: str, per_s: Usage, ask_less: str | None = None) -> None:
         """Refuse, without holding anything, a resource whose first lease the budget
-        cannot cover (before its kind makes anything costly)."""
+        cannot cover (before its kind makes anything costly); ``ask_less``: what of it the
+        caller can make smaller, for the refusal's advice."""
         tenant = ledger.locked_tenant(session, tenant_id)
         hold = self.price(per_s, self.lease_ms)
         left = ledger.left_of(tenant)
         if left is not None and left < hold:
-            raise ledger.budget_error(self.catalog, hold, left, f"this {kind} for {self.lease_s:g} s")
+            advice = ledger.Advice(ask_less) if ask_less else None
+            raise ledger.budget_error(self.catalog, hold, left, f"this {kind} for {self.lease_s:g} s", advice)
 
     # -- the process's side: the renewal loop -------------------------------
 

@@ -147,12 +147,8 @@ def left_of(tenant: Any) -> int | None:
     return int(tenant.budget_micros - tenant.spent_micros - tenant.held_micros)
 
 
-# How to ask for less, where an op does not say (``OpBinding.ask_less``).
-ASK_LESS = "a shorter timeout_s, smaller limits"
-
-
 def check_budget(
-    catalog: PriceCatalog, tenant: Any, amount: int, what: str | None = None, ask_less: str = ASK_LESS
+    catalog: PriceCatalog, tenant: Any, amount: int, what: str | None = None, ask_less: Advice | None = None
 ) -> None:
     """Refuse, before any work starts, what the budget cannot cover (``amount`` is
     already held on ``tenant``: the caller's transaction rolls it back)."""
@@ -161,12 +157,22 @@ def check_budget(
         raise budget_error(catalog, amount, max(left_after + amount, 0), what, ask_less)
 
 
+@dataclass(frozen=True)
+class Advice:
+    """What of its arguments a call refused for money can lower (``how``), worth saying only
+    when what is left covers the least such a call can cost (``least``, its fee)."""
+
+    how: str
+    least: int = 0
+
+
 def budget_error(
-    catalog: PriceCatalog, amount: int, left: int, what: str | None = None, ask_less: str = ASK_LESS
+    catalog: PriceCatalog, amount: int, left: int, what: str | None = None, ask_less: Advice | None = None
 ) -> BudgetExceeded:
+    advice = f", or ask for less ({ask_less.how})" if ask_less is not None and left >= ask_less.least else ""
     return BudgetExceeded(
         f"{what or 'this task'} may cost up to {catalog.format(amount)} but only {catalog.format(max(left, 0))} "
-        f"of the budget is left: raise the budget, or ask for less ({ask_less})."
+        f"of the budget is left: raise the budget{advice}."
     )
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from common.errors import CloudSkillsError, error_from_code
-from scheduler.ledger import ASK_LESS
 from scheduler.models import Task
 from scheduler.pricing import Usage
 from scheduler.resources import Services
@@ -110,8 +109,9 @@ class OpBinding:
     # Whether the whole result is kept (until the details' retention ends): for a call
     # an MCP task handle may be polled for.
     keeps_result: Callable[[Any], bool] = lambda args: False
-    # What of its arguments a call refused for money can lower (a 402's advice).
-    ask_less: str = ASK_LESS
+    # What of its arguments a call refused for money can lower (a 402's advice); None where
+    # its hold is its fee alone, or nothing it asks for changes it.
+    ask_less: str | None = None
 
     @property
     def key(self) -> str:

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from sandbox.docker import DockerDriver
 from sandbox.engines import Engines
 from scheduler.leases import Leases
-from scheduler.ledger import ASK_LESS
 from scheduler.pricing import PriceCatalog, Usage
 from scheduler.resources import LiveQuota, Services
 from scheduler.store import Store
@@ -120,8 +119,9 @@ class Op(Generic[In, Out]):
     # The answer carries this call's task id and cost (``Envelope``); off for ops
     # that report on other tasks or on money themselves (tasks_*, billing_*).
     envelope: bool = True
-    # What of its arguments a call refused for money can lower, in the refusal's advice.
-    ask_less: str = ASK_LESS
+    # What of its arguments a call refused for money can lower, in the refusal's advice; None
+    # where its hold is its fee alone, or nothing it asks for changes it.
+    ask_less: str | None = None
 
     def confirms(self, args: In) -> bool:
         """Whether this call must be confirmed by the client first."""

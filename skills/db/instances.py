@@ -132,7 +132,7 @@ class DatabaseManager:
         with self.store.transaction() as session:
             self._check_admission(session, tenant_id, row.name)
             # Refused here, before any server starts, if the budget cannot cover a lease.
-            self.leases.check(session, tenant_id, "database", per_second(row))
+            self.leases.check(session, tenant_id, "database", per_second(row), ask_less="a smaller size")
             session.add(row)  # the record first: nothing the engine makes is ever a stray
         try:
             placement = await anyio.to_thread.run_sync(engine.provision, instance_of(row), size)

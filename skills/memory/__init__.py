@@ -38,6 +38,7 @@ SKILL = skill_from_doc(
             m.PutOutput,
             ops.put,
             worst_case=ops.put_worst_case,
+            ask_less="a shorter text",
         ),
         Op(
             "put_batch",
@@ -47,6 +48,7 @@ SKILL = skill_from_doc(
             ops.put_batch,
             timeout_s=lambda a: 120.0,
             worst_case=ops.put_batch_worst_case,
+            ask_less="fewer or shorter items",
         ),
         Op(
             "search",

@@ -69,6 +69,7 @@ SKILL = skill_from_doc(
             timeout_s=lambda a: a.timeout_s,
             worst_case=ops.run_worst_case,
             runs_long=lambda a: True,
+            ask_less="a shorter timeout_s",
         ),
         Op(
             "create",

@@ -173,7 +173,13 @@ class SandboxManager:
         passing it, and a sandbox_run's path has a round trip fewer."""
         QUOTA.check(session, row.tenant_id)
         if row.task_id is None:  # refused here, before any container, if the budget is short
-            self.leases.check(session, row.tenant_id, KIND, self.billable(per_second(row_limits(row))))
+            self.leases.check(
+                session,
+                row.tenant_id,
+                KIND,
+                self.billable(per_second(row_limits(row))),
+                ask_less="a smaller sandbox: vcpus, memory_mib",
+            )
         session.add(row)
         self._open_lease(session, row)
 

@@ -90,7 +90,7 @@ class WorkspaceManager(WorkspaceVolumes):
             )
             if session.scalar(taken) is not None:
                 raise InvalidInput(f"you already have a workspace named {name!r}: use it, or pick another name.")
-            self.leases.check(session, tenant_id, KIND, per_second(size_mib))
+            self.leases.check(session, tenant_id, KIND, per_second(size_mib), ask_less="a smaller size_mib")
             session.add(row)  # the record first: an image without one is a leftover recover removes
         try:
             await anyio.to_thread.run_sync(self.disks.make, row.id, size_mib)

@@ -289,6 +289,37 @@ async def test_budget_admits_only_what_it_covers(store: Store) -> None:
     assert tenant(store).held_micros == worst * 3
 
 
+async def test_a_budget_refusal_says_what_to_lower_only_where_lowering_could_let_it_in(store: Store) -> None:
+    """The op's own words ("a smaller vcpu_ms"), and only while what is left covers its fee;
+    an op whose hold nothing it asks for changes is told to raise the budget, nothing more."""
+    sized = OpBinding(
+        "t",
+        "sized",
+        ok_handler,
+        worst_case=lambda a: Usage.of({"sandbox.vcpu_ms": a["vcpu_ms"]}),
+        ask_less="less vcpu_ms",
+    )
+    with store.transaction() as session:
+        row = session.get(Tenant, "acme")
+        assert row is not None
+        row.budget_micros = 15  # above the fee (10), below a call of 1000 vCPU-ms
+    scheduler = scheduler_on(store)
+    with pytest.raises(BudgetExceeded) as sized_refusal:
+        scheduler.submit("acme", sized, {"vcpu_ms": 1000})
+    assert str(sized_refusal.value).endswith("raise the budget, or ask for less (less vcpu_ms).")
+    with pytest.raises(BudgetExceeded) as plain_refusal:
+        scheduler.submit("acme", OK, {})
+    assert str(plain_refusal.value).endswith("of the budget is left: raise the budget.")
+    with store.transaction() as session:
+        row = session.get(Tenant, "acme")
+        assert row is not None
+        row.budget_micros = 5  # below the fee: no smaller call is covered
+    with pytest.raises(BudgetExceeded) as poor_refusal:
+        scheduler.submit("acme", sized, {"vcpu_ms": 1000})
+    assert str(poor_refusal.value).endswith("of the budget is left: raise the budget.")
+    assert tenant(store).held_micros == 0
+
+
 async def test_settling_twice_charges_once(store: Store) -> None:
     scheduler = scheduler_on(store)
     task_id = scheduler.submit("acme", OK, {})
