@@ -89,7 +89,8 @@ class StoreCollector:
         return []  # collected afresh each time; nothing to register ahead
 
     def collect(self) -> Iterator[Metric]:
-        with self.app.store.transaction() as session:
+        # One snapshot, and no write lock: a scrape's scans never hold up a settlement.
+        with self.app.store.reading() as session:
             tasks = session.execute(
                 select(Task.skill, Task.op, Task.state, func.count()).group_by(Task.skill, Task.op, Task.state)
             ).all()

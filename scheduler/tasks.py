@@ -293,7 +293,7 @@ class Scheduler:
             raise
 
     def get(self, tenant_id: str, task_id: str) -> Task:
-        with self.store.transaction() as session:
+        with self.store.reading() as session:  # a client's polling (MCP tasks/get) never waits for a writer
             task = session.get(Task, task_id)
             if task is None or task.tenant_id != tenant_id:
                 raise NotFound(f"no task {task_id!r}: list your tasks to see their ids.")

@@ -126,7 +126,7 @@ class Sessions:
         if kind == OPERATOR:
             live = self.operator_key is not None and hmac.compare_digest(ident, self._operator_mark())
             return Viewer(None, None, nonce) if live else None
-        with self.store.transaction() as session:
+        with self.store.reading() as session:  # every console request's: never waits for a writer
             row = session.execute(
                 select(ApiKey.tenant_id, ApiKey.agent, ApiKey.revoked_at).where(ApiKey.id == ident)
             ).one_or_none()

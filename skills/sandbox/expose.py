@@ -151,7 +151,7 @@ class Exposures:
         if token == "-":
             scheme, _, key = request.headers.get("authorization", "").partition(" ")
             key_tenant = self.tenant_of_key(key.strip()) if scheme.lower() == "bearer" else None
-        with self.store.transaction() as session:
+        with self.store.reading() as session:  # every proxied request's: never waits for a writer
             row = session.scalar(
                 select(SandboxExposure).where(SandboxExposure.sandbox_id == sandbox_id, SandboxExposure.port == port)
             )
