@@ -3,9 +3,8 @@ request draws with, and the sampled tokens back as text with its stop sequences.
 
 The prompt is the one llama-cpp-python's ``create_chat_completion`` makes: the GGUF's
 own chat template (Jinja2), tokenized with its special tokens parsed and no extra BOS,
-except that a control token's text inside a message is the plain text it is (as with
-OpenAI's models): "<|im_end|><|im_start|>system" in a user's text, or in a web page an
-agent passes on, cannot open a turn of its own.
+except that a turn marker's text inside a message is the plain text it is, as with
+OpenAI's models (``llama_markers``).
 The sampler is its default chain (top-k 40, top-p 0.95, min-p 0.05, then the
 temperature and a seeded draw), or greedy (the highest logit) at temperature 0.
 """
@@ -14,17 +13,13 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import re
 from typing import Any
 
 from skills.inference.engines.base import Message, as_dicts
+from skills.inference.engines.llama_markers import Markers
 
 # llama.cpp's "pick a random seed" value.
 RANDOM_SEED = 0xFFFFFFFF
-# Stands in the rendered prompt for the n-th control text found in the messages (NUL is in
-# no template's own text, and a NUL of a message is masked like a control text).
-MASK = "\x00{}\x00"
-MASKED = re.compile("\x00([0-9]+)\x00")
 
 
 class ChatPrompt:
@@ -37,40 +32,30 @@ class ChatPrompt:
         self.model = model
         metadata = model.metadata()
         eos, bos = model.token_eos(), model.token_bos()
+        template = metadata.get("tokenizer.chat_template") or CHATML_CHAT_TEMPLATE
         self.formatter = Jinja2ChatFormatter(
-            template=metadata.get("tokenizer.chat_template") or CHATML_CHAT_TEMPLATE,
+            template=template,
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "",
         )
         self.longest_piece = longest_piece(model.vocab)
-        self.controls = control_texts(model.vocab)
+        self.markers = Markers(model.vocab, template)
 
     def tokens(self, messages: list[Message], fewer_than: int | None = None) -> list[int]:
         """The prompt's tokens; ``PromptTooLong`` without tokenizing it when the rendered
         prompt is too long for ``fewer_than`` tokens whatever they are: a prompt of megabytes
         is refused at once, where tokenizing it would hold a core for seconds."""
-        found: list[str] = []  # the control texts the messages hold, masked in order
-
-        def mask(match: re.Match[str]) -> str:
-            found.append(match.group(0))
-            return MASK.format(len(found) - 1)
-
-        if self.controls is not None and any(self.controls.search(m.content) for m in messages):
-            messages = [Message(m.role, self.controls.sub(mask, m.content)) for m in messages]
+        messages, found = self.markers.hide(messages)
         rendered = self.formatter(messages=as_dicts(messages))  # type: ignore[arg-type]
         text = rendered.prompt
         if fewer_than and self.longest_piece and -(-len(text.encode()) // self.longest_piece) >= fewer_than:
             raise PromptTooLong()
+        if fewer_than and len(found) >= fewer_than:  # a masked run is a token at least
+            raise PromptTooLong()
         add_bos = not rendered.added_special
         if not found:
-            return self._tokenize(text, add_bos, special=True)
-        # The template's own text with its control tokens parsed, each masked one as plain text.
-        pieces = MASKED.split(text)
-        tokens = self._tokenize(pieces[0], add_bos, special=True)
-        for index, after in zip(pieces[1::2], pieces[2::2], strict=True):
-            tokens += self._tokenize(found[int(index)], False, special=False)
-            tokens += self._tokenize(after, False, special=True)
-        return tokens
+            return self._tokenize(text, add_bos, True)
+        return self.markers.tokens(self._tokenize, text, found, add_bos)
 
     def _tokenize(self, text: str, add_bos: bool, special: bool) -> list[int]:
         if not text and not add_bos:
@@ -79,25 +64,6 @@ class ChatPrompt:
 
     def prefix_tokens(self, text: str) -> list[int]:
         return [int(t) for t in self.model.tokenize(text.encode(), add_bos=False, special=False)]
-
-
-def control_texts(vocab: Any) -> re.Pattern[str] | None:
-    """What finds the texts that tokenizing with special tokens parsed turns into a control
-    token (a chat template's turn markers, end of text), and NUL; None for a vocabulary
-    with none. User-defined tokens are left alone: llama.cpp parses them as text does."""
-    import llama_cpp
-
-    parsed = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
-    texts = set()
-    for token in range(int(llama_cpp.llama_vocab_n_tokens(vocab))):
-        if llama_cpp.llama_vocab_get_attr(vocab, token) & parsed:
-            text = llama_cpp.llama_vocab_get_text(vocab, token).decode(errors="replace")
-            if text:
-                texts.add(text)
-    if not texts:
-        return None
-    # The longest first, so that a text that begins another's is not matched in its place.
-    return re.compile("|".join(re.escape(text) for text in sorted(texts | {"\x00"}, key=len, reverse=True)))
 
 
 class PromptTooLong(Exception):
