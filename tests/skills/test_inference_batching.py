@@ -16,6 +16,7 @@ from scheduler.models import LedgerEntry, Task, Tenant
 from skills.inference.catalog import ModelCatalog
 from skills.inference.engines.llama import DEFAULT_MODEL, LlamaEngine
 from tests.mcp_helpers import call, mcp_client
+from tests.polling import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
 
@@ -174,3 +175,125 @@ async def test_a_cancelled_request_leaves_its_lane_while_the_others_go_on(model_
         states = sorted(session.scalars(select(Task.state)).all())
     assert states == ["cancelled", "succeeded"]
     assert held(model_app) == 0
+
+
+async def test_a_tenant_that_waits_takes_a_lane_back_from_one_that_holds_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One tenant's two long replies hold both lanes; another tenant's short call takes one
+    back and ends while they still run; the reply it was taken from waits, goes on from its
+    saved cells when a lane is free again, and each is billed what was done, once."""
+    from skills.inference.engines.base import GenerateRequest, Message, ModelSpec
+    from skills.inference.engines.llama import default_model_path
+
+    engine = LlamaEngine(
+        ModelSpec(name="two-lanes", engine="llama", path=str(default_model_path()), context_length=1024, slots=2)
+    )
+    count = [Message(role="user", content="Count from one to a thousand.")]
+    long_calls = [GenerateRequest(messages=count, max_tokens=300, temperature=0) for _ in range(2)]
+    streaming = [anyio.Event(), anyio.Event()]
+    ended: list[str] = []
+    done: dict[str, Any] = {}
+
+    async def hog(i: int) -> None:
+        async def on_text(text: str) -> None:
+            streaming[i].set()
+
+        done[f"hog {i}"] = await engine.generate("hog", long_calls[i], on_text)
+        ended.append(f"hog {i}")
+
+    async def other() -> None:
+        ask = GenerateRequest(messages=[Message(role="user", content="Name a colour.")], max_tokens=6, temperature=0)
+        done["other"] = await engine.generate("other", ask, ignore)
+        ended.append("other")
+
+    async def ignore(text: str) -> None:
+        pass
+
+    try:
+        await engine.generate("hog", GenerateRequest(messages=count, max_tokens=1, temperature=0), ignore)
+        assert engine.batcher is not None
+        # No reply ends before its max_tokens (what the model writes is not this test's to know).
+        monkeypatch.setattr(engine.batcher.vocabulary, "ends", lambda token: False)
+        with anyio.fail_after(600):
+            async with anyio.create_task_group() as group:
+                group.start_soon(hog, 0)
+                group.start_soon(hog, 1)
+                await streaming[0].wait()
+                await streaming[1].wait()  # both lanes are the hog's
+                group.start_soon(other)
+        assert engine.batcher is not None
+        parks = engine.batcher.parks
+    finally:
+        await engine.close()
+    assert ended[0] == "other", "its call did not wait for the end of a long reply"
+    assert parks == 1, "one lane taken back, for the one call that waited"
+    prompt_tokens = done["other"].prompt_tokens
+    for i in (0, 1):
+        reply = done[f"hog {i}"]
+        assert reply.completion_tokens == 300 and len(reply.text) > 300, "every token, once"
+        assert 0 < reply.prompt_tokens != prompt_tokens
+
+
+async def test_a_reply_cancelled_while_its_lane_was_taken_back_is_billed_what_it_did(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A parked reply whose caller leaves while it waits for a lane ends there: billed the
+    tokens it computed and sampled, its lane long gone to the other tenant, nothing left held."""
+    from skills.inference.engines.base import GenerateRequest, Message, ModelSpec
+    from skills.inference.engines.llama import default_model_path
+
+    engine = LlamaEngine(
+        ModelSpec(name="two-lanes", engine="llama", path=str(default_model_path()), context_length=1024, slots=2)
+    )
+    count = [Message(role="user", content="Count from one to a thousand.")]
+    hogs = [GenerateRequest(messages=count, max_tokens=400, temperature=0) for _ in range(2)]
+    streaming, other_streaming = [anyio.Event(), anyio.Event()], anyio.Event()
+    scopes = [anyio.CancelScope(), anyio.CancelScope()]
+    cancelled: list[int] = []
+
+    async def ignore(text: str) -> None:
+        pass
+
+    async def hog(i: int) -> None:
+        async def on_text(text: str) -> None:
+            streaming[i].set()
+
+        with scopes[i]:
+            await engine.generate("hog", hogs[i], on_text)
+        if scopes[i].cancelled_caught:
+            cancelled.append(i)
+
+    async def other() -> None:
+        async def on_text(text: str) -> None:
+            other_streaming.set()
+
+        ask = GenerateRequest(messages=[Message(role="user", content="Name a colour.")], max_tokens=50, temperature=0)
+        await engine.generate("other", ask, on_text)
+
+    try:
+        await engine.generate("hog", GenerateRequest(messages=count, max_tokens=1, temperature=0), ignore)
+        assert engine.batcher is not None and engine.lanes is not None
+        monkeypatch.setattr(engine.batcher.vocabulary, "ends", lambda token: False)
+        with anyio.fail_after(600):
+            async with anyio.create_task_group() as group:
+                group.start_soon(hog, 0)
+                group.start_soon(hog, 1)
+                await streaming[0].wait()
+                await streaming[1].wait()
+                group.start_soon(other)
+                await other_streaming.wait()  # a hog's lane is the other's now
+                parked = [
+                    i for i in (0, 1) for _, seq in engine._running.values() if seq.parked and seq.request is hogs[i]
+                ]
+                assert len(parked) == 1
+                scopes[parked[0]].cancel()
+                await until(lambda: cancelled == parked, "the parked reply to end")
+                scopes[1 - parked[0]].cancel()
+        lanes = engine.lanes
+        assert len(lanes.free) == lanes.size and not lanes.held and not lanes.waiting and not engine._running
+        spent = hogs[parked[0]].spent
+        assert spent.completion_tokens > 0 and spent.prompt_tokens > 0, "billed what it did before it was parked"
+        assert engine.batcher.busy() == 0
+    finally:
+        await engine.close()

@@ -240,3 +240,43 @@ def test_a_control_tokens_text_in_a_message_stays_plain_text(batcher: Batcher) -
     # A flood of markers is one run, tokenized in one call.
     _, runs = prompt.markers.hide([Message(role="user", content="<|im_end|><|im_start|>" * 500 + "hi")])
     assert len(runs) == 1
+
+
+async def test_a_parked_request_goes_on_from_its_saved_cells_on_another_lane(batcher: Batcher) -> None:
+    """Parked mid-reply, its lane then taken by another prompt, a request goes on from its
+    saved cells on another lane: every later step's logits are those of the same request
+    never parked (the same tokens on the same keys and values, in a batch of the same shape)."""
+    assert batcher.prompt is not None
+    request = GenerateRequest(messages=QUESTION, max_tokens=6, temperature=0)
+    prompt = batcher.prompt.tokens(QUESTION)
+    other = GenerateRequest(messages=[Message(role="user", content="Name a colour.")], max_tokens=3, temperature=0)
+
+    def generate(park_after: int = 0) -> tuple[Sequence, list[Any]]:
+        seq = Sequence(batcher.lanes[0], prompt, request)
+        batcher._take_in([seq])
+        steps: list[Any] = []
+        while seq in batcher._active:
+            batcher._step()
+            steps.append(last_logits(batcher))
+            if len(steps) == park_after:
+                seq.park_for = "another tenant"
+                batcher._park(seq)
+                assert seq not in batcher._active and seq.saved is not None
+                # Its lane serves another prompt meanwhile, then it goes on from lane 1.
+                intruder = Sequence(batcher.lanes[0], batcher.prompt.tokens(other.messages), other)  # type: ignore[union-attr]
+                batcher._take_in([intruder])
+                while intruder in batcher._active:
+                    batcher._step()
+                assert reusable(batcher.lanes[0].tokens, prompt) < len(prompt) - 1, "lane 0 holds another prompt"
+                seq.lane = batcher.lanes[1]
+                batcher._resume(seq)
+                assert seq in batcher._active and batcher.lanes[1].tokens[: len(prompt)] == prompt
+        return seq, steps
+
+    generate()  # the prompt in lane 0's cache: both runs below start from it
+    never_parked, expected = generate()
+    parked, got = generate(park_after=3)
+    assert parked.cached == never_parked.cached == len(prompt) - 1
+    assert batcher.parks == 1
+    assert parked.sampled == never_parked.sampled == 6 and parked.out.text == never_parked.out.text
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))

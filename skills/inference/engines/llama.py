@@ -2,7 +2,8 @@
 
 Generation is continuously batched (``llama_batch``): one context per model decodes
 every request together, each on a lane of its own with its own prefix cache; a
-request waits for a lane in one queue per tenant (``FairSlots``). Embeddings use a
+request waits for a lane in one queue per tenant (``FairSlots``), and a tenant that
+waits takes a lane back from one that holds at least two more (``llama_parking``). Embeddings use a
 context of their own. The usage billed is what llama.cpp did: the prompt's tokens,
 how many of them the lane's cache held already (the longest prefix shared with the
 tokens the lane holds, never the last), and every token sampled.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from skills.inference.engines.base import Completion, Embeddings, GenerateReques
 from skills.inference.engines.llama_batch import Batcher, Sequence
 from skills.inference.engines.llama_cpu import use_everywhere
 from skills.inference.engines.llama_lanes import Lane, lane_score
+from skills.inference.engines.llama_parking import Parked
 from skills.inference.engines.llama_text import ChatPrompt, PromptTooLong
 from skills.inference.slots import FairSlots
 
@@ -73,6 +76,8 @@ class LlamaEngine:
         self._lanes: FairSlots[Lane] | None = None
         self._embedder: FairSlots[Slot] | None = None
         self._loading = anyio.Lock()
+        # The requests holding or waiting to get back a lane, with their tenants, oldest first.
+        self._running: dict[int, tuple[str, Sequence]] = {}
 
     def availability(self) -> tuple[bool, str]:
         if importlib.util.find_spec("llama_cpp") is None:
@@ -109,6 +114,7 @@ class LlamaEngine:
                     raise BackendUnavailable(f"model {self.spec.name!r} could not be loaded: {exc}.") from exc
                 self._batcher = batcher
                 self._lanes = FairSlots(batcher.lanes)
+                self._lanes.on_wait = self._make_room
             return self._batcher, self._lanes
 
     async def generate(self, tenant: str, request: GenerateRequest, on_text: OnText) -> Completion:
@@ -127,21 +133,66 @@ class LlamaEngine:
                 f"the prompt is longer than {self.spec.name}'s context of {batcher.n_ctx_seq} tokens: "
                 "shorten the messages."
             )
-        async with lanes.slot(tenant, affinity=lambda lane: lane_score(lane, prompt, lanes.size)) as lane:
-            seq = Sequence(lane, prompt, request)
+        holding: Lane | None = await lanes.acquire(tenant, affinity=lambda lane: lane_score(lane, prompt, lanes.size))
+        assert holding is not None
+        seq = Sequence(holding, prompt, request)
+        self._running[id(seq)] = (tenant, seq)
+        with_thread = False
+        try:
             batcher.join(seq)
-            try:
-                return await seq.follow(on_text)
-            except BaseException:
-                if seq.result is None:
-                    # Cancelled (deadline, caller gone) or the caller's listener failed: the
-                    # thread drops the sequence at its next step; the lane is kept until then.
-                    seq.cancelled = True
-                    batcher.poke()
-                    with anyio.CancelScope(shield=True):
-                        await seq.stopped()
-                request.spent.record(seq.spent())  # what it produced until then is billed
-                raise
+            with_thread = True
+            while True:
+                try:
+                    return await seq.follow(on_text)
+                except Parked:  # its lane goes to the tenant it was taken back for; it waits for one
+                    with_thread, holding = False, None
+                    to, seq.park_for = seq.park_for, None
+                    lanes.release(seq.lane, tenant, to=to)
+                    seq.lane = holding = await lanes.acquire(tenant, first=True)
+                    batcher.resume(seq)
+                    with_thread = True
+        except BaseException:
+            if with_thread and seq.result is None:
+                # Cancelled (deadline, caller gone) or the caller's listener failed: the
+                # thread drops the sequence at its next step; the lane is kept until then.
+                seq.cancelled = True
+                batcher.poke()
+                with anyio.CancelScope(shield=True):
+                    await seq.stopped()
+            if seq.result is None and seq.parked:  # the thread had let go of it: it ends here
+                seq.abandon()
+            request.spent.record(seq.spent())  # what it produced until then is billed
+            raise
+        finally:
+            del self._running[id(seq)]
+            if holding is not None:
+                lanes.release(holding, tenant)
+
+    def _make_room(self, tenant: str) -> None:
+        """``tenant`` waits for a lane while none is free: take one back from the tenant that
+        holds the most, when that one holds at least two more (counting the lanes already
+        being taken back), from its request that started last (``llama_parking``)."""
+        lanes, batcher = self._lanes, self._batcher
+        if lanes is None or batcher is None:
+            return
+        held = Counter(lanes.held)
+        for owner, seq in self._running.values():
+            if seq.park_for is not None:
+                held[owner] -= 1
+                held[seq.park_for] += 1
+        if held[tenant] - lanes.held[tenant] >= lanes.queued(tenant):
+            return  # as many lanes are on their way to it as it has requests waiting
+        most = max(held, key=held.__getitem__, default=tenant)
+        if most == tenant or held[most] < held[tenant] + 2:
+            return
+        victims = [
+            seq
+            for owner, seq in self._running.values()
+            if owner == most and seq.park_for is None and seq.result is None and not seq.parked
+        ]
+        if victims:
+            victims[-1].park_for = tenant
+            batcher.poke()
 
     @staticmethod
     async def _prompt_tokens(prompt: ChatPrompt, messages: list[Message], fewer_than: int | None = None) -> list[int]:

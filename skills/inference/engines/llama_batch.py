@@ -15,6 +15,8 @@ repeats one step while any request is active:
         first, then the shortest, up to ``n_batch`` (``llama_plan``)
     llama_decode, then each request that reached its end samples its next token
     requests that finished or were cancelled leave; their lane keeps its cache
+    a request whose lane is taken back for another tenant leaves with its cells saved,
+        and one that got a lane again comes back with them (``llama_parking``)
 
 Tokens go into the batch in lane order, lowest free lanes first (``llama_lanes``).
 
@@ -53,6 +55,7 @@ from skills.inference.engines.base import Completion, GenerateRequest, OnText, S
 from skills.inference.engines.llama_cpu import model_params
 from skills.inference.engines.llama_handover import Handover
 from skills.inference.engines.llama_lanes import Lane, prefix_source, share_lanes
+from skills.inference.engines.llama_parking import Parked, SavedCells, restore_cells, save_cells
 from skills.inference.engines.llama_plan import Waiting, plan_prompts, put_off_after
 from skills.inference.engines.llama_text import ChatPrompt, TextOut, Vocabulary, new_sampler
 
@@ -62,6 +65,13 @@ log = logging.getLogger("cloudskills.inference")
 # generating ones leave); llama.cpp splits it into passes of N_UBATCH.
 N_BATCH = 512
 N_UBATCH = 512
+
+
+class ParkedMark:
+    """What the thread hands over for a request it let go of with its cells saved."""
+
+
+PARKED = ParkedMark()
 
 
 class Sequence:
@@ -82,9 +92,13 @@ class Sequence:
         self.out = TextOut(request.stop)
         self.sampler: Any = None
         self.handed = False  # whether any of its text has crossed to the loop yet
+        self.saved: SavedCells | None = None  # its cells, while it waits for a lane again
+        # Set by the event loop: the tenant its lane is to be taken back for (llama_parking).
+        self.park_for: str | None = None
         # The event loop's side, written only on the loop (see deliver).
         self.pieces: list[str] = []
         self.result: Completion | BaseException | None = None
+        self.parked = False  # the thread let go of it, its cells saved
         self.wake = anyio.Event()
 
     async def follow(self, on_text: OnText) -> Completion:
@@ -100,13 +114,25 @@ class Sequence:
                 raise self.result
             if self.result is not None:
                 return self.result
+            if self.parked:
+                raise Parked()
             await self.wake.wait()
 
     async def stopped(self) -> None:
-        """Wait until the thread has let go of the sequence (after ``cancelled``)."""
-        while self.result is None:
+        """Wait until the thread has let go of the sequence (after ``cancelled``): it ended,
+        or it was parked just before."""
+        while self.result is None and not self.parked:
             self.wake = anyio.Event()
             await self.wake.wait()
+
+    def abandon(self) -> None:
+        """On the event loop, for a parked request that will not go on (its caller left while
+        it waited for a lane): the thread has let go of it, so it ends here, cancelled."""
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
+        self.saved = None
+        self.result = Cancelled("the generation was cancelled.")
 
     def spent(self) -> Spent:
         """What the engine did for the request, read once the thread has let go of it: all of
@@ -119,7 +145,7 @@ class Sequence:
         return Spent()
 
 
-Handed = tuple[Sequence, str, Completion | BaseException | None]
+Handed = tuple[Sequence, str, Completion | BaseException | ParkedMark | None]
 
 
 def deliver(items: list[Handed]) -> None:
@@ -127,7 +153,9 @@ def deliver(items: list[Handed]) -> None:
     for seq, text, result in items:
         if text:
             seq.pieces.append(text)
-        if result is not None:
+        if isinstance(result, ParkedMark):
+            seq.parked = True
+        elif result is not None:
             seq.result = result
         seq.wake.set()
 
@@ -144,6 +172,7 @@ class Batcher:
         self.ready: Future[None] = Future()
         self._cv = threading.Condition()
         self._joining: list[Sequence] = []
+        self._resuming: list[Sequence] = []  # parked ones that got a lane again
         self._active: list[Sequence] = []
         self._outbox: list[Handed] = []
         self._handover = Handover(deliver)
@@ -156,6 +185,7 @@ class Batcher:
         self.steps = 0
         self.widest = 0
         self.copies = 0
+        self.parks = 0
         self._cells: ctypes.Array[ctypes.c_uint8] = (ctypes.c_uint8 * 0)()  # a lane's cells, being copied
         self.outputs: list[tuple[Sequence, int]] = []  # the last step's: a request, its row's batch index
         self.handed_at = 0.0  # when the thread last handed text over (time.monotonic)
@@ -170,13 +200,22 @@ class Batcher:
             self._joining.append(seq)
             self._cv.notify()
 
+    def resume(self, seq: Sequence) -> None:
+        """Take a parked sequence back, on the lane it now holds (``seq.lane``)."""
+        seq.parked = False
+        with self._cv:
+            if self._closing or not self._thread.is_alive():
+                raise BackendUnavailable("the model's engine has stopped; try again.")
+            self._resuming.append(seq)
+            self._cv.notify()
+
     def poke(self) -> None:
         """Wake the thread: a sequence was cancelled."""
         with self._cv:
             self._cv.notify()
 
     def busy(self) -> int:
-        return len(self._active) + len(self._joining)
+        return len(self._active) + len(self._joining) + len(self._resuming)
 
     def piece_interval(self) -> float:
         """Seconds between two hand-overs of text: none for a request alone, then in step
@@ -204,14 +243,19 @@ class Batcher:
         try:
             while True:
                 with self._cv:
-                    while not (self._joining or self._active or self._closing):
+                    while not (self._joining or self._resuming or self._active or self._closing):
                         self._cv.wait()
                     if self._closing:
                         break
                     joining, self._joining = self._joining, []
+                    resuming, self._resuming = self._resuming, []
                 self._take_in(joining)
+                for seq in resuming:
+                    self._resume(seq)
                 for seq in [s for s in self._active if s.cancelled]:
                     self._leave(seq, Cancelled("the generation was cancelled."))
+                for seq in [s for s in self._active if s.park_for is not None]:
+                    self._park(seq)
                 if self._active:
                     self._step()  # hands the outbox over just before it decodes
                 if not self._active:
@@ -222,7 +266,8 @@ class Batcher:
         finally:
             with self._cv:
                 self._closing = True
-                left, self._joining = self._active + self._joining, []
+                left, self._joining = self._active + self._joining + self._resuming, []
+                self._resuming = []
             self._active = []
             for seq in left:
                 self._outbox.append((seq, "", failure))
@@ -297,6 +342,27 @@ class Batcher:
         seq.feed = prompt[keep:]
         seq.sampler = new_sampler(seq.request.temperature, seq.request.seed)
         self._active.append(seq)
+
+    def _park(self, seq: Sequence) -> None:
+        """Let go of a request, its cells saved, so that its lane can serve another tenant."""
+        saved = save_cells(self.ctx, seq.lane)
+        if saved is None:  # llama.cpp will not copy them out: it keeps its lane
+            seq.park_for = None
+            return
+        seq.saved = saved
+        self._active.remove(seq)
+        self.parks += 1
+        self._outbox.append((seq, "", PARKED))
+
+    def _resume(self, seq: Sequence) -> None:
+        """A parked request goes on, its cells put back on the lane it got."""
+        assert seq.saved is not None
+        saved, seq.saved = seq.saved, None
+        self._active.append(seq)
+        if seq.cancelled:
+            self._leave(seq, Cancelled("the generation was cancelled."))
+        elif not restore_cells(self.ctx, self.memory, saved, seq.lane):
+            self._leave(seq, BackendUnavailable("the model's engine could not take the request back; try again."))
 
     def _copy_cells(self, source: Lane, lane: Lane) -> None:
         """Make ``lane``'s cache a copy of ``source``'s, now: the cells ``source`` uses go
