@@ -153,9 +153,12 @@ class Scheduler:
         # With a slot free the task is stored already running: one transaction
         # fewer than queued-then-claimed, for what is most calls. A read, a delete or a
         # cancel starts at once even when every slot is taken: long calls (a tenant's
-        # generations) must never keep anyone from listing, cancelling or deleting.
+        # generations) must never keep anyone from listing, cancelling or deleting. Nor
+        # from starting at all: a tenant with nothing running here starts one call beyond
+        # the slots (at most as many such calls as there are slots).
         free = self._slots > 0 and not self._queue
-        starts_now = place is None and self._group is not None and (free or binding.always_admitted)
+        first = not self._queue.running[tenant_id] and self._slots > -self.concurrency
+        starts_now = place is None and self._group is not None and (free or binding.always_admitted or first)
         now = utcnow()
         timeout_s = binding.timeout_s(args)
         stored_args = as_json(args)
@@ -331,6 +334,7 @@ class Scheduler:
     def _start(self, task: Claimed) -> None:
         assert self._group is not None
         self._slots -= 1
+        self._queue.started(task.tenant_id)  # now: a submit right after sees it running
         # Its scope from now: a cancel before the task's first step still finds and stops it.
         # (A task its slot's last one claimed, ``_finish``, runs on without a step between.)
         self._running[task.id] = anyio.CancelScope()
@@ -352,15 +356,16 @@ class Scheduler:
 
     async def _execute(self, task: Claimed) -> None:
         """Run the task, then whatever queued task its settlement claimed, in this one slot."""
-        following: Claimed | None = task
+        following: Claimed | None = task  # counted running by _start
         try:
             while following is not None:
                 tenant_id = following.tenant_id
-                self._queue.started(tenant_id)  # what the next free slot's pick goes by
                 try:
                     following = await self._run(following)
                 finally:
                     self._queue.ended(tenant_id)
+                if following is not None:
+                    self._queue.started(following.tenant_id)  # what the next free slot's pick goes by
         finally:
             self._slots += 1
             self._pump()

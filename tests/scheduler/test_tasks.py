@@ -239,6 +239,41 @@ async def test_a_free_slot_goes_to_the_tenant_with_the_fewest_running_not_the_lo
     assert started == ["acme-0", "other-0", "acme-1", "acme-2", "acme-3"]
 
 
+async def test_a_tenant_with_nothing_running_starts_a_call_while_anothers_fill_every_slot(store: Store) -> None:
+    """Another tenant's long calls in every slot keep a tenant with nothing running from
+    starting one call: it starts beyond the slots. Its second waits, as do the first
+    tenant's beyond its slots."""
+    ensure_tenant(store, "other")
+    go = anyio.Event()
+
+    async def blocking(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+        await go.wait()
+        return {}
+
+    binding = OpBinding("t", "blocking", blocking)
+    scheduler = Scheduler(store, CATALOG, concurrency=2)
+    scheduler.bind(binding)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.serve)
+        await anyio.lowlevel.checkpoint()  # serving
+        hogs = [scheduler.submit("acme", binding, {}) for _ in range(3)]
+        others = [scheduler.submit("other", binding, {}) for _ in range(2)]
+        states = [
+            scheduler.get(tenant, task_id).state
+            for tenant, ids in (("acme", hogs), ("other", others))
+            for task_id in ids
+        ]
+        assert states == ["running", "running", "queued", "running", "queued"]
+        go.set()
+        with anyio.fail_after(10):
+            for task_id in hogs + others:
+                await scheduler.wait(task_id)
+        group.cancel_scope.cancel()
+    assert {scheduler.get("acme", t).state for t in hogs} | {scheduler.get("other", t).state for t in others} == {
+        "succeeded"
+    }
+
+
 async def test_a_cancel_right_after_the_start_stops_the_task_before_its_handler_runs(store: Store) -> None:
     """Between its start and its first step a task is already running: a cancel then must
     stop it, not mark it cancelled while its handler goes on to run unbilled."""
