@@ -159,7 +159,7 @@ class LlamaEngine:
                 batcher.poke()
                 with anyio.CancelScope(shield=True):
                     await seq.stopped()
-            if seq.result is None and seq.parked:  # the thread had let go of it: it ends here
+            if seq.result is None and seq.saved is not None:  # parked, and never taken back: it ends here
                 seq.abandon()
             request.spent.record(seq.spent())  # what it produced until then is billed
             raise
