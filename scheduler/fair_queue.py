@@ -36,6 +36,17 @@ class FairQueue:
         if self.running[tenant_id] <= 0:
             del self.running[tenant_id]
 
+    def holds(self, tenant_id: str) -> bool:
+        """Whether a task of ``tenant_id`` is queued."""
+        return tenant_id in self._tenant_of.values()
+
+    def pop_oldest_of(self, tenant_id: str) -> str | None:
+        """The oldest queued task of ``tenant_id``, taken out of the queue; None if it has none."""
+        task_id = next((t for t, tenant in self._tenant_of.items() if tenant == tenant_id), None)
+        if task_id is not None:
+            del self._tenant_of[task_id]
+        return task_id
+
     def pop_next(self) -> str:
         """The task that gets the next free slot (the queue must not be empty)."""
         fewest = min(self.running[tenant] for tenant in set(self._tenant_of.values()))

@@ -157,7 +157,7 @@ class Scheduler:
         # from starting at all: a tenant with nothing running here starts one call beyond
         # the slots (at most as many such calls as there are slots).
         free = self._slots > 0 and not self._queue
-        first = not self._queue.running[tenant_id] and self._slots > -self.concurrency
+        first = self._may_start_first(tenant_id)
         starts_now = place is None and self._group is not None and (free or binding.always_admitted or first)
         now = utcnow()
         timeout_s = binding.timeout_s(args)
@@ -357,6 +357,7 @@ class Scheduler:
     async def _execute(self, task: Claimed) -> None:
         """Run the task, then whatever queued task its settlement claimed, in this one slot."""
         following: Claimed | None = task  # counted running by _start
+        tenant_id = task.tenant_id
         try:
             while following is not None:
                 tenant_id = following.tenant_id
@@ -369,6 +370,25 @@ class Scheduler:
         finally:
             self._slots += 1
             self._pump()
+            self._start_first(tenant_id)
+
+    def _may_start_first(self, tenant_id: str) -> bool:
+        """Whether a call of ``tenant_id`` may start beyond the slots: it has nothing running
+        or queued here, and fewer such calls run than there are slots."""
+        return (
+            not self._queue.running[tenant_id] and not self._queue.holds(tenant_id) and self._slots > -self.concurrency
+        )
+
+    def _start_first(self, tenant_id: str) -> None:
+        """A tenant left with nothing running but calls queued starts its oldest one beyond
+        the slots, as a call it sent then would have."""
+        while self._group is not None and not self._queue.running[tenant_id] and self._slots > -self.concurrency:
+            task_id = self._queue.pop_oldest_of(tenant_id)
+            if task_id is None:
+                return
+            task = self._claim(task_id)
+            if task is not None:
+                self._start(task)
 
     async def _run(self, task: Claimed) -> Claimed | None:
         task_id = task.id

@@ -19,6 +19,7 @@ from scheduler.models import LedgerEntry, Task, Tenant
 from scheduler.pricing import PriceCatalog, Rate, Usage
 from scheduler.store import Store
 from scheduler.tasks import OpBinding, Scheduler, TaskContext
+from tests.polling import until
 
 pytestmark = pytest.mark.anyio
 
@@ -241,37 +242,42 @@ async def test_a_free_slot_goes_to_the_tenant_with_the_fewest_running_not_the_lo
 
 async def test_a_tenant_with_nothing_running_starts_a_call_while_anothers_fill_every_slot(store: Store) -> None:
     """Another tenant's long calls in every slot keep a tenant with nothing running from
-    starting one call: it starts beyond the slots. Its second waits, as do the first
-    tenant's beyond its slots."""
+    starting a call: its oldest starts beyond the slots, and when that ends, its next; a
+    call it sends meanwhile waits behind its own older ones."""
     ensure_tenant(store, "other")
-    go = anyio.Event()
+    gates: dict[str, anyio.Event] = {}
 
-    async def blocking(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
-        await go.wait()
+    async def gated(ctx: TaskContext, args: dict[str, Any]) -> dict[str, Any]:
+        await gates.setdefault(args["gate"], anyio.Event()).wait()
         return {}
 
-    binding = OpBinding("t", "blocking", blocking)
+    binding = OpBinding("t", "gated", gated)
     scheduler = Scheduler(store, CATALOG, concurrency=2)
     scheduler.bind(binding)
+
+    def states(tenant: str, ids: list[str]) -> list[str]:
+        return [scheduler.get(tenant, task_id).state for task_id in ids]
+
     async with anyio.create_task_group() as group:
         group.start_soon(scheduler.serve)
         await anyio.lowlevel.checkpoint()  # serving
-        hogs = [scheduler.submit("acme", binding, {}) for _ in range(3)]
-        others = [scheduler.submit("other", binding, {}) for _ in range(2)]
-        states = [
-            scheduler.get(tenant, task_id).state
-            for tenant, ids in (("acme", hogs), ("other", others))
-            for task_id in ids
-        ]
-        assert states == ["running", "running", "queued", "running", "queued"]
-        go.set()
+        hogs = [scheduler.submit("acme", binding, {"gate": "acme"}) for _ in range(3)]
+        others = [scheduler.submit("other", binding, {"gate": f"other-{i}"}) for i in range(2)]
+        assert states("acme", hogs) == ["running", "running", "queued"]
+        assert states("other", others) == ["running", "queued"]
         with anyio.fail_after(10):
+            gates.setdefault("other-0", anyio.Event()).set()
+            await scheduler.wait(others[0])
+            await until(lambda: states("other", others) == ["succeeded", "running"], "its next call to start")
+            others.append(scheduler.submit("other", binding, {"gate": "other-2"}))
+            assert states("other", others)[2] == "queued", "behind its own running call"
+            assert states("acme", hogs) == ["running", "running", "queued"]
+            for gate in ("acme", "other-1", "other-2"):
+                gates.setdefault(gate, anyio.Event()).set()
             for task_id in hogs + others:
                 await scheduler.wait(task_id)
         group.cancel_scope.cancel()
-    assert {scheduler.get("acme", t).state for t in hogs} | {scheduler.get("other", t).state for t in others} == {
-        "succeeded"
-    }
+    assert set(states("acme", hogs) + states("other", others)) == {"succeeded"}
 
 
 async def test_a_cancel_right_after_the_start_stops_the_task_before_its_handler_runs(store: Store) -> None:
