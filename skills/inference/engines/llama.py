@@ -147,6 +147,7 @@ class LlamaEngine:
                 except Parked:  # its lane goes to the tenant it was taken back for; it waits for one
                     with_thread, holding = False, None
                     to, seq.park_for = seq.park_for, None
+                    seq.parks += 1
                     lanes.release(seq.lane, tenant, to=to)
                     seq.lane = holding = await lanes.acquire(tenant, first=True)
                     batcher.resume(seq)
@@ -171,7 +172,9 @@ class LlamaEngine:
     def _make_room(self, tenant: str) -> None:
         """``tenant`` waits for a lane while none is free: take one back from the tenant that
         holds the most, when that one holds at least two more (counting the lanes already
-        being taken back), from its request that started last (``llama_parking``)."""
+        being taken back), from its request parked least so far, of those the one that
+        started last: a tenant's replies take turns, and none is parked again and again
+        while the others run (``llama_parking``)."""
         lanes, batcher = self._lanes, self._batcher
         if lanes is None or batcher is None:
             return
@@ -191,7 +194,8 @@ class LlamaEngine:
             if owner == most and seq.park_for is None and seq.result is None and not seq.parked
         ]
         if victims:
-            victims[-1].park_for = tenant
+            fewest = min(seq.parks for seq in victims)
+            [seq for seq in victims if seq.parks == fewest][-1].park_for = tenant
             batcher.poke()
 
     @staticmethod

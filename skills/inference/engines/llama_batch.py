@@ -93,8 +93,10 @@ class Sequence:
         self.sampler: Any = None
         self.handed = False  # whether any of its text has crossed to the loop yet
         self.saved: SavedCells | None = None  # its cells, while it waits for a lane again
-        # Set by the event loop: the tenant its lane is to be taken back for (llama_parking).
+        # Set by the event loop: the tenant its lane is to be taken back for (llama_parking),
+        # and how many times it was.
         self.park_for: str | None = None
+        self.parks = 0
         # The event loop's side, written only on the loop (see deliver).
         self.pieces: list[str] = []
         self.result: Completion | BaseException | None = None
