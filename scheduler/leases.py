@@ -190,8 +190,7 @@ class Leases:
         hold = self.price(per_s, self.lease_ms)
         left = ledger.left_of(tenant)
         if left is not None and left < hold:
-            advice = ledger.Advice(ask_less) if ask_less else None
-            raise ledger.budget_error(self.catalog, hold, left, f"this {kind} for {self.lease_s:g} s", advice)
+            raise ledger.budget_error(self.catalog, hold, left, f"this {kind} for {self.lease_s:g} s", ask_less)
 
     # -- the process's side: the renewal loop -------------------------------
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from common.errors import BudgetExceeded, NotFound
 from scheduler.models import LedgerEntry, Tenant, utcnow
-from scheduler.pricing import Charge, PriceCatalog
+from scheduler.pricing import Charge, PriceCatalog, Usage
 
 # The tenant's row, locked for this transaction where the backend can lock rows
 # (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes writers).
@@ -148,28 +148,32 @@ def left_of(tenant: Any) -> int | None:
 
 
 def check_budget(
-    catalog: PriceCatalog, tenant: Any, amount: int, what: str | None = None, ask_less: Advice | None = None
+    catalog: PriceCatalog,
+    tenant: Any,
+    amount: int,
+    what: str | None = None,
+    ask_less: str | None = None,
+    op: str | None = None,
 ) -> None:
     """Refuse, before any work starts, what the budget cannot cover (``amount`` is
     already held on ``tenant``: the caller's transaction rolls it back)."""
     left_after = left_of(tenant)
     if left_after is not None and left_after < 0:
-        raise budget_error(catalog, amount, max(left_after + amount, 0), what, ask_less)
-
-
-@dataclass(frozen=True)
-class Advice:
-    """What of its arguments a call refused for money can lower (``how``), worth saying only
-    when what is left covers the least such a call can cost (``least``, its fee)."""
-
-    how: str
-    least: int = 0
+        raise budget_error(catalog, amount, max(left_after + amount, 0), what, ask_less, op)
 
 
 def budget_error(
-    catalog: PriceCatalog, amount: int, left: int, what: str | None = None, ask_less: Advice | None = None
+    catalog: PriceCatalog,
+    amount: int,
+    left: int,
+    what: str | None = None,
+    ask_less: str | None = None,
+    op: str | None = None,
 ) -> BudgetExceeded:
-    advice = f", or ask for less ({ask_less.how})" if ask_less is not None and left >= ask_less.least else ""
+    """``ask_less``: what of its arguments the call can lower, said only while what is left
+    covers the least a call of ``op`` can cost (its fee): else no smaller call would be let in."""
+    least = catalog.worst_case(op, Usage()) if op is not None else 0
+    advice = f", or ask for less ({ask_less})" if ask_less is not None and left >= least else ""
     return BudgetExceeded(
         f"{what or 'this task'} may cost up to {catalog.format(amount)} but only {catalog.format(max(left, 0))} "
         f"of the budget is left: raise the budget{advice}."

@@ -191,7 +191,7 @@ class Scheduler:
                 tenant = ledger.admit(session, tenant_id, hold)
                 quotas.check_tasks(session, tenant, worst)
                 if not binding.always_admitted:  # a read or a delete is never refused for money
-                    ledger.check_budget(self.catalog, tenant, hold, ask_less=self._advice(binding))
+                    ledger.check_budget(self.catalog, tenant, hold, ask_less=binding.ask_less, op=binding.key)
                 session.connection().execute(INSERT_TASK, row)
         except CloudSkillsError as refusal:
             self.observer.refused(binding.skill, binding.op, tenant_id, refusal, since)
@@ -208,13 +208,6 @@ class Scheduler:
         else:
             self._queue.append(task_id, tenant_id)
         return task_id
-
-    def _advice(self, binding: OpBinding) -> ledger.Advice | None:
-        """What a 402 tells the caller to lower: the op's own words, when it has any, worth
-        saying only if what is left covers the least such a call can cost (its fee)."""
-        if binding.ask_less is None:
-            return None
-        return ledger.Advice(binding.ask_less, least=self.catalog.worst_case(binding.key, Usage()))
 
     def bindings(self) -> dict[str, OpBinding]:
         return self._bindings
