@@ -39,7 +39,6 @@ cache (never the last: its logits are computed), and every token sampled.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import threading
 import time
@@ -188,7 +187,6 @@ class Batcher:
         self.widest = 0
         self.copies = 0
         self.parks = 0
-        self._cells: ctypes.Array[ctypes.c_uint8] = (ctypes.c_uint8 * 0)()  # a lane's cells, being copied
         self.outputs: list[tuple[Sequence, int]] = []  # the last step's: a request, its row's batch index
         self.handed_at = 0.0  # when the thread last handed text over (time.monotonic)
 
@@ -374,12 +372,8 @@ class Batcher:
         the start of the next decode, and hold that step up by about 10 ms a copy."""
         import llama_cpp
 
-        size = int(llama_cpp.llama_state_seq_get_size(self.ctx, source.seq_id))
-        if len(self._cells) < size:
-            self._cells = (ctypes.c_uint8 * size)()
-        got = int(llama_cpp.llama_state_seq_get_data(self.ctx, self._cells, size, source.seq_id))
-        llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, -1, -1)
-        if not got or int(llama_cpp.llama_state_seq_set_data(self.ctx, self._cells, got, lane.seq_id)) != got:
+        saved = save_cells(self.ctx, source)
+        if saved is None or not restore_cells(self.ctx, self.memory, saved, lane):
             # Where the state will not go across, the stream copy still does.
             llama_cpp.llama_memory_seq_rm(self.memory, lane.seq_id, -1, -1)
             llama_cpp.llama_memory_seq_cp(self.memory, source.seq_id, lane.seq_id, -1, -1)

@@ -34,7 +34,8 @@ class SavedCells:
 
 
 def save_cells(ctx: Any, lane: Lane) -> SavedCells | None:
-    """The cells of ``lane``'s sequence, copied out; None where llama.cpp will not."""
+    """The cells of ``lane``'s sequence, copied out; None where llama.cpp will not. (Also how
+    a prompt starts from another lane's cache: ``Batcher._copy_cells``.)"""
     import llama_cpp
 
     size = int(llama_cpp.llama_state_seq_get_size(ctx, lane.seq_id))
