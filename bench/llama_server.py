@@ -76,7 +76,7 @@ def ensure_llama_server(version: str | None = None, log: bool = True, amx_fix: b
     timing = {"download_s": round(downloaded - started, 1), "build_s": round(finished - downloaded, 1)}
     (home / "build.json").write_text(json.dumps({"version": version, "jobs": int(jobs), **timing}))
     say(f"built in {timing['build_s']:.0f} s (download {timing['download_s']:.0f} s): {build / 'bin/llama-server'}")
-    binary = built_binary(version)
+    binary = built_binary(version, amx_fix)
     assert binary is not None, "the build finished without a llama-server binary"
     return binary
 

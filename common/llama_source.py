@@ -19,8 +19,11 @@ builds the peer llama-server from the same patched source.
 from __future__ import annotations
 
 import ctypes
+import functools
+import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -105,25 +108,59 @@ def installed_has_fix() -> bool:
         return False
 
 
+def wheel_cache() -> Path:
+    """Where the wheel built here is kept for the next .venv on this machine, by what it was
+    built from (the requirement, and this module, which holds the fix), for which Python and
+    which CPU (llama.cpp builds for the CPU it is built on)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha256(f"{requirement()}|{sys.version}|{cpu_flags()}".encode())
+    key.update(Path(__file__).read_bytes())
+    return base / "cloudskills" / "llama-cpp-python" / key.hexdigest()[:16]
+
+
+def cpu_flags() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line for line in info.splitlines() if line.startswith("flags")), "")
+
+
 def install() -> None:
-    """Build and install llama-cpp-python from its patched source, unless the installed one has the fix."""
+    """Install llama-cpp-python built from its patched source, unless the installed one has the
+    fix: the wheel a build here left in ``wheel_cache``, or a new build (about 8 minutes)."""
     if installed_has_fix():
         return
+    cache = wheel_cache()
+    if not list(cache.glob("llama_cpp_python-*.whl")):
+        build_wheel(cache)
+    (wheel,) = cache.glob("llama_cpp_python-*.whl")
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "uninstall", "-y", "llama-cpp-python"], check=True, capture_output=True)
+    subprocess.run([*pip, "install", str(wheel)], check=True)
+
+
+def build_wheel(into: Path) -> None:
     spec = requirement()
     jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
-    print(f"cloudskills: building {spec} from source with llama.cpp's AMX fix, {jobs} jobs at a time", file=sys.stderr)
-    print("cloudskills: (once: about 8 minutes on 2 cores)...", file=sys.stderr)
+    say = functools.partial(print, file=sys.stderr)
+    say(f"cloudskills: building {spec} from source with llama.cpp's AMX fix, {jobs} jobs at a time")
+    say("cloudskills: (once on this machine: about 8 minutes on 2 cores)...")
     with tempfile.TemporaryDirectory(prefix="llama-cpp-python-") as temp:
         project = unpack(download(spec, Path(temp)), Path(temp))
         if not patch_amx(project / "vendor" / "llama.cpp"):
-            print(
-                "cloudskills: this llama.cpp's AMX code is not the one the fix knows; built as it is", file=sys.stderr
-            )
-        pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-        subprocess.run([*pip, "uninstall", "-y", "llama-cpp-python"], check=True, capture_output=True)
+            say("cloudskills: this llama.cpp's AMX code is not the one the fix knows; built as it is")
+        built = Path(temp) / "wheel"
+        pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", "wheel", "--no-deps"]
         subprocess.run(
-            [*pip, "install", str(project)], check=True, env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": jobs}
+            [*pip, "-w", str(built), str(project)], check=True, env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": jobs}
         )
+        # Whole or not at all: a build or copy cut short leaves no wheel to find.
+        partial = into.with_name(f"{into.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(built, partial)
+        shutil.rmtree(into, ignore_errors=True)
+        partial.rename(into)
 
 
 if __name__ == "__main__":
