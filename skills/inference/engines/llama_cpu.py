@@ -25,7 +25,7 @@ import re
 import threading
 from typing import Any
 
-from common.llama_source import installed_has_fix
+from common.llama_source import FIX_VERSION, fix_in
 
 _lock = threading.Lock()
 _library_defaults: Any = None  # llama-cpp-python's own llama_model_default_params
@@ -41,8 +41,11 @@ def amx_compiled() -> bool:
 
 @functools.cache
 def amx_fixed() -> bool:
-    """Whether this llama.cpp was built with our fix of its AMX tile configuration."""
-    return installed_has_fix()
+    """Whether the llama.cpp this process loaded was built with our fix of its AMX tile
+    configuration (asked of the library in use, not of a file on disk)."""
+    from llama_cpp import llama_cpp as bindings
+
+    return fix_in(bindings._lib) == FIX_VERSION
 
 
 def amx_safe() -> bool:
