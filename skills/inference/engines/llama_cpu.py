@@ -20,6 +20,7 @@ The low-level path (``llama_batch``) takes ``model_params()``; llama-cpp-python'
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import re
 import threading
@@ -57,13 +58,16 @@ def amx_safe() -> bool:
 SHOWN_FEATURES = ("AVX2", "AVX512", "AVX512_VNNI", "AVX512_BF16", "AMX_INT8")
 
 
-def describe_kernels(system_info: str, fixed: bool) -> str:
-    """What llama.cpp computes with, from its system info and whether the build has the AMX
-    fix (as ``cloudskills doctor`` says)."""
+def describe_kernels(system_info: str, fixed: bool, granted: bool = True) -> str:
+    """What llama.cpp computes with, from its system info, whether the build has the AMX fix
+    and whether ggml offers its AMX buffers here (the kernel granted AMX to the process), as
+    ``cloudskills doctor`` says."""
     built = {name for name, value in re.findall(r"(\w+) = (\d+)", system_info) if value == "1"}
     shown = ", ".join(name for name in SHOWN_FEATURES if name in built) or "no AVX2 or AVX-512"
-    if "AMX_INT8" in built and fixed:
+    if "AMX_INT8" in built and fixed and granted:
         shown += "; AMX computes (built with the fix of llama.cpp issue 20824)"
+    elif "AMX_INT8" in built and fixed:
+        shown += "; AMX not granted to this process by the kernel (arch_prctl): AVX-512 computes"
     elif "AMX_INT8" in built:
         shown += (
             "; AMX buffers off, as this build's matrix product crashes (llama.cpp issue 20824): AVX-512 computes"
@@ -72,11 +76,33 @@ def describe_kernels(system_info: str, fixed: bool) -> str:
     return shown
 
 
+def extra_buffer_types() -> list[str]:
+    """The extra buffer types llama.cpp's CPU device offers this process, by name: ``AMX``
+    only where ggml has AMX kernels and the kernel granted AMX, ``CPU_REPACK``, ..."""
+    from llama_cpp import llama_cpp as bindings
+
+    library, pointer = bindings._lib, ctypes.c_void_p
+    device_of_type = ctypes.CFUNCTYPE(pointer, ctypes.c_int)(("ggml_backend_dev_by_type", library))
+    registry_of = ctypes.CFUNCTYPE(pointer, pointer)(("ggml_backend_dev_backend_reg", library))
+    lookup = ctypes.CFUNCTYPE(pointer, pointer, ctypes.c_char_p)(("ggml_backend_reg_get_proc_address", library))
+    name_of = ctypes.CFUNCTYPE(ctypes.c_char_p, pointer)(("ggml_backend_buft_name", library))
+    cpu = device_of_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
+    listing = lookup(registry_of(cpu), b"ggml_backend_dev_get_extra_bufts") if cpu else None
+    if not listing:
+        return []
+    types = ctypes.CFUNCTYPE(ctypes.POINTER(pointer), pointer)(listing)(cpu)
+    names: list[str] = []
+    while types and types[len(names)]:  # a list that ends with NULL
+        names.append((name_of(types[len(names)]) or b"").decode(errors="replace"))
+    return names
+
+
 def kernels() -> str:
     """``describe_kernels`` of this process's llama.cpp."""
     import llama_cpp
 
-    return describe_kernels(llama_cpp.llama_print_system_info().decode(errors="replace"), amx_fixed())
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    return describe_kernels(info, amx_fixed(), "AMX" in extra_buffer_types())
 
 
 def model_params() -> Any:
