@@ -31,11 +31,11 @@ from pathlib import Path
 import httpx2
 
 from common import llama_source
+from common.paths import user_cache
 
 
 def cache_dir(version: str, amx_fix: bool = False) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "cloudskills" / "llama-server" / (f"{version}-amx-fix" if amx_fix else version)
+    return user_cache() / "llama-server" / (f"{version}-amx-fix" if amx_fix else version)
 
 
 def built_binary(version: str, amx_fix: bool = False) -> Path | None:
@@ -84,10 +84,7 @@ def ensure_llama_server(version: str | None = None, log: bool = True, amx_fix: b
 
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX, and so a native build of llama-server its kernels."""
-    try:
-        return "amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return "amx_int8" in llama_source.cpu_flags().split()
 
 
 @contextlib.contextmanager

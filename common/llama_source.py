@@ -37,6 +37,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common.paths import user_cache
+
 MARKER = "cloudskills_amx_tile_config_fixed"
 FIX_VERSION = 1  # the marker's value: raise it when the patch changes, and setup rebuilds
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -147,13 +149,13 @@ def wheel_cache() -> Path:
     """Where the wheel built here is kept for the next .venv on this machine, by what it was
     built from (the requirement, the fix's version and llama-cpp-python's build settings),
     for which Python and which CPU (llama.cpp builds for the CPU it is on)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     settings = "|".join(os.environ.get(name, "") for name in ("CMAKE_ARGS", "FORCE_CMAKE"))
     key = hashlib.sha256(f"{requirement()}|{FIX_VERSION}|{sys.version}|{cpu_flags()}|{settings}".encode())
-    return base / "cloudskills" / "llama-cpp-python" / key.hexdigest()[:16]
+    return user_cache() / "llama-cpp-python" / key.hexdigest()[:16]
 
 
 def cpu_flags() -> str:
+    """The first ``flags`` line of /proc/cpuinfo ("" where there is none)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:

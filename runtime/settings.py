@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.paths import user_cache
+
 
 def default_image_cache() -> Path:
     """Built VM guests, shared by every data dir on the machine (they take a minute to build)."""
@@ -18,7 +20,7 @@ def default_image_cache() -> Path:
         return Path(explicit)
     if os.geteuid() == 0:
         return Path("/var/cache/cloudskills")
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cloudskills"
+    return user_cache()
 
 
 def default_home() -> Path:
