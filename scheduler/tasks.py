@@ -365,17 +365,20 @@ class Scheduler:
             self._pump()
             self._start_first(tenant_id)
 
+    def _room_beyond_slots(self, tenant_id: str) -> bool:
+        """Whether ``tenant_id``, with nothing running here, may start a call beyond the slots:
+        fewer such calls run than there are slots."""
+        return not self._queue.running[tenant_id] and self._slots > -self.concurrency
+
     def _may_start_first(self, tenant_id: str) -> bool:
         """Whether a call of ``tenant_id`` may start beyond the slots: it has nothing running
-        or queued here, and fewer such calls run than there are slots."""
-        return (
-            not self._queue.running[tenant_id] and not self._queue.holds(tenant_id) and self._slots > -self.concurrency
-        )
+        or queued here, and there is room beyond the slots."""
+        return self._room_beyond_slots(tenant_id) and not self._queue.holds(tenant_id)
 
     def _start_first(self, tenant_id: str) -> None:
         """A tenant left with nothing running but calls queued starts its oldest one beyond
         the slots, as a call it sent then would have."""
-        while self._group is not None and not self._queue.running[tenant_id] and self._slots > -self.concurrency:
+        while self._group is not None and self._room_beyond_slots(tenant_id):
             task_id = self._queue.pop_oldest_of(tenant_id)
             if task_id is None:
                 return
